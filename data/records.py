@@ -1,0 +1,192 @@
+"""Preprocessed records: one per video, two files, written atomically; `load_clip` reads them lazily.
+
+A record for `<stem>` (the video's relative path without its extension) is:
+  <stem>.npz    arrays, no pickle: landmarks (T, 131, 2) float32 normalised to the crop box, boxes (T, 4) int32
+                (x0, y0, x1, y1 in source pixels, x1/y1 exclusive), has_face (T,) bool, mel (M, 80) float32,
+                face_offsets (T + 1,) int64, and the scalars version, fps, source_fps, source_size, face_format,
+                has_audio.
+  <stem>.faces  the T face crops (128x128 RGB) encoded as PNG or JPEG, back to back; frame t is the bytes
+                face_offsets[t]:face_offsets[t + 1] (empty where no face was found).
+Frames without a face keep their place (zero landmarks and box, has_face False), so frames and audio stay
+aligned. The .npz is renamed into place last: a record whose .npz exists is complete.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from data.crop import FACE_SIZE
+from data.errors import InputError
+
+VERSION = 1
+FACE_FORMATS = ("png", "jpg")
+
+
+def record_paths(stem: str | Path) -> tuple[Path, Path]:
+    """(.npz path, .faces path) of the record for a stem, a .npz path or a .faces path."""
+    stem = Path(stem)
+    if stem.suffix in (".npz", ".faces"):
+        stem = stem.with_suffix("")
+    return stem.with_name(stem.name + ".npz"), stem.with_name(stem.name + ".faces")
+
+
+def is_complete(stem: str | Path) -> bool:
+    """True when the record's .npz (renamed into place last) exists."""
+    return record_paths(stem)[0].is_file()
+
+
+def encode_face(face: np.ndarray, face_format: str = "png", jpeg_quality: int = 95) -> bytes:
+    """Encode an RGB uint8 face crop as PNG (lossless) or JPEG."""
+    bgr = cv2.cvtColor(face, cv2.COLOR_RGB2BGR)
+    if face_format == "png":
+        ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    elif face_format == "jpg":
+        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+    else:
+        raise ValueError(f"face format must be one of {FACE_FORMATS}, got {face_format!r}")
+    if not ok:
+        raise RuntimeError(f"could not encode a face crop as {face_format}")
+    return data.tobytes()
+
+
+def decode_face(data: bytes) -> np.ndarray:
+    """Decode one stored face to RGB uint8 (128, 128, 3); empty bytes (no face) give zeros."""
+    if not data:
+        return np.zeros((FACE_SIZE, FACE_SIZE, 3), np.uint8)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("corrupt face image in record")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _replace_atomically(temp: Path, final: Path) -> None:
+    with open(temp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temp, final)
+
+
+def write_record(stem: str | Path, *, faces: Sequence[bytes], landmarks: np.ndarray, boxes: np.ndarray,
+                 has_face: np.ndarray, mel: np.ndarray, source_fps: float, source_size: tuple[int, int],
+                 face_format: str, fps: float = 25.0, has_audio: bool = True) -> Path:
+    """Write a record atomically (temporary files, then rename; .npz last); returns the .npz path."""
+    npz_path, faces_path = record_paths(stem)
+    count = len(faces)
+    if not (len(landmarks) == len(boxes) == len(has_face) == count):
+        raise ValueError("faces, landmarks, boxes and has_face must have one entry per frame")
+    npz_path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = f".tmp-{os.getpid()}"
+    temp_npz, temp_faces = Path(str(npz_path) + suffix), Path(str(faces_path) + suffix)
+    try:
+        with open(temp_faces, "wb") as handle:
+            for data in faces:
+                handle.write(data)
+        offsets = np.concatenate([[0], np.cumsum([len(data) for data in faces], dtype=np.int64)])
+        with open(temp_npz, "wb") as handle:
+            np.savez_compressed(
+                handle, version=np.int32(VERSION), fps=np.float64(fps), source_fps=np.float64(source_fps),
+                source_size=np.asarray(source_size, np.int32), face_format=np.array(face_format),
+                has_audio=np.bool_(has_audio), landmarks=np.asarray(landmarks, np.float32),
+                boxes=np.asarray(boxes, np.int32), has_face=np.asarray(has_face, bool),
+                mel=np.asarray(mel, np.float32).reshape(-1, 80), face_offsets=offsets.astype(np.int64))
+        npz_path.unlink(missing_ok=True)  # an old record stops counting as complete before its faces change
+        _replace_atomically(temp_faces, faces_path)
+        _replace_atomically(temp_npz, npz_path)
+    finally:
+        temp_faces.unlink(missing_ok=True)
+        temp_npz.unlink(missing_ok=True)
+    return npz_path
+
+
+class FaceFrames:
+    """The face crops of a record, decoded on indexing: faces[t] -> (128, 128, 3) uint8 RGB; faces[[1, 5]],
+    faces[2:4] -> (k, 128, 128, 3). np.asarray(faces) decodes them all."""
+
+    def __init__(self, path: Path, offsets: np.ndarray):
+        self.path, self.offsets = path, offsets
+        self.shape = (len(offsets) - 1, FACE_SIZE, FACE_SIZE, 3)
+        self.dtype = np.dtype(np.uint8)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _read(self, indices: np.ndarray) -> np.ndarray:
+        out = np.empty((len(indices),) + self.shape[1:], np.uint8)
+        with open(self.path, "rb") as handle:
+            for slot, index in enumerate(indices):
+                start, end = int(self.offsets[index]), int(self.offsets[index + 1])
+                handle.seek(start)
+                out[slot] = decode_face(handle.read(end - start))
+        return out
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self._read(np.arange(len(self))[[key]])[0]
+        return self._read(np.arange(len(self))[key].reshape(-1))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        frames = self._read(np.arange(len(self)))
+        return frames if dtype is None else frames.astype(dtype)
+
+
+class Clip:
+    """A preprocessed video. Arrays load on first use; faces decode per frame (see FaceFrames).
+
+    faces (T, 128, 128, 3) uint8 RGB; landmarks (T, 131, 2) float32, canonical order, normalised to the crop box;
+    boxes (T, 4) int32 (x0, y0, x1, y1) source pixels; has_face (T,) bool; mel (M, 80) float32; fps (25.0);
+    source_fps; source_size (width, height); has_audio.
+    """
+
+    def __init__(self, path: str | Path):
+        self.npz_path, self.faces_path = record_paths(path)
+        if not self.npz_path.is_file():
+            raise InputError(self.npz_path, "no such record (run preprocess.py first)")
+        try:
+            with np.load(self.npz_path, allow_pickle=False) as arrays:
+                version = int(arrays["version"])
+                if version != VERSION:
+                    raise InputError(self.npz_path, f"record version {version}, this code reads {VERSION}: "
+                                                    "preprocess again with --overwrite")
+                self.fps = float(arrays["fps"])
+                self.source_fps = float(arrays["source_fps"])
+                self.source_size = tuple(int(v) for v in arrays["source_size"])
+                self.face_format = str(arrays["face_format"])
+                self.has_audio = bool(arrays["has_audio"])
+                self.has_face = arrays["has_face"]
+                self.boxes = arrays["boxes"]
+                offsets = arrays["face_offsets"]
+        except (OSError, ValueError, KeyError) as error:
+            raise InputError(self.npz_path, f"unreadable record ({error})") from None
+        size = self.faces_path.stat().st_size if self.faces_path.is_file() else -1
+        if size != int(offsets[-1]):
+            raise InputError(self.faces_path, "missing or does not match its .npz (preprocess again)")
+        self.faces = FaceFrames(self.faces_path, offsets)
+
+    def _load(self, name: str) -> np.ndarray:
+        with np.load(self.npz_path, allow_pickle=False) as arrays:
+            return arrays[name]
+
+    @functools.cached_property
+    def landmarks(self) -> np.ndarray:
+        return self._load("landmarks")
+
+    @functools.cached_property
+    def mel(self) -> np.ndarray:
+        return self._load("mel")
+
+    def __len__(self) -> int:
+        return len(self.has_face)
+
+    @property
+    def face_frames(self) -> np.ndarray:
+        """Indices of the frames with a face."""
+        return np.flatnonzero(self.has_face)
+
+
+def load_clip(path: str | Path) -> Clip:
+    """Open the record at `path` (its stem, .npz or .faces path)."""
+    return Clip(path)

@@ -1,0 +1,219 @@
+"""Preprocess talking-face videos into compact training records (one .npz + one .faces file per video).
+
+  python preprocess.py --input-root LRS2/main --output-root records/lrs2 [--workers 2] [--shard 0/4]
+
+Every video under the input root (mp4, mov, mkv, avi, webm) is resampled to 25 fps; FaceMesh finds 131
+landmarks per frame; the face is cropped by the shared crop rule (data/crop.py) to 128x128; the audio track
+becomes the 16 kHz mel-spectrogram. Finished records are skipped on the next run; videos that cannot be used
+are listed with the reason in failures.tsv under the output root.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import multiprocessing
+import os
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from data.audio import load_audio, melspectrogram
+from data.crop import crop_box, crop_face, normalise_to_box
+from data.errors import InputError, one_line
+from data.landmarks import NUM_LANDMARKS, from_facemesh
+from data.records import FACE_FORMATS, encode_face, is_complete, write_record
+from data.video import FPS, VIDEO_EXTENSIONS, VideoReader
+
+MIN_FRAMES = 25
+
+
+@dataclass(frozen=True)
+class Options:
+    face_format: str = "png"
+    jpeg_quality: int = 95
+    tracking: bool = True
+    allow_no_audio: bool = False
+    min_frames: int = MIN_FRAMES
+
+
+_mesh = None  # one FaceMesh per worker process
+
+
+def _quiet_worker() -> None:
+    """Worker start-up: MediaPipe and TFLite log to fd 2 from C++; results travel back as values instead."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+
+
+def _face_mesh(options: Options):
+    global _mesh
+    if _mesh is None:
+        from data.facemesh import FaceMesh
+
+        _mesh = FaceMesh(video=options.tracking)
+    return _mesh
+
+
+def preprocess_video(video: Path, stem: Path, options: Options) -> int:
+    """Write the record of one video; returns its number of 25 fps frames. Raises InputError for a bad video."""
+    mesh = _face_mesh(options)
+    mesh.reset()
+    with VideoReader(video, FPS) as reader:
+        if reader.has_audio:
+            mel = melspectrogram(load_audio(video))
+        elif options.allow_no_audio:
+            mel = np.zeros((0, 80), np.float32)
+        else:
+            raise InputError(video, "no audio stream")
+        faces, landmarks, boxes, has_face = [], [], [], []
+        for frame in reader:
+            points = mesh(frame)
+            if points is None:
+                faces.append(b"")
+                landmarks.append(np.zeros((NUM_LANDMARKS, 2), np.float32))
+                boxes.append(np.zeros(4, np.int32))
+                has_face.append(False)
+                continue
+            points = from_facemesh(points)
+            box = crop_box(points, (frame.shape[1], frame.shape[0]))
+            faces.append(encode_face(crop_face(frame, box), options.face_format, options.jpeg_quality))
+            landmarks.append(normalise_to_box(points, box))
+            boxes.append(box)
+            has_face.append(True)
+        source_fps, source_size = reader.source_fps, reader.size
+    if len(faces) < options.min_frames:
+        raise InputError(video, f"too short: {len(faces)} frames at 25 fps (need at least {options.min_frames})")
+    if not any(has_face):
+        raise InputError(video, f"no face found in any of its {len(faces)} frames")
+    write_record(stem, faces=faces, landmarks=np.stack(landmarks), boxes=np.stack(boxes),
+                 has_face=np.array(has_face), mel=mel, source_fps=source_fps, source_size=source_size,
+                 face_format=options.face_format, fps=FPS, has_audio=len(mel) > 0)
+    return len(faces)
+
+
+def _job(video: Path, stem: Path, options: Options) -> tuple[int, str | None]:
+    """(frames, None) when recorded, (0, reason) when the video is unusable; never raises."""
+    try:
+        return preprocess_video(video, stem, options), None
+    except InputError as error:
+        return 0, error.problem
+    except Exception as error:  # a bad file must not stop a long run: report it and go on
+        return 0, f"unexpected {type(error).__name__}: {one_line(error)}"
+
+
+def find_videos(root: Path) -> list[Path]:
+    """Video files under root (recursive, sorted), by extension, case-insensitive."""
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+
+
+def in_shard(relative: Path, shard: tuple[int, int]) -> bool:
+    """Stable assignment of a video to one of N shards by a hash of its relative path (no coordination)."""
+    index, count = shard
+    return zlib.crc32(relative.as_posix().encode()) % count == index
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes I/N, e.g. 0/4; got {text!r}") from None
+    if not (count >= 1 and 0 <= index < count):
+        raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N; got {text!r}")
+    return index, count
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input-root", type=Path, required=True, help="folder searched recursively for videos")
+    parser.add_argument("--output-root", type=Path, required=True,
+                        help="records are written here at each video's relative path")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2; 0 = in this process)")
+    parser.add_argument("--shard", type=parse_shard, default=(0, 1),
+                        help="I/N: process only shard I of N (e.g. a SLURM array index); default 0/1")
+    parser.add_argument("--overwrite", action="store_true", help="redo videos whose record already exists")
+    parser.add_argument("--face-format", choices=FACE_FORMATS, default="png",
+                        help="png (lossless, default) or jpg for about 3x smaller records")
+    parser.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality, 95-100 (default 95)")
+    parser.add_argument("--detect-every-frame", action="store_true",
+                        help="run FaceMesh's face detector on every frame as the official code did "
+                             "(slower); default: track the face between frames")
+    parser.add_argument("--allow-no-audio", action="store_true",
+                        help="record videos without an audio track (empty mel) instead of failing them")
+    args = parser.parse_args(argv)
+    if not 95 <= args.jpeg_quality <= 100:
+        parser.error("--jpeg-quality must be between 95 and 100")
+    if args.workers < 0:
+        parser.error("--workers must be 0 or more")
+    if not args.input_root.is_dir():
+        parser.error(f"{args.input_root}: no such folder")
+    return args
+
+
+def _run_jobs(jobs: list[tuple[Path, Path]], workers: int, options: Options):
+    """Yield (video, frames, reason) as jobs finish; a worker that crashes fails its video, not the run."""
+    if workers == 0:
+        for video, stem in jobs:
+            yield video, *_job(video, stem, options)
+        return
+    context = multiprocessing.get_context("spawn")  # workers share no MediaPipe state with this process
+    retry = []
+    with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_quiet_worker) as pool:
+        running = {pool.submit(_job, video, stem, options): (video, stem) for video, stem in jobs}
+        for future in futures.as_completed(running):
+            try:
+                yield running[future][0], *future.result()
+            except futures.process.BrokenProcessPool:
+                retry.append(running[future])
+    # A native crash breaks the whole pool: run each video it interrupted alone, so only the culprit fails.
+    for video, stem in retry:
+        with futures.ProcessPoolExecutor(1, mp_context=context, initializer=_quiet_worker) as pool:
+            try:
+                yield video, *pool.submit(_job, video, stem, options).result()
+            except futures.process.BrokenProcessPool:
+                yield video, 0, "the worker process crashed on this video"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    options = Options(face_format=args.face_format, jpeg_quality=args.jpeg_quality,
+                      tracking=not args.detect_every_frame, allow_no_audio=args.allow_no_audio)
+    videos = [v for v in find_videos(args.input_root) if in_shard(v.relative_to(args.input_root), args.shard)]
+    jobs, skipped = [], 0
+    for video in videos:
+        stem = args.output_root / video.relative_to(args.input_root).with_suffix("")
+        if is_complete(stem) and not args.overwrite:
+            skipped += 1
+        else:
+            jobs.append((video, stem))
+    args.output_root.mkdir(parents=True, exist_ok=True)
+    index, count = args.shard
+    failures_path = args.output_root / ("failures.tsv" if count == 1 else f"failures.shard-{index}-of-{count}.tsv")
+    print(f"{len(videos)} videos in shard {index}/{count}: {skipped} already done, {len(jobs)} to process",
+          file=sys.stderr)
+    done = failed = frames = 0
+    started = time.perf_counter()
+    with open(failures_path, "w") as failures, tqdm(total=len(jobs), unit="video") as bar:
+        for video, video_frames, reason in _run_jobs(jobs, args.workers, options):
+            relative = video.relative_to(args.input_root)
+            if reason is None:
+                done, frames = done + 1, frames + video_frames
+            else:
+                failed += 1
+                failures.write(f"{relative.as_posix()}\t{reason}\n")
+                failures.flush()
+                tqdm.write(f"failed: {relative}: {reason}", file=sys.stderr)
+            bar.update(1)
+            bar.set_postfix(frames=frames, failed=failed)
+    seconds = time.perf_counter() - started
+    print(f"videos: {done} done, {skipped} skipped, {failed} failed; {frames} frames in {seconds:.1f} s "
+          f"({frames / max(seconds, 1e-9):.1f} frames/s)" + (f"; failures listed in {failures_path}" if failed else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Shared fixtures: the sample media in ../shared/samples and synthetic media made on the fly."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = Path(os.environ.get("IPLAP_SAMPLES", REPO.parent / "shared" / "samples"))
+
+
+@pytest.fixture(scope="session")
+def samples() -> Path:
+    """The folder of real sample media; the suite needs it (CI has ../shared beside the checkout)."""
+    if not (SAMPLES / "talk_a.mp4").is_file():
+        raise FileNotFoundError(f"sample media not found in {SAMPLES}: set IPLAP_SAMPLES to the samples folder")
+    return SAMPLES
+
+
+@pytest.fixture(scope="session")
+def talk_a_frames(samples) -> list[np.ndarray]:
+    from data.video import read_frames
+
+    return read_frames(samples / "talk_a.mp4")[:40]
+
+
+@pytest.fixture(scope="session")
+def face_mesh():
+    from data.facemesh import FaceMesh
+
+    with FaceMesh(video=False) as mesh:
+        yield mesh
+
+
+@pytest.fixture(scope="session")
+def records(samples, tmp_path_factory) -> Path:
+    """Records of talk_a and talk_b made once per session by preprocess.py (in-process)."""
+    import preprocess
+
+    root = tmp_path_factory.mktemp("records")
+    inputs = tmp_path_factory.mktemp("inputs")
+    for name in ("talk_a.mp4", "talk_b.mp4"):
+        (inputs / name).symlink_to(samples / name)
+    assert preprocess.main(["--input-root", str(inputs), "--output-root", str(root), "--workers", "0"]) == 0
+    return root
+
+
+def tone(seconds: float, sample_rate: int = 16000, frequency: float = 440.0) -> np.ndarray:
+    """A float32 sine wave at amplitude 0.3."""
+    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
+    return (0.3 * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+
+
+def numbered_frames(count: int, size: tuple[int, int] = (64, 48)) -> list[np.ndarray]:
+    """Flat grey frames whose brightness encodes their index (index * 8), to trace frame selection."""
+    width, height = size
+    return [np.full((height, width, 3), (8 * i) % 256, np.uint8) for i in range(count)]
+
+
+def frame_index(frame: np.ndarray) -> int:
+    return int(round(float(frame.mean()) / 8))

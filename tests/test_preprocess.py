@@ -1,0 +1,140 @@
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+import preprocess
+from conftest import REPO, numbered_frames, tone
+from data import load_clip
+from data.audio import load_audio
+from data.records import is_complete
+from data.video import VideoWriter, read_frames
+
+
+def test_records_of_the_samples(records, samples):
+    for name in ("talk_a", "talk_b"):
+        clip = load_clip(records / name)
+        assert len(clip) == 125 and clip.fps == 25.0 and clip.source_fps == 25.0 and clip.has_audio
+        assert clip.has_face.all()
+        # The mel covers the whole audio track: 1 + samples // 200 frames.
+        assert len(clip.mel) == 1 + len(load_audio(samples / f"{name}.mp4")) // 200
+        inside = ((clip.landmarks >= 0) & (clip.landmarks <= 1)).all(axis=-1)
+        assert inside.mean() >= 0.95
+        width, height = clip.source_size
+        assert (clip.boxes[:, :2] >= 0).all() and (clip.boxes[:, 2] <= width).all()
+        assert (clip.boxes[:, 3] <= height).all()
+        face = clip.faces[60]
+        assert face.shape == (128, 128, 3) and 40 < face.mean() < 220
+    assert (records / "failures.tsv").read_text() == ""
+
+
+def test_stored_crop_matches_the_source_frame(records, samples):
+    clip = load_clip(records / "talk_b")
+    frame = read_frames(samples / "talk_b.mp4")[10]
+    x0, y0, x1, y1 = clip.boxes[10]
+    expected = cv2.resize(frame[y0:y1, x0:x1], (128, 128), interpolation=cv2.INTER_AREA)
+    assert np.abs(clip.faces[10].astype(int) - expected).max() <= 1
+
+
+def _write(path, frames, fps, audio=None):
+    with VideoWriter(path, fps=fps, audio=audio) as writer:
+        for frame in frames:
+            writer.write(frame)
+
+
+@pytest.fixture(scope="module")
+def mixed_tree(tmp_path_factory, samples):
+    """Good and bad videos side by side, as a real dataset folder can have them."""
+    root = tmp_path_factory.mktemp("videos")
+    (root / "spk1").mkdir()
+    (root / "spk1" / "talk_a.mp4").symlink_to(samples / "talk_a.mp4")
+    (root / "spk1" / "template_129.mp4").symlink_to(samples / "template_129.mp4")
+    (root / "spk2").mkdir()
+    (root / "spk2" / "notes.mp4").write_text("this is not a video")
+    (root / "spk2" / "truncated.mp4").write_bytes((samples / "talk_b.mp4").read_bytes()[:150_000])
+    faces = [cv2.resize(f, (320, 320), interpolation=cv2.INTER_AREA) for f in read_frames(samples / "talk_a.mp4")]
+    speech = load_audio(samples / "talk_a.mp4")
+    for fps, name in ((30.0, "at30.mov"), (22.13, "at22.mkv")):
+        count = 60
+        _write(root / "spk2" / name, faces[:count], fps, speech[: int(count / fps * 16000)])
+    _write(root / "spk2" / "no_face.mp4", numbered_frames(40, (96, 96)), 25, tone(1.6))
+    _write(root / "spk2" / "short.mp4", faces[:20], 25, speech[: 20 * 640])
+    return root
+
+
+def test_bad_videos_are_listed_and_the_run_goes_on(mixed_tree, tmp_path):
+    out = tmp_path / "records"
+    result = subprocess.run([sys.executable, "preprocess.py", "--input-root", str(mixed_tree), "--output-root",
+                             str(out), "--workers", "2"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    failures = dict(line.split("\t") for line in (out / "failures.tsv").read_text().splitlines())
+    assert set(failures) == {"spk1/template_129.mp4", "spk2/notes.mp4", "spk2/truncated.mp4",
+                             "spk2/no_face.mp4", "spk2/short.mp4"}
+    assert failures["spk1/template_129.mp4"] == "no audio stream"
+    assert failures["spk2/notes.mp4"].startswith("not a readable video")
+    assert failures["spk2/no_face.mp4"].startswith("no face found")
+    assert failures["spk2/short.mp4"].startswith("too short: 20 frames")
+    assert "3 done, 0 skipped, 5 failed" in result.stdout
+    for name, fps in (("at30", 30.0), ("at22", 22.13)):
+        clip = load_clip(out / "spk2" / name)
+        assert clip.source_fps == pytest.approx(fps, rel=1e-3)
+        assert abs(len(clip) - 60 / fps * 25) <= 1
+        decoded = load_audio(mixed_tree / "spk2" / f"{name}{'.mov' if fps == 30 else '.mkv'}")
+        assert len(clip.mel) == 1 + len(decoded) // 200  # the mel covers the whole audio track
+        assert abs(len(decoded) / 16000 - 60 / fps) < 0.07  # AAC rounds up to a whole 1024-sample frame
+        assert clip.has_face.mean() > 0.9
+
+    # Resume: finished records are skipped, failures retried; --overwrite redoes them.
+    again = subprocess.run([sys.executable, "preprocess.py", "--input-root", str(mixed_tree), "--output-root",
+                            str(out), "--workers", "0"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert "0 done, 3 skipped, 5 failed" in again.stdout
+
+
+def test_no_audio_template_can_be_recorded_when_asked(samples, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "template_129.mp4").symlink_to(samples / "template_129.mp4")
+    preprocess.main(["--input-root", str(tmp_path / "in"), "--output-root", str(tmp_path / "out"), "--workers", "0",
+                     "--allow-no-audio"])
+    clip = load_clip(tmp_path / "out" / "template_129")
+    assert len(clip) == 225 and clip.mel.shape == (0, 80) and not clip.has_audio and clip.source_fps == 30.0
+
+
+def test_resume_skips_finished_records(records, samples, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "talk_a.mp4").symlink_to(samples / "talk_a.mp4")
+    out = tmp_path / "out"
+    out.mkdir()
+    for suffix in (".npz", ".faces"):
+        (out / f"talk_a{suffix}").write_bytes((records / f"talk_a{suffix}").read_bytes())
+    before = (out / "talk_a.npz").stat().st_mtime_ns
+    preprocess.main(["--input-root", str(tmp_path / "in"), "--output-root", str(out), "--workers", "0"])
+    assert "0 done, 1 skipped, 0 failed" in capsys.readouterr().out
+    assert (out / "talk_a.npz").stat().st_mtime_ns == before
+
+
+def test_shards_partition_the_videos(tmp_path):
+    names = [f"spk{i}/{j:05d}.mp4" for i in range(20) for j in range(5)]
+    from pathlib import Path
+
+    shards = [{n for n in names if preprocess.in_shard(Path(n), (i, 4))} for i in range(4)]
+    assert set().union(*shards) == set(names)
+    assert sum(len(s) for s in shards) == len(names) and all(len(s) > 10 for s in shards)
+
+
+def test_finding_videos_by_extension(tmp_path):
+    for name in ("a.MP4", "b.mov", "c.mkv", "d.avi", "e.webm", "f.txt", "g.wav"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in preprocess.find_videos(tmp_path)] == ["a.MP4", "b.mov", "c.mkv", "d.avi", "e.webm"]
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "preprocess.py", "--input-root", str(tmp_path / "nope"),
+                             "--output-root", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and "no such folder" in result.stderr and "Traceback" not in result.stderr
+    result = subprocess.run([sys.executable, "preprocess.py", "--input-root", str(tmp_path), "--output-root",
+                             str(tmp_path / "out"), "--shard", "4/4"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and "0 <= I < N" in result.stderr
+    assert not is_complete(tmp_path / "out" / "x")
