@@ -1,0 +1,1 @@
+"""Training losses: landmark (L1 + velocity)."""

@@ -1,0 +1,95 @@
+"""Loading checkpoints: this project's files and the official IP_LAP release's, told apart automatically.
+
+Official files (github.com/Weizhi-Zhong/IP_LAP, README "Test": landmarkgenerator_checkpoint.pth and
+renderer_checkpoint.pth) are torch.save'd dicts {'state_dict', 'optimizer', 'global_step', 'global_epoch'} from
+CUDA models, keys possibly prefixed 'module.' (DataParallel). This project's files are dicts with 'kind',
+'model' (state dict) and 'model_args' (constructor keywords).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from data.errors import InputError, one_line
+from models.landmark_generator import LandmarkGenerator
+from models.layers import sinusoidal_encoding
+
+OFFICIAL_SOURCE = ("the official IP_LAP release (github.com/Weizhi-Zhong/IP_LAP, README section 'Test'); "
+                   "put it under checkpoints/ or pass its path")
+
+# Official landmark-generator names that differ from ours (prefix renames).
+LANDMARK_RENAMES = {"mouse_keypoint_map.": "lip_head.", "jaw_keypoint_map.": "jaw_head.", "Norm.": "norm."}
+# Official buffers we compute instead of storing: each must equal our table.
+LANDMARK_FIXED = ("fusion_transformer.position_v.pe", "fusion_transformer.position_a.pe")
+
+
+def read_checkpoint(path: str | Path, what: str) -> dict:
+    """torch.load a checkpoint onto the CPU, with one-line errors for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"{what} checkpoint not found; get it from {OFFICIAL_SOURCE}, "
+                               "or train one with this project")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and torch errors all mean the same to a user
+        raise InputError(path, f"not a readable {what} checkpoint ({one_line(error)})") from None
+    if not isinstance(checkpoint, dict) or not ({"state_dict", "model"} & set(checkpoint)):
+        raise InputError(path, f"not a {what} checkpoint (no 'state_dict' or 'model' entry)")
+    return checkpoint
+
+
+def strip_module_prefix(state: dict) -> dict:
+    """Drop one leading 'module.' (DataParallel/DDP) from every key that has it."""
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def load_exactly(model: nn.Module, state: dict, path: Path) -> None:
+    """Load a state dict that must hold every tensor of the model, each of the model's shape, and nothing else."""
+    expected = model.state_dict()
+    for name, tensor in state.items():
+        if name not in expected:
+            raise InputError(path, f"unexpected tensor '{name}' {tuple(tensor.shape)} for this network")
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise InputError(path, f"tensor '{name}' has shape {tuple(tensor.shape)}, "
+                                   f"expected {tuple(expected[name].shape)}")
+    missing = [name for name in expected if name not in state]
+    if missing:
+        raise InputError(path, f"tensor '{missing[0]}' is missing ({len(missing)} missing in all)")
+    model.load_state_dict(state, strict=True)
+
+
+def official_landmark_state(state: dict, path: Path) -> dict:
+    """Official landmark-generator state dict -> this project's names; the fixed sinusoid tables are checked."""
+    state = strip_module_prefix(state)
+    converted = {}
+    for name, tensor in state.items():
+        if name in LANDMARK_FIXED:
+            table = sinusoidal_encoding(tensor.shape[-2], tensor.shape[-1])
+            if tensor.dim() != 3 or not torch.allclose(tensor[0].float(), table, atol=1e-5):
+                raise InputError(path, f"tensor '{name}' is not the sinusoidal position table")
+            continue
+        for old, new in LANDMARK_RENAMES.items():
+            if name.startswith(old):
+                name = new + name[len(old):]
+        converted[name] = tensor
+    missing_fixed = [name for name in LANDMARK_FIXED if name not in state]
+    if missing_fixed:
+        raise InputError(path, f"tensor '{missing_fixed[0]}' is missing")
+    return converted
+
+
+def load_landmark_generator(path: str | Path, device: str | torch.device = "cpu") -> LandmarkGenerator:
+    """The landmark generator of an official IP_LAP checkpoint or one of this project's, in eval mode."""
+    path = Path(path)
+    checkpoint = read_checkpoint(path, "landmark generator")
+    if "model" in checkpoint:
+        if checkpoint.get("kind", "landmark_generator") != "landmark_generator":
+            raise InputError(path, f"holds a {checkpoint.get('kind')}, not a landmark generator")
+        model = LandmarkGenerator(**checkpoint.get("model_args", {}))
+        load_exactly(model, strip_module_prefix(checkpoint["model"]), path)
+    else:
+        model = LandmarkGenerator()
+        load_exactly(model, official_landmark_state(checkpoint["state_dict"], path), path)
+    return model.to(device).eval()
