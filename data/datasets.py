@@ -48,7 +48,8 @@ def _valid_starts(has_face: np.ndarray, mel_length: int, steps: int) -> np.ndarr
 
 
 class LandmarkWindows(torch.utils.data.Dataset):
-    """Samples for the landmark generator: item i comes from video i % V (V usable videos).
+    """Samples for the landmark generator: item i comes from video i % V (V usable videos); an epoch visits
+    every video `repeats` times.
 
     A sample is a random window of `steps` consecutive frames that all have a face (with audio windows inside
     the mel) and `refs` reference frames drawn from the video's other face frames. Randomness comes from
@@ -58,8 +59,8 @@ class LandmarkWindows(torch.utils.data.Dataset):
     """
 
     def __init__(self, stems: list[Path], steps: int = 5, refs: int = 15, min_face_frames: int = 25,
-                 seed: int = 0, progress: bool = False):
-        self.steps, self.refs, self.seed, self.epoch = steps, refs, seed, 0
+                 seed: int = 0, repeats: int = 1, progress: bool = False):
+        self.steps, self.refs, self.seed, self.epoch, self.repeats = steps, refs, seed, 0, repeats
         self.stems, self.skipped, self.missing = [], [], []
         for stem in tqdm(stems, desc="scanning records", unit="record", disable=not progress):
             if not record_paths(stem)[0].is_file():
@@ -78,7 +79,7 @@ class LandmarkWindows(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.stems)
+        return len(self.stems) * self.repeats
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])

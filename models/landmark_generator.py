@@ -75,6 +75,8 @@ class LandmarkGenerator(nn.Module):
     def __init__(self, d_model: int = 512, layers: int = 4, heads: int = 4, feed_forward: int = 1024,
                  dropout: float = 0.1):
         super().__init__()
+        if d_model != 512:
+            raise ValueError("d_model must be 512: the encoders emit 512-d embeddings")
         self.mel_encoder = audio_encoder(last_activation="tanh")
         self.pose_encoder = landmark_encoder(74)
         self.ref_encoder = landmark_encoder(131)

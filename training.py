@@ -1,0 +1,235 @@
+"""What both trainers share: YAML config with dotted overrides, distributed set-up, sampling, checkpoints, logging.
+
+A run is one folder (config `run_dir`) holding config.yaml (the resolved config), step_*.pt checkpoints and the
+TensorBoard events. Single process on CPU or one GPU, or many with `torchrun` (DDP; NCCL on CUDA, gloo on CPU).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+from data.errors import InputError
+
+
+# ---------------------------------------------------------------- config
+def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
+    """The YAML file at path with `dotted.key=value` overrides applied; an unknown key is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such config file")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise InputError(path, f"not valid YAML ({' '.join(str(error).split())})") from None
+    for item in overrides:
+        if "=" not in item:
+            raise InputError(item, "overrides take the form dotted.key=value")
+        key, text = item.split("=", 1)
+        node, parts = config, key.split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                raise InputError(path, f"unknown config key '{'.'.join(parts[:depth + 1])}' (from '{item}')")
+            if depth < len(parts) - 1:
+                node = node[part]
+        node[parts[-1]] = parse_value(text)
+    return config
+
+
+def parse_value(text: str):
+    """A command-line value as YAML would read it, plus numbers YAML 1.1 leaves as strings (5e-5)."""
+    value = yaml.safe_load(text) if text else None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def save_config(config: dict, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+# ---------------------------------------------------------------- distributed set-up
+@dataclass
+class Distributed:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str = "auto") -> Distributed:
+    """Device and process group: torchrun's environment when present, else a single process."""
+    wants_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("device=cuda", "CUDA was asked for but torch sees no GPU")
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if wants_cuda:
+        torch.cuda.set_device(local_rank)
+        target = torch.device("cuda", local_rank)
+    else:
+        target = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if wants_cuda else "gloo")
+    return Distributed(rank, world, local_rank, target)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002  (the global RNG that library code draws from)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on CUDA when asked; a no-op elsewhere."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A seeded permutation of range(n) per epoch, this rank's share of it, from an offset (for resuming).
+
+    Every rank sees an equal number of indices (the permutation is padded by wrapping around), so DDP ranks
+    step together; each rank gets a disjoint stride of it.
+    """
+
+    def __init__(self, size: int, rank: int = 0, world: int = 1, seed: int = 0):
+        self.size, self.rank, self.world, self.seed = size, rank, world, seed
+        self.epoch, self.offset = 0, 0
+        self.per_rank = -(-size // world)
+
+    def set_epoch(self, epoch: int, offset: int = 0) -> None:
+        self.epoch, self.offset = epoch, offset
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch))
+        order = torch.cat([order, order[: self.per_rank * self.world - self.size]])
+        return iter(order[self.rank::self.world][self.offset:].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank - self.offset
+
+
+# ---------------------------------------------------------------- checkpoints
+CHECKPOINT = re.compile(r"step_(\d+)\.pt$")
+
+
+def rng_state() -> dict:
+    """Every RNG's state in types torch.load(weights_only=True) accepts."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
+    state = {"python": random.getstate(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position,
+                                                    has_gauss, gauss], "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    name, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))  # noqa: NPY002
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int) -> Path:
+    """Write step_<step>.pt atomically (temporary name, then rename) and keep only the newest `keep`."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / f"step_{step:09d}.pt"
+    temp = path.with_suffix(".pt.tmp")
+    torch.save(state, temp)
+    os.replace(temp, path)
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """step_*.pt files in run_dir, oldest first."""
+    if not run_dir.is_dir():
+        return []
+    return sorted((p for p in run_dir.iterdir() if CHECKPOINT.search(p.name)),
+                  key=lambda p: int(CHECKPOINT.search(p.name).group(1)))
+
+
+def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
+    """--resume auto: the newest checkpoint of the run (None if there is none); a path: that file."""
+    if not resume:
+        return None
+    if resume == "auto":
+        found = list_checkpoints(run_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not path.is_file():
+        raise InputError(path, "no such checkpoint to resume from")
+    return path
+
+
+def training_state(model: torch.nn.Module, optimisers: dict, step: int, config: dict, kind: str,
+                   model_args: dict) -> dict:
+    """One dict holds everything a resume needs, and what load_* needs to rebuild the network."""
+    bare = model.module if hasattr(model, "module") else model
+    return {"kind": kind, "model": bare.state_dict(), "model_args": model_args, "step": step,
+            "optimisers": {name: opt.state_dict() for name, opt in optimisers.items()},
+            "config": copy.deepcopy(config), "rng": rng_state()}
+
+
+def restore(path: Path, model: torch.nn.Module, optimisers: dict) -> int:
+    """Load a training checkpoint into model and optimisers, restore RNG states; returns its step."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    bare = model.module if hasattr(model, "module") else model
+    bare.load_state_dict(state["model"])
+    for name, optimiser in optimisers.items():
+        optimiser.load_state_dict(state["optimisers"][name])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+# ---------------------------------------------------------------- logging
+class Logger:
+    """TensorBoard on the main rank only; other ranks get a logger that does nothing."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir))
+
+    def scalars(self, values: dict, step: int, prefix: str = "") -> None:
+        if self.writer:
+            for name, value in values.items():
+                self.writer.add_scalar(prefix + name, float(value), step)
+
+    def image(self, name: str, image: np.ndarray, step: int) -> None:
+        """(H, W, 3) uint8 or float in 0..1."""
+        if self.writer:
+            self.writer.add_image(name, image, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
