@@ -30,10 +30,11 @@ BATCH_KEYS = ("mels", "pose", "content", "ref_pose", "ref_content")
 
 
 def record_list(data: dict, split: str) -> list[Path] | None:
-    """Stems of a split: its file list under data.records, or every record there when the list is null."""
+    """Stems of a split: a file list (paths under data.records) or a folder of records; for train, every record
+    under data.records when the list is null."""
     listed = data.get(f"{split}_list")
     if listed:
-        return read_filelist(listed, data["records"])
+        return records_under(listed) if Path(listed).is_dir() else read_filelist(listed, data["records"])
     return records_under(data["records"]) if split == "train" else None
 
 
