@@ -9,7 +9,7 @@ import training
 from conftest import REPO
 from data.errors import InputError
 
-TINY = ["model.layers=1", "model.feed_forward=64", "optim.batch_size=4", "sample.epoch_repeats=4",
+TINY = ["data.val_list=null", "model.layers=1", "model.feed_forward=64", "optim.batch_size=4", "sample.epoch_repeats=4",
         "schedule.log_every=1", "schedule.save_every=3", "schedule.keep_last=5", "schedule.eval_every=1000"]
 
 
