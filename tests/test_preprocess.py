@@ -141,3 +141,20 @@ def test_command_line_errors_are_one_line(tmp_path):
                              str(tmp_path / "out"), "--shard", "4/4"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2 and "0 <= I < N" in result.stderr
     assert not is_complete(tmp_path / "out" / "x")
+
+
+def test_a_worker_crash_fails_only_its_video(tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    def fake(video, stem, options):
+        if video.name == "crash.mp4":
+            os._exit(1)  # a native crash inside MediaPipe or FFmpeg looks like this to the pool
+        return 30
+
+    monkeypatch.setattr(preprocess, "preprocess_video", fake)  # forked workers inherit the patch
+    jobs = [(Path(name), tmp_path / name) for name in ("a.mp4", "crash.mp4", "b.mp4", "c.mp4")]
+    results = {video.name: (frames, reason) for video, frames, reason in
+               preprocess._run_jobs(jobs, 2, preprocess.Options())}
+    assert results["crash.mp4"] == (0, "the worker process crashed on this video")
+    assert all(results[name] == (30, None) for name in ("a.mp4", "b.mp4", "c.mp4"))
