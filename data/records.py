@@ -166,17 +166,19 @@ class Clip:
             raise InputError(self.faces_path, "missing or does not match its .npz (preprocess again)")
         self.faces = FaceFrames(self.faces_path, offsets)
 
-    def _load(self, name: str) -> np.ndarray:
+    @functools.cached_property
+    def _per_frame(self) -> dict[str, np.ndarray]:
+        # Landmarks and mel are almost always used together: read both in one pass over the .npz.
         with np.load(self.npz_path, allow_pickle=False) as arrays:
-            return arrays[name]
+            return {"landmarks": arrays["landmarks"], "mel": arrays["mel"]}
 
-    @functools.cached_property
+    @property
     def landmarks(self) -> np.ndarray:
-        return self._load("landmarks")
+        return self._per_frame["landmarks"]
 
-    @functools.cached_property
+    @property
     def mel(self) -> np.ndarray:
-        return self._load("mel")
+        return self._per_frame["mel"]
 
     def __len__(self) -> int:
         return len(self.has_face)
