@@ -15,6 +15,7 @@ from torch import nn
 from data.errors import InputError, one_line
 from models.landmark_generator import LandmarkGenerator
 from models.layers import sinusoidal_encoding
+from models.renderer import Renderer
 
 OFFICIAL_SOURCE = ("the official IP_LAP release (github.com/Weizhi-Zhong/IP_LAP, README section 'Test'); "
                    "put it under checkpoints/ or pass its path")
@@ -93,3 +94,80 @@ def load_landmark_generator(path: str | Path, device: str | torch.device = "cpu"
         model = LandmarkGenerator()
         load_exactly(model, official_landmark_state(checkpoint["state_dict"], path), path)
     return model.to(device).eval()
+
+
+# Official renderer tensors whose first 3 input channels (dim 1) or 3 output channels (dim 0) are BGR images:
+# flipped to RGB on load. Sketch channels are left alone (sketches are grey, the same in either order).
+BGR_INPUTS = {"flow_module.conv1.weight": 6, "translation.conv1.weight": 18,
+              "translation.spade_4.spade_layer_1.conv1.weight": 3, "translation.spade_4.spade_layer_2.conv1.weight": 3}
+BGR_OUTPUTS = ("translation.conv_last.weight",)
+VGG_PREFIX = "perceptual.model.network."
+
+
+def _flip_first_three(weight: torch.Tensor, dim: int) -> torch.Tensor:
+    """Reverse channels 0..2 along dim (BGR <-> RGB); the others keep their place."""
+    order = torch.arange(weight.shape[dim])
+    order[:3] = order[:3].flip(0)
+    return weight.index_select(dim, order)
+
+
+def official_renderer_state(state: dict, path: Path) -> tuple[dict, dict]:
+    """Official renderer state dict -> (this project's RGB renderer state, the VGG19 `features` state it carries).
+
+    The official networks take and return BGR images; flipping the channels of the first convolutions that see
+    images (and of the output convolution) makes the same network take and return RGB, with identical results.
+    """
+    state = strip_module_prefix(state)
+    renderer, vgg = {}, {}
+    for name, tensor in state.items():
+        if name.startswith(VGG_PREFIX):
+            vgg[name[len(VGG_PREFIX):]] = tensor
+            continue
+        if name in BGR_INPUTS and tensor.dim() == 4 and tensor.shape[1] == BGR_INPUTS[name]:
+            tensor = _flip_first_three(tensor, 1)
+        elif name in BGR_OUTPUTS and tensor.dim() == 4 and tensor.shape[0] == 3:
+            tensor = _flip_first_three(tensor, 0)
+        renderer[name] = tensor
+    return renderer, vgg
+
+
+def load_renderer(path: str | Path, device: str | torch.device = "cpu") -> Renderer:
+    """The renderer of an official IP_LAP checkpoint or one of this project's, in eval mode, taking RGB images.
+
+    An official file also carries the VGG19 weights of its perceptual loss (under 'perceptual.'); they are checked
+    against VGG19's layout and left out here (`official_vgg19_features` hands them to the perceptual loss).
+    """
+    path = Path(path)
+    checkpoint = read_checkpoint(path, "renderer")
+    model = Renderer()
+    if "model" in checkpoint:
+        if checkpoint.get("kind", "renderer") != "renderer":
+            raise InputError(path, f"holds a {checkpoint.get('kind')}, not a renderer")
+        load_exactly(model, strip_module_prefix(checkpoint["model"]), path)
+    else:
+        state, vgg = official_renderer_state(checkpoint["state_dict"], path)
+        _check_vgg19_features(vgg, path)
+        load_exactly(model, state, path)
+    return model.to(device).eval()
+
+
+def _check_vgg19_features(vgg: dict, path: Path) -> None:
+    from torchvision.models import vgg19
+
+    expected = {f"{k}": v.shape for k, v in vgg19(weights=None).features.state_dict().items()}
+    for name, tensor in vgg.items():
+        if name not in expected or tuple(tensor.shape) != tuple(expected[name]):
+            raise InputError(path, f"unexpected tensor '{VGG_PREFIX}{name}' {tuple(tensor.shape)}")
+    if vgg and len(vgg) != len(expected):
+        missing = sorted(set(expected) - set(vgg))[0]
+        raise InputError(path, f"tensor '{VGG_PREFIX}{missing}' is missing")
+
+
+def official_vgg19_features(path: str | Path) -> dict:
+    """The VGG19 `features` state dict stored in an official renderer checkpoint (ImageNet weights)."""
+    path = Path(path)
+    _, vgg = official_renderer_state(read_checkpoint(path, "renderer")["state_dict"], path)
+    if not vgg:
+        raise InputError(path, "holds no VGG19 weights under 'perceptual.'")
+    _check_vgg19_features(vgg, path)
+    return vgg

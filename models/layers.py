@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -49,3 +50,89 @@ def sinusoidal_encoding(length: int, dim: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(position * frequency)
     table[:, 1::2] = torch.cos(position * frequency)
     return table
+
+
+def _modulate(normalised: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """normalised * (1 + gamma) + beta, where normalised may hold k samples per gamma sample (k references of one
+    frame, stored sample-major), in which case gamma and beta are shared by those k."""
+    if normalised.shape[0] != gamma.shape[0]:
+        groups = normalised.shape[0] // gamma.shape[0]
+        shaped = normalised.view(gamma.shape[0], groups, *normalised.shape[1:])
+        return (shaped + shaped * gamma[:, None] + beta[:, None]).flatten(0, 1)
+    return normalised + normalised * gamma + beta  # the official order of operations
+
+
+class SPADELayer(nn.Module):
+    """Spatially-adaptive normalisation (Park et al. 2019): InstanceNorm(x) * (1 + gamma) + beta, where gamma and
+    beta are 3x3 convolutions of a 3x3 convolution of the modulation map (no activation in between, as IP_LAP)."""
+
+    def __init__(self, channels: int, modulation_channels: int, hidden: int = 256):
+        super().__init__()
+        self.conv1 = nn.Conv2d(modulation_channels, hidden, 3, 1, 1)
+        self.gamma = nn.Conv2d(hidden, channels, 3, 1, 1)
+        self.beta = nn.Conv2d(hidden, channels, 3, 1, 1)
+
+    def modulation(self, modulation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gamma, beta) for a modulation map; depends on nothing else, so it can be computed once and shared."""
+        hidden = self.conv1(modulation)
+        return self.gamma(hidden), self.beta(hidden)
+
+    def forward(self, x: torch.Tensor, modulation: torch.Tensor | None = None,
+                gamma_beta: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        gamma, beta = gamma_beta if gamma_beta is not None else self.modulation(modulation)
+        return _modulate(F.instance_norm(x, eps=1e-5), gamma, beta)
+
+
+class AdaINLayer(nn.Module):
+    """Adaptive instance normalisation: InstanceNorm(x) * (1 + gamma) + beta, gamma and beta from a vector
+    through Linear -> ReLU -> Linear (one head each)."""
+
+    def __init__(self, channels: int, modulation_features: int, hidden: int = 128):
+        super().__init__()
+        self.mlp_shared = nn.Sequential(nn.Linear(modulation_features, hidden), nn.ReLU())
+        self.mlp_gamma = nn.Linear(hidden, channels)
+        self.mlp_beta = nn.Linear(hidden, channels)
+
+    def forward(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+        hidden = self.mlp_shared(modulation.flatten(1))
+        gamma = self.mlp_gamma(hidden)[:, :, None, None]
+        beta = self.mlp_beta(hidden)[:, :, None, None]
+        return _modulate(F.instance_norm(x, eps=1e-5), gamma, beta)
+
+
+class SPADE(nn.Module):
+    """Residual-free SPADE block: [SPADE layer, LeakyReLU(0.2), conv3x3] twice."""
+
+    def __init__(self, channels: int, modulation_channels: int, hidden: int = 256):
+        super().__init__()
+        self.spade_layer_1 = SPADELayer(channels, modulation_channels, hidden)
+        self.spade_layer_2 = SPADELayer(channels, modulation_channels, hidden)
+        self.conv_1 = nn.Conv2d(channels, channels, 3, 1, 1)
+        self.conv_2 = nn.Conv2d(channels, channels, 3, 1, 1)
+        self.act = nn.LeakyReLU(0.2)
+
+    def modulation(self, modulation: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Both layers' (gamma, beta) for a modulation map."""
+        return [self.spade_layer_1.modulation(modulation), self.spade_layer_2.modulation(modulation)]
+
+    def forward(self, x: torch.Tensor, modulation: torch.Tensor | None = None,
+                gamma_beta: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        gamma_beta = gamma_beta if gamma_beta is not None else self.modulation(modulation)
+        x = self.conv_1(self.act(self.spade_layer_1(x, gamma_beta=gamma_beta[0])))
+        return self.conv_2(self.act(self.spade_layer_2(x, gamma_beta=gamma_beta[1])))
+
+
+class AdaIN(nn.Module):
+    """AdaIN block: [AdaIN layer, LeakyReLU(0.2), conv3x3] twice."""
+
+    def __init__(self, channels: int, modulation_features: int):
+        super().__init__()
+        self.adain_layer_1 = AdaINLayer(channels, modulation_features)
+        self.adain_layer_2 = AdaINLayer(channels, modulation_features)
+        self.conv_1 = nn.Conv2d(channels, channels, 3, 1, 1)
+        self.conv_2 = nn.Conv2d(channels, channels, 3, 1, 1)
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+        x = self.conv_1(self.act(self.adain_layer_1(x, modulation)))
+        return self.conv_2(self.act(self.adain_layer_2(x, modulation)))

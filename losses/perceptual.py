@@ -1,0 +1,110 @@
+"""VGG19 perceptual and style (Gram) losses on RGB images in 0..1 (paper section 3.2, facts section 4).
+
+Perceptual: sum over relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 of the L1 distance between VGG19 features of
+the two images (ImageNet-normalised), at full and at half resolution (bilinear). Style: L1 between Gram matrices
+(normalised by C*H*W) of the same layers, full resolution only. The official code maps its inputs with (x+1)/2
+as if they were in [-1, 1] although it feeds [0, 1] BGR images; here inputs are normalised as what they are.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data.errors import InputError, one_line
+
+LAYERS = {1: "relu1_1", 6: "relu2_1", 11: "relu3_1", 20: "relu4_1", 29: "relu5_1"}  # vgg19.features indices
+VGG19_FILE = "vgg19-dcbb9e9d.pth"
+VGG19_URL = "https://download.pytorch.org/models/" + VGG19_FILE
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_vgg19_features(path: str | Path | None = None, allow_random: bool = False) -> nn.Sequential:
+    """VGG19 `features` with ImageNet weights, frozen, in eval mode.
+
+    path: a torchvision VGG19 state dict (full or features only), or an official IP_LAP renderer checkpoint (it
+    carries the weights). None: torchvision's file in the torch hub cache, downloaded there when online.
+    allow_random: random weights (tests and smoke runs only; a perceptual loss from them means little).
+    """
+    from torchvision.models import vgg19
+
+    features = vgg19(weights=None).features[:30]  # up to relu5_1
+    if allow_random and path is None:
+        return _frozen(features)
+    if path is None:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILE
+        if not path.is_file():
+            try:
+                torch.hub.load_state_dict_from_url(VGG19_URL, progress=False)
+            except Exception as error:  # offline or blocked: say what to fetch and where to put it
+                raise InputError(path, f"VGG19 ImageNet weights not found and not downloadable ({one_line(error)}); "
+                                       f"download {VGG19_URL} to that path, or set the config's vgg19 path") from None
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"VGG19 weights not found (torchvision's file is {VGG19_URL})")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:  # an official renderer checkpoint
+        from models.checkpoints import official_vgg19_features
+
+        state = official_vgg19_features(path)
+    state = {k[len("features."):] if k.startswith("features.") else k: v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith("classifier.") and int(k.split(".")[0]) < 30}
+    try:
+        features.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise InputError(path, f"not VGG19 weights ({one_line(error)[:200]})") from None
+    return _frozen(features)
+
+
+def _frozen(network: nn.Module) -> nn.Module:
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    return network.eval()
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, C) Gram matrix divided by C*H*W."""
+    batch, channels, height, width = features.shape
+    flat = features.reshape(batch, channels, height * width)
+    return flat @ flat.transpose(1, 2) / (channels * height * width)
+
+
+class PerceptualLoss(nn.Module):
+    """loss(x, y) -> (perceptual, style) for RGB images in 0..1; style is only computed when asked."""
+
+    def __init__(self, features: nn.Sequential, scales: int = 2):
+        super().__init__()
+        self.features, self.scales = features, scales
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> PerceptualLoss:
+        super().train(mode)
+        self.features.eval()  # frozen: never in training mode
+        return self
+
+    def _activations(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = (x - self.mean) / self.std
+        out = []
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index in LAYERS:
+                out.append(x)
+        return out
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, style: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        perceptual, style_loss = x.new_zeros(()), x.new_zeros(()) if style else None
+        for scale in range(self.scales):
+            fx, fy = self._activations(x), self._activations(y)
+            for a, b in zip(fx, fy):
+                perceptual = perceptual + F.l1_loss(a, b.detach())
+                if style and scale == 0:
+                    style_loss = style_loss + F.l1_loss(gram(a), gram(b.detach()))
+            if scale < self.scales - 1:
+                x = F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)
+                y = F.interpolate(y, scale_factor=0.5, mode="bilinear", align_corners=False)
+        return perceptual, style_loss

@@ -1,0 +1,173 @@
+"""The renderer (paper section 3.2): alignment of N reference images by motion fields, then translation.
+
+Images are RGB in 0..1, (B, 3, 128, 128). Two steps, so that inference can encode a video's references once:
+
+    refs = renderer.encode_references(ref_images, ref_sketches)     # per reference: h1, h2 (reusable)
+    face, warped = renderer.render(face, target_sketches, refs, mels)  # per frame
+
+`renderer(face, target_sketches, ref_images, ref_sketches, mels)` does both. In the alignment module the SPADE
+gamma/beta maps depend only on the target sketches, which all N references of a frame share: they are computed
+once per frame here, where the official network recomputes them for every reference (facts section 7). The
+result is the same (tests/test_renderer.py keeps the per-reference formulation as the reference).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.layers import SPADE, AdaIN, audio_encoder
+
+FACE_SIZE = 128
+
+
+@dataclass
+class References:
+    """Encoded references: images (B, N, 3, H, W), h1 (B, N, 32, H, W), h2 (B, N, 256, H/2, W/2).
+    B may be 1 and then serves every frame of a batch."""
+
+    images: torch.Tensor
+    h1: torch.Tensor
+    h2: torch.Tensor
+
+    def for_batch(self, batch: int) -> References:
+        if self.images.shape[0] == batch:
+            return self
+        if self.images.shape[0] != 1:
+            raise ValueError(f"references for {self.images.shape[0]} samples cannot serve a batch of {batch}")
+        return References(*(t.expand(batch, *t.shape[1:]) for t in (self.images, self.h1, self.h2)))
+
+
+def flow_to_grid(flow: torch.Tensor) -> torch.Tensor:
+    """Flow in pixels (B, 2, H, W) -> sampling grid (B, H, W, 2) for grid_sample.
+
+    Pixel i maps to -1 + 2i/(W-1) (the align_corners=True convention), as the official code builds it, while
+    grid_sample is then called with align_corners=False; both are kept so that official weights reproduce.
+    """
+    _, _, height, width = flow.shape
+    xs = 2 * (torch.arange(width, device=flow.device, dtype=flow.dtype) / (width - 1)) - 1
+    ys = 2 * (torch.arange(height, device=flow.device, dtype=flow.dtype) / (height - 1)) - 1
+    base = torch.stack([xs[None, :].expand(height, width), ys[:, None].expand(height, width)], dim=-1)
+    scaled = torch.stack([flow[:, 0] * (2 / (width - 1)), flow[:, 1] * (2 / (height - 1))], dim=-1)
+    return base + scaled
+
+
+def warp(source: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Sample source (B, C, h, w) at grid (B, H, W, 2), the grid resized bilinearly to (h, w) when it differs."""
+    if grid.shape[1:3] != source.shape[2:]:
+        grid = F.interpolate(grid.permute(0, 3, 1, 2), size=source.shape[2:], mode="bilinear").permute(0, 2, 3, 1)
+    return F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class Alignment(nn.Module):
+    """Motion fields and weights per reference, conditioned on the 5 target sketches; warps each reference's
+    image and its two feature maps and aggregates them: sum_i w_i x_i / (sum_i w_i + 1e-5)."""
+
+    def __init__(self, hidden: int = 256):
+        super().__init__()
+        self.conv1 = nn.Conv2d(6, 32, 7, 1, 3)  # reference image + its sketch
+        self.conv1_bn = nn.BatchNorm2d(32)
+        self.conv2 = nn.Conv2d(32, 256, 3, 2, 1)
+        self.conv2_bn = nn.BatchNorm2d(256)
+        self.spade_layer_1 = SPADE(256, 15, hidden)
+        self.spade_layer_2 = SPADE(256, 15, hidden)
+        self.pixel_shuffle = nn.PixelShuffle(2)
+        self.spade_layer_4 = SPADE(64, 15, hidden)
+        self.conv_4 = nn.Conv2d(64, 2, 7, 1, 3)  # motion field, in pixels
+        self.conv_5 = nn.Sequential(nn.Conv2d(64, 32, 7, 1, 3), nn.ReLU(), nn.Conv2d(32, 1, 7, 1, 3), nn.Sigmoid())
+
+    def encode_references(self, images: torch.Tensor, sketches: torch.Tensor) -> References:
+        """(B, N, 3, H, W) images and sketches -> References. BatchNorm runs over all B*N references at once."""
+        batch, count = images.shape[:2]
+        h1 = F.relu(self.conv1_bn(self.conv1(torch.cat([images, sketches], dim=2).flatten(0, 1))))
+        h2 = F.relu(self.conv2_bn(self.conv2(h1)))
+        return References(images, h1.unflatten(0, (batch, count)), h2.unflatten(0, (batch, count)))
+
+    def forward(self, refs: References, target_sketches: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """target_sketches (B, 5, 3, H, W) -> aggregated warped (h1 (B,32,H,W), h2 (B,256,H/2,W/2), image (B,3,H,W))."""
+        batch = target_sketches.shape[0]
+        refs = refs.for_batch(batch)
+        count = refs.h1.shape[1]
+        driving = target_sketches.flatten(1, 2)  # (B, 15, H, W)
+        small = F.interpolate(driving, size=refs.h2.shape[-2:], mode="nearest")
+        # Shared by the N references of each frame: computed once per frame.
+        x = self.spade_layer_1(refs.h2.flatten(0, 1), gamma_beta=self.spade_layer_1.modulation(small))
+        x = self.spade_layer_2(x, gamma_beta=self.spade_layer_2.modulation(small))
+        x = self.spade_layer_4(self.pixel_shuffle(x), gamma_beta=self.spade_layer_4.modulation(driving))
+        grid = flow_to_grid(self.conv_4(x))  # (B*N, H, W, 2)
+        weight = self.conv_5(x).unflatten(0, (batch, count))  # (B, N, 1, H, W)
+        warped_h1 = warp(refs.h1.flatten(0, 1), grid).unflatten(0, (batch, count))
+        warped_h2 = warp(refs.h2.flatten(0, 1), grid).unflatten(0, (batch, count))
+        warped_image = warp(refs.images.flatten(0, 1), grid).unflatten(0, (batch, count))
+        small_weight = F.interpolate(weight.flatten(0, 1), size=refs.h2.shape[-2:], mode="nearest")
+        small_weight = small_weight.unflatten(0, (batch, count))
+        total = weight.sum(dim=1) + 1e-5
+        small_total = F.interpolate(total, size=refs.h2.shape[-2:], mode="nearest")
+        return ((warped_h1 * weight).sum(dim=1) / total, (warped_h2 * small_weight).sum(dim=1) / small_total,
+                (warped_image * weight).sum(dim=1) / total)
+
+
+class Translation(nn.Module):
+    """Lower-half-masked target face + 5 target sketches -> face, modulated by the aggregated warped features
+    (SPADE) and the audio (AdaIN), with its own audio encoder (ends in ReLU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.audio_encoder = audio_encoder(last_activation="relu")
+        self.conv1 = nn.Conv2d(3 + 15, 32, 7, 1, 3, bias=False)
+        self.conv1_bn = nn.BatchNorm2d(32)
+        self.conv2 = nn.Conv2d(32, 256, 3, 2, 1, bias=False)
+        self.conv2_bn = nn.BatchNorm2d(256)
+        self.spade_1 = SPADE(256, 256)
+        self.adain_1 = AdaIN(256, 512)
+        self.pixel_shuffle = nn.PixelShuffle(2)
+        self.spade_2 = SPADE(64, 32)
+        self.adain_2 = AdaIN(64, 512)
+        self.spade_4 = SPADE(64, 3)
+        self.conv_last = nn.Conv2d(64, 3, 7, 1, 3, bias=False)
+
+    def forward(self, masked_and_sketches: torch.Tensor, warped_image: torch.Tensor, warped_h1: torch.Tensor,
+                warped_h2: torch.Tensor, mels: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1_bn(self.conv1(masked_and_sketches)))
+        x = F.relu(self.conv2_bn(self.conv2(x)))
+        audio = self.audio_encoder(mels).flatten(1)  # (B, 512)
+        x = self.adain_1(self.spade_1(x, warped_h2), audio)
+        x = self.adain_2(self.spade_2(self.pixel_shuffle(x), warped_h1), audio)
+        x = self.spade_4(x, warped_image)
+        return torch.sigmoid(self.conv_last(F.leaky_relu(x, 0.01)))  # slope 0.01 here, as the official
+
+
+def mask_lower_half(face: torch.Tensor) -> torch.Tensor:
+    """Copy of (B, 3, H, W) faces with rows H/2.. set to 0."""
+    masked = face.clone()
+    masked[:, :, face.shape[2] // 2:] = 0
+    return masked
+
+
+class Renderer(nn.Module):
+    """renderer(face, target_sketches, ref_images, ref_sketches, mels) -> (generated face, warped reference).
+
+    face (B, 3, 128, 128) the unmasked target face (masked here); target_sketches (B, 5, 3, 128, 128);
+    ref_images, ref_sketches (B, N, 3, 128, 128), any N >= 1; mels (B, 1, 80, 16). RGB in 0..1.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.flow_module = Alignment()
+        self.translation = Translation()
+
+    def encode_references(self, ref_images: torch.Tensor, ref_sketches: torch.Tensor) -> References:
+        return self.flow_module.encode_references(ref_images, ref_sketches)
+
+    def render(self, face: torch.Tensor, target_sketches: torch.Tensor, refs: References, mels: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        warped_h1, warped_h2, warped_image = self.flow_module(refs, target_sketches)
+        inputs = torch.cat([mask_lower_half(face), target_sketches.flatten(1, 2)], dim=1)  # (B, 18, H, W)
+        return self.translation(inputs, warped_image, warped_h1, warped_h2, mels), warped_image
+
+    def forward(self, face: torch.Tensor, target_sketches: torch.Tensor, ref_images: torch.Tensor,
+                ref_sketches: torch.Tensor, mels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.render(face, target_sketches, self.encode_references(ref_images, ref_sketches), mels)

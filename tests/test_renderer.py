@@ -1,0 +1,190 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import SAMPLES
+from data.errors import InputError
+from losses.gan import feature_matching_loss, lsgan_loss
+from losses.perceptual import PerceptualLoss, gram, load_vgg19_features
+from models import Renderer, load_renderer
+from models.discriminator import MultiscaleDiscriminator
+from models.renderer import flow_to_grid, mask_lower_half
+
+SCHEMA = SAMPLES.parent / "reference" / "official_checkpoint_schema.json"
+
+
+def _inputs(batch=2, refs=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sketch = lambda *s: (torch.rand(*s, generator=g) > 0.92).float().expand(*s[:-3], 3, *s[-2:]) * 0.88  # noqa: E731
+    return (torch.rand(batch, 3, 128, 128, generator=g), sketch(batch, 5, 1, 128, 128),
+            torch.rand(batch, refs, 3, 128, 128, generator=g), sketch(batch, refs, 1, 128, 128),
+            torch.randn(batch, 1, 80, 16, generator=g))
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    torch.manual_seed(0)
+    model = Renderer().eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval mode is really exercised
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.normal_(0, 0.1)
+            elif name.endswith("running_var"):
+                buffer.uniform_(0.5, 1.5)
+    return model
+
+
+def _per_reference(model: Renderer, face, target_sketches, ref_images, ref_sketches, mels):
+    """The official formulation, slowly: the alignment network runs once per reference, SPADE gamma/beta
+    recomputed every time, and the weighted sums accumulate reference by reference."""
+    flow = model.flow_module
+    driving = target_sketches.flatten(1, 2)
+    small = F.interpolate(driving, size=(64, 64), mode="nearest")
+    sums, denominator = [0.0, 0.0, 0.0], 0.0
+    for i in range(ref_images.shape[1]):
+        image = ref_images[:, i]
+        h1 = F.relu(flow.conv1_bn(flow.conv1(torch.cat([image, ref_sketches[:, i]], dim=1))))
+        h2 = F.relu(flow.conv2_bn(flow.conv2(h1)))
+        x = flow.spade_layer_2(flow.spade_layer_1(h2, small), small)
+        x = flow.spade_layer_4(flow.pixel_shuffle(x), driving)
+        grid, weight = flow_to_grid(flow.conv_4(x)), flow.conv_5(x)
+        small_grid = F.interpolate(grid.permute(0, 3, 1, 2), size=(64, 64), mode="bilinear").permute(0, 2, 3, 1)
+        warped = [F.grid_sample(v, g, align_corners=False) for v, g in ((h1, grid), (h2, small_grid), (image, grid))]
+        weights = [weight, F.interpolate(weight, size=(64, 64), mode="nearest"), weight]
+        sums = [s + w * v for s, w, v in zip(sums, weights, warped)]
+        denominator = denominator + weight
+    denominator = denominator + 1e-5
+    h1, h2, image = sums[0] / denominator, sums[1] / F.interpolate(denominator, (64, 64)), sums[2] / denominator
+    inputs = torch.cat([mask_lower_half(face), target_sketches.flatten(1, 2)], dim=1)
+    return model.translation(inputs, image, h1, h2, mels), image
+
+
+@pytest.mark.parametrize("refs", [1, 3])
+def test_shared_modulation_equals_the_per_reference_formulation(renderer, refs):
+    inputs = _inputs(refs=refs)
+    with torch.no_grad():
+        generated, warped = renderer(*inputs)
+        expected_generated, expected_warped = _per_reference(renderer, *inputs)
+    assert generated.shape == (2, 3, 128, 128) and warped.shape == (2, 3, 128, 128)
+    assert 0 <= generated.min() and generated.max() <= 1
+    torch.testing.assert_close(warped, expected_warped, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(generated, expected_generated, atol=1e-5, rtol=1e-4)
+
+
+def test_references_encoded_once_serve_every_frame(renderer):
+    face, sketches, ref_images, ref_sketches, mels = _inputs(batch=3, refs=2)
+    ref_images, ref_sketches = ref_images[:1], ref_sketches[:1]
+    with torch.no_grad():
+        refs = renderer.encode_references(ref_images, ref_sketches)  # one video's references
+        shared, _ = renderer.render(face, sketches, refs, mels)
+        each, _ = renderer(face, sketches, ref_images.expand(3, -1, -1, -1, -1),
+                           ref_sketches.expand(3, -1, -1, -1, -1), mels)
+    torch.testing.assert_close(shared, each, atol=1e-6, rtol=1e-5)
+
+
+def test_the_lower_half_of_the_target_face_is_not_seen(renderer):
+    face, sketches, ref_images, ref_sketches, mels = _inputs(batch=1, refs=1)
+    other = face.clone()
+    other[:, :, 64:] = torch.rand_like(other[:, :, 64:])
+    with torch.no_grad():
+        torch.testing.assert_close(renderer(face, sketches, ref_images, ref_sketches, mels)[0],
+                                   renderer(other, sketches, ref_images, ref_sketches, mels)[0])
+
+
+def test_zero_flow_is_the_identity_grid():
+    grid = flow_to_grid(torch.zeros(1, 2, 4, 5))
+    torch.testing.assert_close(grid[0, 0, :, 0], torch.linspace(-1, 1, 5))
+    torch.testing.assert_close(grid[0, :, 0, 1], torch.linspace(-1, 1, 4))
+    shifted = flow_to_grid(torch.ones(1, 2, 4, 5))  # one pixel right and down
+    torch.testing.assert_close(shifted[0, 0, 0], torch.tensor([-0.5, -1 + 2 / 3]))
+
+
+def _official_file(state, path, prefix="module."):
+    torch.save({"state_dict": {prefix + k: v for k, v in state.items()}, "optimizer": None, "global_step": 0,
+                "global_epoch": 0}, path)
+    return path
+
+
+def test_schema_state_loads_completely_vgg_is_routed(tmp_path):
+    schema = json.loads(SCHEMA.read_text())
+    g = torch.Generator().manual_seed(2)
+    state = {}
+    for entry in schema["renderer"]:
+        if entry["dtype"] == "int64":
+            state[entry["name"]] = torch.tensor(5)
+        elif entry["name"].endswith("running_var"):
+            state[entry["name"]] = torch.rand(entry["shape"], generator=g) + 0.5
+        else:
+            state[entry["name"]] = 0.02 * torch.randn(entry["shape"], generator=g)
+    path = _official_file(state, tmp_path / "renderer_checkpoint.pth")
+    model = load_renderer(path)
+    assert not model.training
+    with torch.no_grad():
+        out, _ = model(*_inputs(batch=1, refs=2))
+    assert torch.isfinite(out).all()
+    vgg = load_vgg19_features(path)  # the perceptual weights the file carries
+    torch.testing.assert_close(vgg[0].weight, state["perceptual.model.network.0.weight"])
+    del state["translation.spade_2.spade_layer_1.beta.bias"]
+    with pytest.raises(InputError, match="'translation.spade_2.spade_layer_1.beta.bias' is missing"):
+        load_renderer(_official_file(state, tmp_path / "broken.pth"))
+
+
+def test_official_bgr_weights_work_on_rgb_inputs(renderer, tmp_path):
+    # Treat `renderer` as an official (BGR) network; loaded, it must give the same face on RGB inputs.
+    rgb = load_renderer(_official_file(renderer.state_dict(), tmp_path / "official.pth"))
+    face, sketches, ref_images, ref_sketches, mels = _inputs(batch=1, refs=2)
+    flip = lambda x: x.flip(-3)  # noqa: E731  (channel axis of (..., 3, H, W))
+    with torch.no_grad():
+        bgr_out, bgr_warped = renderer(flip(face), sketches, flip(ref_images), ref_sketches, mels)
+        rgb_out, rgb_warped = rgb(face, sketches, ref_images, ref_sketches, mels)
+    torch.testing.assert_close(rgb_out, flip(bgr_out), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(rgb_warped, flip(bgr_warped), atol=1e-5, rtol=1e-4)
+
+
+def test_project_checkpoint_round_trip(renderer, tmp_path):
+    torch.save({"kind": "renderer", "model": renderer.state_dict(), "model_args": {}}, tmp_path / "ours.pt")
+    loaded = load_renderer(tmp_path / "ours.pt")
+    inputs = _inputs(batch=1, refs=1)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(*inputs)[0], renderer(*inputs)[0])
+
+
+def test_discriminator_outputs_and_gan_losses():
+    disc = MultiscaleDiscriminator()
+    outputs = disc(torch.rand(2, 3, 128, 128))
+    assert len(outputs) == 2 and len(outputs[0]) == 5
+    assert outputs[0][-1].shape[:2] == (2, 1) and outputs[1][0].shape[-1] < outputs[0][0].shape[-1]
+    ones = [[torch.zeros(1), torch.ones(4)], [torch.zeros(1), torch.ones(2)]]
+    assert lsgan_loss(ones, real=True).item() == 0.0 and lsgan_loss(ones, real=False).item() == 2.0
+    fake = [[torch.full((3,), 2.0), torch.zeros(1)]]
+    real = [[torch.zeros(3), torch.zeros(1)]]
+    assert feature_matching_loss(fake, real).item() == pytest.approx(4.0 / 1 * 2.0)
+
+
+def test_perceptual_and_style_losses():
+    torch.manual_seed(0)
+    loss = PerceptualLoss(load_vgg19_features(allow_random=True))
+    x = torch.rand(2, 3, 64, 64)
+    perceptual, style = loss(x, x.clone(), style=True)
+    assert perceptual.item() == 0.0 and style.item() == 0.0
+    blurred = F.avg_pool2d(x, 5, 1, 2)
+    assert loss(blurred, x)[0] > 0 and loss(x, x)[1] is None
+    features = torch.arange(8.0).view(1, 2, 2, 2)
+    expected = torch.tensor([[[0 + 1 + 4 + 9, 0 + 5 + 12 + 21], [0 + 5 + 12 + 21, 16 + 25 + 36 + 49]]]) / 8
+    torch.testing.assert_close(gram(features), expected)
+    assert not any(p.requires_grad for p in loss.parameters())
+
+
+def test_missing_vgg_weights_name_the_file(tmp_path, monkeypatch):
+    with pytest.raises(InputError, match="missing.pth: VGG19 weights not found"):
+        load_vgg19_features(tmp_path / "missing.pth")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(InputError, match="vgg19-dcbb9e9d.pth: VGG19 ImageNet weights not found"):
+        load_vgg19_features()
