@@ -8,9 +8,11 @@ import torch
 from tqdm import tqdm
 
 from data.audio import MEL_STEPS, mel_windows, window_start
+from data.crop import box_size
 from data.errors import InputError
 from data.landmarks import content_of, pose_of
 from data.records import load_clip, record_paths
+from data.sketch import sketch_tensor
 
 
 def read_filelist(path: str | Path, root: str | Path) -> list[Path]:
@@ -47,20 +49,18 @@ def _valid_starts(has_face: np.ndarray, mel_length: int, steps: int) -> np.ndarr
     return starts[faces & audio]
 
 
-class LandmarkWindows(torch.utils.data.Dataset):
-    """Samples for the landmark generator: item i comes from video i % V (V usable videos); an epoch visits
-    every video `repeats` times.
+class RecordSamples(torch.utils.data.Dataset):
+    """Base of the training datasets: item i comes from usable video i % V, an epoch visits every video
+    `repeats` times, and item i's randomness comes from (seed, epoch, i), so a resumed run draws the same samples.
 
-    A sample is a random window of `steps` consecutive frames that all have a face (with audio windows inside
-    the mel) and `refs` reference frames drawn from the video's other face frames. Randomness comes from
-    (seed, epoch, index), so a resumed run draws the same samples. Videos with fewer than `min_face_frames`
-    face frames or no valid window are skipped and counted in `skipped`. Only landmarks, face flags and the
-    mel are read from each record; face images are never decoded.
+    A video is usable when it has at least `min_face_frames` face frames and some window of `steps` face
+    frames whose audio windows lie inside the mel; the others are listed in `skipped` (and absent records in
+    `missing`).
     """
 
-    def __init__(self, stems: list[Path], steps: int = 5, refs: int = 15, min_face_frames: int = 25,
-                 seed: int = 0, repeats: int = 1, progress: bool = False):
-        self.steps, self.refs, self.seed, self.epoch, self.repeats = steps, refs, seed, 0, repeats
+    def __init__(self, stems: list[Path], steps: int = 5, min_face_frames: int = 25, seed: int = 0,
+                 repeats: int = 1, progress: bool = False):
+        self.steps, self.seed, self.epoch, self.repeats = steps, seed, 0, repeats
         self.stems, self.skipped, self.missing = [], [], []
         for stem in tqdm(stems, desc="scanning records", unit="record", disable=not progress):
             if not record_paths(stem)[0].is_file():
@@ -81,18 +81,68 @@ class LandmarkWindows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.stems) * self.repeats
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def _draw(self, index: int):
+        """(rng, clip, window, others): a random valid window of the item's video and its other face frames."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
         clip = load_clip(self.stems[index % len(self.stems)])
-        landmarks, has_face, mel = clip.landmarks, clip.has_face, clip.mel
-        start = rng.choice(_valid_starts(has_face, len(mel), self.steps))
+        start = rng.choice(_valid_starts(clip.has_face, len(clip.mel), self.steps))
         window = np.arange(start, start + self.steps)
-        others = np.setdiff1d(np.flatnonzero(has_face), window)
+        others = np.setdiff1d(clip.face_frames, window)
+        return rng, clip, window, others
+
+
+class LandmarkWindows(RecordSamples):
+    """Samples for the landmark generator: a random window of `steps` consecutive face frames of the item's
+    video and `refs` reference frames drawn from its other face frames. Only landmarks, face flags and the mel
+    are read; face images are never decoded."""
+
+    def __init__(self, stems: list[Path], steps: int = 5, refs: int = 15, min_face_frames: int = 25,
+                 seed: int = 0, repeats: int = 1, progress: bool = False):
+        super().__init__(stems, steps, min_face_frames, seed, repeats, progress)
+        self.refs = refs
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng, clip, window, others = self._draw(index)
         refs = rng.choice(others, self.refs, replace=len(others) < self.refs)
+        landmarks = clip.landmarks
         return {
-            "mels": torch.from_numpy(mel_windows(mel, window))[:, None],  # (T, 1, 80, 16)
+            "mels": torch.from_numpy(mel_windows(clip.mel, window))[:, None],  # (T, 1, 80, 16)
             "pose": torch.from_numpy(pose_of(landmarks[window])),  # (T, 2, 74)
             "content": torch.from_numpy(content_of(landmarks[window])),  # (T, 2, 57)
             "ref_pose": torch.from_numpy(pose_of(landmarks[refs])),  # (Nl, 2, 74)
             "ref_content": torch.from_numpy(content_of(landmarks[refs])),  # (Nl, 2, 57)
+        }
+
+
+def _sketches(clip, frames: np.ndarray) -> torch.Tensor:
+    """(k, 3, 128, 128) float sketches of the given frames, drawn from their stored landmarks and box shapes."""
+    return torch.from_numpy(np.stack([sketch_tensor(clip.landmarks[t], box_size(clip.boxes[t])) for t in frames]))
+
+
+def _images(faces: np.ndarray) -> torch.Tensor:
+    """(k, 128, 128, 3) uint8 -> (k, 3, 128, 128) float in 0..1."""
+    return torch.from_numpy(faces).permute(0, 3, 1, 2).float().div_(255)
+
+
+class RenderFrames(RecordSamples):
+    """Samples for the renderer: the centre frame of a random window of 5 face frames (the target), the sketches
+    of the window, `refs` reference faces and their sketches drawn from the video's other face frames, and the
+    target's audio window. Images are RGB in 0..1."""
+
+    def __init__(self, stems: list[Path], refs: int = 3, min_face_frames: int = 25, seed: int = 0,
+                 repeats: int = 1, progress: bool = False):
+        super().__init__(stems, 5, min_face_frames, seed, repeats, progress)
+        self.refs = refs
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng, clip, window, others = self._draw(index)
+        refs = rng.choice(others, self.refs, replace=len(others) < self.refs)
+        target = window[2]
+        faces = clip.faces[np.concatenate([[target], refs])]
+        return {
+            "face": _images(faces[:1])[0],  # (3, 128, 128)
+            "sketches": _sketches(clip, window),  # (5, 3, 128, 128)
+            "ref_images": _images(faces[1:]),  # (N, 3, 128, 128)
+            "ref_sketches": _sketches(clip, refs),  # (N, 3, 128, 128)
+            "mels": torch.from_numpy(mel_windows(clip.mel, [target]))[0][None],  # (1, 80, 16)
         }

@@ -52,3 +52,27 @@ def test_short_records_are_skipped_and_counted(records, tmp_path):
                  face_format="jpg")
     dataset = LandmarkWindows(records_under(records) + [tmp_path / "short", tmp_path / "absent"])
     assert len(dataset) == 2 and dataset.skipped == [tmp_path / "short"] and dataset.missing == [tmp_path / "absent"]
+
+
+def test_render_frames_sample(records):
+    from data.audio import mel_windows
+    from data.datasets import RenderFrames
+    from data.sketch import sketch_tensor
+
+    dataset = RenderFrames(records_under(records), refs=3, seed=1)
+    sample = dataset[1]
+    assert sample["face"].shape == (3, 128, 128) and sample["sketches"].shape == (5, 3, 128, 128)
+    assert sample["ref_images"].shape == (3, 3, 128, 128) and sample["ref_sketches"].shape == (3, 3, 128, 128)
+    assert sample["mels"].shape == (1, 80, 16)
+    clip = load_clip(records_under(records)[1])
+    faces = torch.from_numpy(np.asarray(clip.faces)).permute(0, 3, 1, 2).float() / 255
+    target = [t for t in range(len(clip)) if torch.equal(faces[t], sample["face"])]
+    assert len(target) == 1
+    t = target[0]
+    # The centre sketch is the target's own; the audio window is the target's.
+    box = clip.boxes[t]
+    expected = sketch_tensor(clip.landmarks[t], (int(box[2] - box[0]), int(box[3] - box[1])))
+    np.testing.assert_array_equal(sample["sketches"][2].numpy(), expected)
+    np.testing.assert_array_equal(sample["mels"][0].numpy(), mel_windows(clip.mel, [t])[0])
+    for ref in sample["ref_images"]:  # references are other frames of the same video
+        assert any(torch.equal(ref, faces[f]) for f in range(len(clip)) if f != t)
