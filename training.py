@@ -189,24 +189,124 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     return path
 
 
+def _bare(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
 def training_state(model: torch.nn.Module, optimisers: dict, step: int, config: dict, kind: str,
-                   model_args: dict) -> dict:
-    """One dict holds everything a resume needs, and what load_* needs to rebuild the network."""
-    bare = model.module if hasattr(model, "module") else model
-    return {"kind": kind, "model": bare.state_dict(), "model_args": model_args, "step": step,
+                   model_args: dict, others: dict | None = None) -> dict:
+    """One dict holds everything a resume needs, and what load_* needs to rebuild the network ('model').
+    `others` holds further networks that training needs (a discriminator) under their names."""
+    return {"kind": kind, "model": _bare(model).state_dict(), "model_args": model_args, "step": step,
+            "others": {name: _bare(net).state_dict() for name, net in (others or {}).items()},
             "optimisers": {name: opt.state_dict() for name, opt in optimisers.items()},
             "config": copy.deepcopy(config), "rng": rng_state()}
 
 
-def restore(path: Path, model: torch.nn.Module, optimisers: dict) -> int:
-    """Load a training checkpoint into model and optimisers, restore RNG states; returns its step."""
+def restore(path: Path, model: torch.nn.Module, optimisers: dict, others: dict | None = None) -> int:
+    """Load a training checkpoint into the networks and optimisers, restore RNG states; returns its step."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    bare = model.module if hasattr(model, "module") else model
-    bare.load_state_dict(state["model"])
+    _bare(model).load_state_dict(state["model"])
+    for name, net in (others or {}).items():
+        _bare(net).load_state_dict(state["others"][name])
     for name, optimiser in optimisers.items():
         optimiser.load_state_dict(state["optimisers"][name])
     set_rng_state(state["rng"])
     return int(state["step"])
+
+
+# ---------------------------------------------------------------- data
+def record_list(data: dict, split: str) -> list[Path] | None:
+    """Stems of a split: a file list (paths under data.records) or a folder of records; for train, every record
+    under data.records when the list is null."""
+    from data.datasets import read_filelist, records_under
+
+    listed = data.get(f"{split}_list")
+    if listed:
+        return records_under(listed) if Path(listed).is_dir() else read_filelist(listed, data["records"])
+    return records_under(data["records"]) if split == "train" else None
+
+
+def check_replicas(model: torch.nn.Module, env: Distributed) -> bool:
+    """True when every rank holds the same parameters (compared through a float64 fingerprint)."""
+    flat = torch.cat([p.detach().double().flatten() for p in model.parameters()])
+    weights = torch.arange(1, len(flat) + 1, dtype=torch.float64, device=flat.device).sin()
+    fingerprint = torch.stack([flat.sum(), (flat * weights).sum()])
+    gathered = [torch.zeros_like(fingerprint) for _ in range(env.world)]
+    dist.all_gather(gathered, fingerprint)
+    return all(torch.equal(gathered[0], other) for other in gathered[1:])
+
+
+# ---------------------------------------------------------------- the loop
+def fit(config: dict, env: Distributed, dataset, step: int, train_step, evaluate, save, logger) -> int:
+    """The training loop both trainers share; returns the final step.
+
+    dataset: has set_epoch(); batches of optim.batch_size / world per rank come from an EpochSampler, resumed
+    mid-epoch at `step`. train_step(batch, epoch) -> {name: float} runs one optimisation step; the running means
+    go to TensorBoard every schedule.log_every steps. evaluate(step) runs on the main rank every
+    schedule.eval_every steps; save(step) every schedule.save_every steps and at the end.
+    """
+    data, schedule = config["data"], config["schedule"]
+    if config["optim"]["batch_size"] % env.world:
+        raise InputError("optim.batch_size", f"{config['optim']['batch_size']} does not divide over {env.world} "
+                                             "processes")
+    per_rank = config["optim"]["batch_size"] // env.world
+    sampler = EpochSampler(len(dataset), env.rank, env.world, config["seed"])
+    loader = torch.utils.data.DataLoader(dataset, per_rank, sampler=sampler, num_workers=data["num_workers"],
+                                         drop_last=True, pin_memory=env.device.type == "cuda",
+                                         generator=torch.Generator())  # keeps the global RNG for the model
+    batches_per_epoch = sampler.per_rank // per_rank
+    if batches_per_epoch == 0:
+        raise InputError("optim.batch_size", f"{per_rank} per process is more than the {sampler.per_rank} "
+                                             "samples of an epoch (raise sample.epoch_repeats)")
+    from tqdm import tqdm
+
+    bar = tqdm(total=schedule["max_steps"], initial=step, disable=not env.main, unit="step")
+    running: dict[str, float] = {}
+    epoch, offset = step // batches_per_epoch, (step % batches_per_epoch) * per_rank
+    while step < schedule["max_steps"]:
+        sampler.set_epoch(epoch, offset)
+        dataset.set_epoch(epoch)
+        for batch in loader:
+            batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
+            for name, value in train_step(batch, epoch).items():
+                running[name] = running.get(name, 0.0) + value
+            step += 1
+            bar.update(1)
+            if step % schedule["log_every"] == 0:
+                means = {name: value / schedule["log_every"] for name, value in running.items()}
+                logger.scalars(means, step, "train/")
+                bar.set_postfix({name: f"{value:.4f}" for name, value in means.items() if name != "lr"})
+                running = {}
+            if step % schedule["eval_every"] == 0:
+                if env.main:
+                    evaluate(step)
+                if env.world > 1:
+                    dist.barrier()
+            if step % schedule["save_every"] == 0 or step == schedule["max_steps"]:
+                save(step)
+            if step >= schedule["max_steps"]:
+                break
+        epoch, offset = epoch + 1, 0
+    bar.close()
+    return step
+
+
+def main(doc: str, train, argv: list[str] | None = None) -> int:
+    """The trainers' command line: --config, --resume, dotted overrides; user errors as one line, exit 2."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML file under configs/")
+    parser.add_argument("--resume", help="'auto' (newest checkpoint in run_dir, if any) or a checkpoint path")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. optim.lr=5e-5 run_dir=runs/x")
+    args = parser.parse_args(argv)
+    try:
+        return train(load_config(args.config, args.overrides), args.resume)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 # ---------------------------------------------------------------- logging

@@ -64,7 +64,7 @@ def test_eval_runs_and_logs(records, tmp_path, capsys):
     assert "step 2: eval L1" in capsys.readouterr().err
     assert list((tmp_path / "run").glob("events.out.tfevents.*"))
     config_dict = training.load_config(config, [f"data.val_list={records}"])
-    assert len(train_landmark.record_list(config_dict["data"], "val")) == 2  # a folder of records works too
+    assert len(training.record_list(config_dict["data"], "val")) == 2  # a folder of records works too
 
 
 def test_bad_config_is_a_one_line_error(tmp_path):
