@@ -1,0 +1,1 @@
+"""Table 1 metrics, one module each, every definition in its docstring."""
