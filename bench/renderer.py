@@ -1,0 +1,124 @@
+"""Renderer cost per frame and per training step: this project's formulation against the official one.
+
+  python bench/renderer.py [--repeats 3] [--skip-training]
+
+Per-frame forward at batch 1 for N = 3 and 25 references, eval mode, CPU threads as torch sets them:
+  reference  the official formulation (tests/reference_renderer.py): the alignment network once per reference,
+             SPADE gamma/beta recomputed for every reference; plus, as the official forward does, the VGG19
+             perceptual and style losses it computes and discards (column 'official').
+  ours       Renderer.render with the references encoded once (encode_references) and reused for every frame.
+Multiply-accumulates per frame come from torch.utils.flop_counter (FLOPs / 2). The training step is timed at
+batch 4, N=3, full loss (random VGG19 weights: speed does not depend on them), against BASELINES.md's official
+figure (49.0-53.3 s on this kind of machine).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from reference_renderer import per_reference_forward  # noqa: E402
+
+import train_render  # noqa: E402
+from losses.perceptual import PerceptualLoss, load_vgg19_features  # noqa: E402
+from models.discriminator import MultiscaleDiscriminator  # noqa: E402
+from models.renderer import Renderer  # noqa: E402
+
+OFFICIAL_STEP_SECONDS = (49.0, 53.3)  # BASELINES.md, warp-only and full loss, batch 4, N=3
+
+
+def inputs(batch: int, refs: int):
+    g = torch.Generator().manual_seed(0)
+    sketches = (torch.rand(batch, 5, 1, 128, 128, generator=g) > 0.92).float().expand(-1, -1, 3, -1, -1) * 0.88
+    ref_sketches = (torch.rand(batch, refs, 1, 128, 128, generator=g) > 0.92).float().expand(-1, -1, 3, -1, -1)
+    return (torch.rand(batch, 3, 128, 128, generator=g), sketches.contiguous(),
+            torch.rand(batch, refs, 3, 128, 128, generator=g), (ref_sketches * 0.88).contiguous(),
+            torch.randn(batch, 1, 80, 16, generator=g))
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def macs(fn) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 2
+
+
+def per_frame(model: Renderer, perceptual: PerceptualLoss, refs: int, repeats: int) -> None:
+    """Print one row: per-frame seconds and MACs of the reference, the official forward and ours."""
+    face, sketches, ref_images, ref_sketches, mels = inputs(1, refs)
+    encoded = model.encode_references(ref_images, ref_sketches)
+
+    def reference():
+        return per_reference_forward(model, face, sketches, ref_images, ref_sketches, mels)
+
+    def official():
+        generated, warped = reference()
+        perceptual(generated, face, style=True)  # the official forward's discarded losses
+        perceptual(warped, face)
+
+    def ours():
+        return model.render(face, sketches, encoded, mels)
+
+    t_ref, t_off, t_ours = (median_seconds(f, repeats) for f in (reference, official, ours))
+    m_ref, m_ours = macs(reference), macs(ours)
+    print(f"{refs:>3} {t_ref:12.2f} {t_off:11.2f} {t_ours:8.2f} {t_ours / t_off:10.2f}x "
+          f"{m_ref / 1e9:9.0f} {m_ours / 1e9:10.0f} {m_ours / m_ref:9.2f}x")
+
+
+def training_step(perceptual: PerceptualLoss, repeats: int) -> None:
+    """Print the median training step at batch 4, N=3, warp-only and full loss, against the official figures."""
+    generator, discriminator = Renderer(), MultiscaleDiscriminator()
+    g_opt = torch.optim.Adam(generator.parameters(), 1e-4)
+    d_opt = torch.optim.Adam(discriminator.parameters(), 1e-4, betas=(0.5, 0.999))
+    face, sketches, ref_images, ref_sketches, mels = inputs(4, 3)
+    batch = {"face": face, "sketches": sketches, "ref_images": ref_images, "ref_sketches": ref_sketches,
+             "mels": mels}
+    weights = {"warp": 2.5, "reconstruction": 4.0, "style": 1000.0, "gan": 0.25, "feature_matching": 2.5}
+    for warm_up, official in zip((True, False), OFFICIAL_STEP_SECONDS):
+        step = functools.partial(train_render.gan_step, generator, discriminator, g_opt, d_opt, perceptual, batch,
+                                 weights, warm_up, lambda: torch.autocast("cpu", enabled=False))
+        seconds = median_seconds(step, repeats)
+        print(f"training step, batch 4, N=3, {'warp loss only' if warm_up else 'full loss':>14}: {seconds:6.1f} s "
+              f"(official {official} s in BASELINES.md: {seconds / official:.2f}x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-training", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = Renderer().eval()
+    perceptual = PerceptualLoss(load_vgg19_features(allow_random=True))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'N':>3} {'reference s':>12} {'official s':>11} {'ours s':>8} {'time ratio':>11} "
+          f"{'ref GMAC':>9} {'ours GMAC':>10} {'MAC ratio':>10}")
+    with torch.no_grad():
+        for refs in (3, 25):
+            per_frame(model, perceptual, refs, args.repeats)
+    print("time ratio = ours / official (the official forward includes its VGG losses); "
+          "MAC ratio = ours / per-reference formulation")
+    if not args.skip_training:
+        training_step(perceptual, max(1, args.repeats - 1))
+
+
+if __name__ == "__main__":
+    main()
