@@ -32,11 +32,12 @@ from models.renderer import Renderer
 def generator_loss(weights: dict, warm_up: bool, perceptual: PerceptualLoss, discriminator, face, generated, warped
                    ) -> tuple[torch.Tensor, dict[str, float]]:
     """The generator's weighted loss and its parts; during warm-up the warp loss alone."""
-    warp, _ = perceptual(warped, face)
+    targets = perceptual.targets(face)  # VGG features of the real face, shared by the warp and reconstruction terms
+    warp, _ = perceptual(warped, targets=targets)
     parts = {"warp": warp}
     total = weights["warp"] * warp
     if not warm_up:
-        reconstruction, style = perceptual(generated, face, style=True)
+        reconstruction, style = perceptual(generated, style=True, targets=targets)
         scores = discriminator(torch.cat([generated, face]))  # one call: fake and real features together
         fake = [[f[: len(face)] for f in scale] for scale in scores]
         real = [[f[len(face):] for f in scale] for scale in scores]
@@ -60,8 +61,9 @@ def gan_step(generator, discriminator, g_optimiser, d_optimiser, perceptual, bat
     """One training step: the generator's update, then (after warm-up) the discriminator's on its own loss."""
     with device_autocast():
         generated, warped = generator(batch["face"], batch["sketches"], batch["ref_images"], batch["ref_sketches"],
-                                      batch["mels"])
-    generated, warped = generated.float(), warped.float()
+                                      batch["mels"], warp_only=warm_up)
+    generated = generated.float() if generated is not None else None
+    warped = warped.float()
     # The generator's backward also fills the discriminator's gradients; skip their all-reduce under DDP.
     skip_sync = discriminator.no_sync() if hasattr(discriminator, "no_sync") and not warm_up \
         else contextlib.nullcontext()

@@ -95,16 +95,27 @@ class PerceptualLoss(nn.Module):
                 out.append(x)
         return out
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, style: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        perceptual, style_loss = x.new_zeros(()), x.new_zeros(()) if style else None
+    @torch.no_grad()
+    def targets(self, y: torch.Tensor) -> list[list[torch.Tensor]]:
+        """Features of the target images at every scale, without gradient; pass them to several losses of
+        the same targets (warp and reconstruction) to compute them once."""
+        features = []
         for scale in range(self.scales):
-            fx, fy = self._activations(x), self._activations(y)
-            for a, b in zip(fx, fy):
-                perceptual = perceptual + F.l1_loss(a, b.detach())
+            features.append(self._activations(y))
+            if scale < self.scales - 1:
+                y = F.interpolate(y, scale_factor=0.5, mode="bilinear", align_corners=False)
+        return features
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, style: bool = False,
+                targets: list[list[torch.Tensor]] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(perceptual, style or None) of x against y, or against `targets` = self.targets(y)."""
+        targets = targets if targets is not None else self.targets(y)
+        perceptual, style_loss = x.new_zeros(()), x.new_zeros(()) if style else None
+        for scale, target in enumerate(targets):
+            for a, b in zip(self._activations(x), target):
+                perceptual = perceptual + F.l1_loss(a, b)
                 if style and scale == 0:
-                    style_loss = style_loss + F.l1_loss(gram(a), gram(b.detach()))
+                    style_loss = style_loss + F.l1_loss(gram(a), gram(b))
             if scale < self.scales - 1:
                 x = F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)
-                y = F.interpolate(y, scale_factor=0.5, mode="bilinear", align_corners=False)
         return perceptual, style_loss

@@ -169,5 +169,10 @@ class Renderer(nn.Module):
         return self.translation(inputs, warped_image, warped_h1, warped_h2, mels), warped_image
 
     def forward(self, face: torch.Tensor, target_sketches: torch.Tensor, ref_images: torch.Tensor,
-                ref_sketches: torch.Tensor, mels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.render(face, target_sketches, self.encode_references(ref_images, ref_sketches), mels)
+                ref_sketches: torch.Tensor, mels: torch.Tensor, warp_only: bool = False
+                ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """warp_only: run the alignment module alone and return (None, warped) (the warm-up epochs need no more)."""
+        refs = self.encode_references(ref_images, ref_sketches)
+        if warp_only:
+            return None, self.flow_module(refs, target_sketches)[2]
+        return self.render(face, target_sketches, refs, mels)

@@ -170,3 +170,21 @@ def test_missing_vgg_weights_name_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(InputError, match="vgg19-dcbb9e9d.pth: VGG19 ImageNet weights not found"):
         load_vgg19_features()
+
+
+def test_warp_only_gives_the_same_warped_reference(renderer):
+    inputs = _inputs(batch=1, refs=2)
+    with torch.no_grad():
+        nothing, warped = renderer(*inputs, warp_only=True)
+        torch.testing.assert_close(warped, renderer(*inputs)[1])
+    assert nothing is None
+
+
+def test_shared_target_features_give_the_same_losses():
+    torch.manual_seed(0)
+    loss = PerceptualLoss(load_vgg19_features(allow_random=True))
+    x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    direct = loss(x, y, style=True)
+    shared = loss(x, style=True, targets=loss.targets(y))
+    torch.testing.assert_close(direct[0], shared[0])
+    torch.testing.assert_close(direct[1], shared[1])
