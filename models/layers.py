@@ -53,13 +53,14 @@ def sinusoidal_encoding(length: int, dim: int) -> torch.Tensor:
 
 
 def _modulate(normalised: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """normalised * (1 + gamma) + beta, where normalised may hold k samples per gamma sample (k references of one
-    frame, stored sample-major), in which case gamma and beta are shared by those k."""
+    """normalised * (1 + gamma) + beta in one pass (addcmul), where normalised may hold k samples per gamma
+    sample (k references of one frame, stored sample-major), in which case gamma and beta are shared by those k.
+    (The official code writes normalised + normalised * gamma + beta: equal up to float rounding.)"""
     if normalised.shape[0] != gamma.shape[0]:
         groups = normalised.shape[0] // gamma.shape[0]
         shaped = normalised.view(gamma.shape[0], groups, *normalised.shape[1:])
-        return (shaped + shaped * gamma[:, None] + beta[:, None]).flatten(0, 1)
-    return normalised + normalised * gamma + beta  # the official order of operations
+        return torch.addcmul(beta[:, None], shaped, 1 + gamma[:, None]).flatten(0, 1)
+    return torch.addcmul(beta, normalised, 1 + gamma)
 
 
 class SPADELayer(nn.Module):
