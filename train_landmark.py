@@ -118,12 +118,7 @@ def train(config: dict, resume: str | None) -> int:
 
     model.train()
     training.fit(config, env, train_set, step, train_step, run_eval, save, logger)
-    logger.close()
-    if env.world > 1:
-        same = training.check_replicas(model, env)
-        if env.main:
-            print(f"parameters identical on all {env.world} ranks: {same}", file=sys.stderr)
-    training.teardown()
+    training.finish(env, logger, [model])
     return 0
 
 

@@ -183,12 +183,7 @@ def train(config: dict, resume: str | None) -> int:
     generator.train()
     discriminator.train()
     training.fit(config, env, train_set, step, train_step, run_eval, save, logger)
-    logger.close()
-    if env.world > 1:
-        same = training.check_replicas(generator, env) and training.check_replicas(discriminator, env)
-        if env.main:
-            print(f"parameters identical on all {env.world} ranks: {same}", file=sys.stderr)
-    training.teardown()
+    training.finish(env, logger, [generator, discriminator])
     return 0
 
 

@@ -292,6 +292,18 @@ def fit(config: dict, env: Distributed, dataset, step: int, train_step, evaluate
     return step
 
 
+def finish(env: Distributed, logger: Logger, networks: list[torch.nn.Module]) -> None:
+    """End of a run: close the logs, report whether all ranks hold the same parameters, leave the process group."""
+    logger.close()
+    if env.world > 1:
+        same = all(check_replicas(network, env) for network in networks)
+        if env.main:
+            import sys
+
+            print(f"parameters identical on all {env.world} ranks: {same}", file=sys.stderr)
+    teardown()
+
+
 def main(doc: str, train, argv: list[str] | None = None) -> int:
     """The trainers' command line: --config, --resume, dotted overrides; user errors as one line, exit 2."""
     import argparse
