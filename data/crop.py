@@ -39,16 +39,16 @@ def box_size(box: np.ndarray) -> tuple[int, int]:
 
 
 def normalise_to_box(points: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """Source-pixel points (..., 2) -> coordinates relative to the box (0..1 inside it), float32."""
-    origin = np.asarray(box[:2], dtype=np.float64)
-    size = np.asarray(box[2:], dtype=np.float64) - origin
+    """Source-pixel points (..., P, 2) -> coordinates relative to the box (..., 4) (0..1 inside it), float32."""
+    box = np.asarray(box, dtype=np.float64)
+    origin, size = box[..., None, :2], box[..., None, 2:] - box[..., None, :2]  # a point axis for broadcasting
     return ((points - origin) / size).astype(np.float32)
 
 
 def denormalise_from_box(landmarks: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """Inverse of normalise_to_box: box-relative (..., 2) -> source pixels, float32."""
-    origin = np.asarray(box[:2], dtype=np.float64)
-    size = np.asarray(box[2:], dtype=np.float64) - origin
+    """Inverse of normalise_to_box: box-relative (..., P, 2) and boxes (..., 4) -> source pixels, float32."""
+    box = np.asarray(box, dtype=np.float64)
+    origin, size = box[..., None, :2], box[..., None, 2:] - box[..., None, :2]  # a point axis for broadcasting
     return (landmarks * size + origin).astype(np.float32)
 
 

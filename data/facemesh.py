@@ -1,9 +1,25 @@
 """MediaPipe FaceMesh (478 points, refine_landmarks=True): frames -> landmarks in source pixels."""
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 import numpy as np
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Send fd 2 to /dev/null: MediaPipe's C++ start-up lines (TFLite delegate, absl warnings) bypass Python."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 class FaceMesh:
@@ -18,12 +34,19 @@ class FaceMesh:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from mediapipe.python.solutions import face_mesh  # heavy import, only where detection runs
 
-        self._mesh = face_mesh.FaceMesh(static_image_mode=not video, max_num_faces=1, refine_landmarks=True,
-                                        min_detection_confidence=min_confidence,
-                                        min_tracking_confidence=min_confidence)
+        with native_stderr_silenced():  # start-up chatter, at construction and on the first face found
+            self._mesh = face_mesh.FaceMesh(static_image_mode=not video, max_num_faces=1, refine_landmarks=True,
+                                            min_detection_confidence=min_confidence,
+                                            min_tracking_confidence=min_confidence)
+        self._quiet = True
 
     def __call__(self, frame: np.ndarray) -> np.ndarray | None:
-        result = self._mesh.process(frame)
+        if self._quiet:
+            with native_stderr_silenced():
+                result = self._mesh.process(frame)
+            self._quiet = not result.multi_face_landmarks
+        else:
+            result = self._mesh.process(frame)
         if not result.multi_face_landmarks:
             return None
         points = np.array([(p.x, p.y) for p in result.multi_face_landmarks[0].landmark], dtype=np.float32)

@@ -32,6 +32,8 @@ CONTENT_POSITIONS = np.concatenate([JAW_POSITIONS, LIP_POSITIONS])  # 57: jaw th
 # The networks' full face is pose then content; this maps it back to canonical positions.
 POSE_CONTENT_POSITIONS = np.concatenate([POSE_POSITIONS, CONTENT_POSITIONS])
 NUM_POSE, NUM_JAW, NUM_LIP = len(POSE_POSITIONS), len(JAW_POSITIONS), len(LIP_POSITIONS)
+# Face oval and eyebrows: the outline of the paste-back mask at inference (the official jaw + brows polygon).
+OUTLINE_POSITIONS = np.arange(0, 45)
 NUM_CONTENT = NUM_JAW + NUM_LIP
 
 # FaceMesh id -> canonical position, for drawing and for metrics that name FaceMesh points.

@@ -1,0 +1,439 @@
+"""Dubbing: a template video (or photo) and a driving audio -> a talking-face video (paper sections 3.2 and 4).
+
+Two passes over the template, so that memory does not grow with the length of either input:
+1. decode at 25 fps and run FaceMesh once per frame, keeping only landmarks, crop boxes and face flags (about
+   1 KB a frame); choose the reference frames by lip openness and encode the reference images once.
+2. for each output frame t (as many as the audio lasts), take template frame ping_pong(t), predict the content
+   landmarks of frames t-2..t+2 from their audio windows, draw the 5 sketches, render the face, paste it into
+   its crop box through a blurred face mask, encode. At most `batch_size` output frames are held at a time.
+   When the audio outlasts the template, the template loops forwards and backwards; its frames are then read
+   back from a raw spool file on disk (in the output's folder) instead of being held in memory.
+
+Frames where FaceMesh finds no face are written unchanged; windows around them borrow the landmarks of the
+nearest face frame, so their neighbours still render.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.audio import MEL_STEPS, SAMPLE_RATE, frames_covered, load_audio, mel_windows, melspectrogram
+from data.crop import box_size, crop_box, crop_face, denormalise_from_box, normalise_to_box
+from data.errors import InputError
+from data.landmarks import (
+    JAW_POSITIONS,
+    OUTLINE_POSITIONS,
+    content_of,
+    from_facemesh,
+    lip_openness,
+    merge_pose_content,
+    pose_of,
+)
+from data.sketch import draw_edges, sketch_tensor
+from data.video import FPS, VideoReader, VideoWriter
+from models.checkpoints import load_landmark_generator, load_renderer
+from models.landmark_generator import LandmarkGenerator
+from models.renderer import References, Renderer
+
+CONFIG = Path(__file__).resolve().parent / "configs" / "inference.yaml"
+WINDOW = 5  # frames t-2..t+2 per landmark-generator call
+MIN_AUDIO_SECONDS = MEL_STEPS / 80  # one audio window, 0.2 s
+
+
+def default_config() -> dict:
+    """configs/inference.yaml as a dict."""
+    from training import load_config
+
+    return load_config(CONFIG)
+
+
+@dataclass
+class Models:
+    landmark: LandmarkGenerator
+    renderer: Renderer
+    device: torch.device
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """'cuda' when present unless told ('cpu', 'cuda', 'cuda:1'); a one-line error for CUDA without a GPU."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}", "CUDA is not available on this machine")
+    return device
+
+
+def load_models(landmark_ckpt: str | Path, renderer_ckpt: str | Path, device: str | torch.device | None = None
+                ) -> Models:
+    """Both networks from this project's checkpoints or the official files (told apart by their contents)."""
+    device = device if isinstance(device, torch.device) else pick_device(device)
+    return Models(load_landmark_generator(landmark_ckpt, device), load_renderer(renderer_ckpt, device), device)
+
+
+# ---------------------------------------------------------------- template analysis (pass 1)
+@dataclass
+class Template:
+    """What pass 1 keeps of a template: per 25 fps frame, landmarks (L, 131, 2) normalised to the crop box,
+    boxes (L, 4) in source pixels, has_face (L,) and lip openness (L,) in pixels. Frames without a face hold the
+    landmarks and box of the nearest face frame (their flag stays False)."""
+
+    path: Path
+    size: tuple[int, int]
+    landmarks: np.ndarray
+    boxes: np.ndarray
+    has_face: np.ndarray
+    openness: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.has_face)
+
+
+def nearest_face(has_face: np.ndarray) -> np.ndarray:
+    """For every frame, the index of the nearest frame with a face (itself when it has one; earlier on ties)."""
+    faces = np.flatnonzero(has_face)
+    index = np.arange(len(has_face))
+    after = np.clip(np.searchsorted(faces, index), 0, len(faces) - 1)
+    before = np.clip(after - 1, 0, len(faces) - 1)
+    left, right = faces[before], faces[after]
+    return np.where(np.abs(index - left) <= np.abs(right - index), left, right)
+
+
+def analyse_template(path: str | Path, detect_every_frame: bool = False, spool: FrameSpool | None = None,
+                     progress: bool = True) -> Template:
+    """Pass 1: FaceMesh once per 25 fps frame of a video or image; frames also go to `spool` when given."""
+    from data.facemesh import FaceMesh
+
+    path = Path(path)
+    landmarks, boxes, found = [], [], []
+    with VideoReader(path) as reader, FaceMesh(video=not detect_every_frame) as mesh:
+        for frame in tqdm(reader, desc="face landmarks", unit="frame", disable=not progress, leave=False):
+            if spool is not None:
+                spool.append(frame)
+            size = (frame.shape[1], frame.shape[0])
+            points = mesh(frame)
+            box = None
+            if points is not None:
+                points = from_facemesh(points)
+                try:
+                    box = crop_box(points, size)
+                except ValueError:  # the face lies (almost) outside the frame
+                    box = None
+            found.append(box is not None)
+            boxes.append(box if box is not None else np.zeros(4, np.int32))
+            landmarks.append(normalise_to_box(points, box) if box is not None else np.zeros((131, 2), np.float32))
+    has_face = np.array(found, dtype=bool)
+    if not has_face.any():
+        raise InputError(path, f"no face found in any of its {len(has_face)} frames")
+    nearest = nearest_face(has_face)
+    landmarks, boxes = np.stack(landmarks)[nearest], np.stack(boxes)[nearest]
+    pixels = denormalise_from_box(landmarks, boxes)
+    return Template(path, size, landmarks, boxes, has_face, lip_openness(pixels))
+
+
+def reference_count(refs: int | str, template: Template) -> int:
+    """N from the config: a number, or 'fifth' (one fifth of the template's frames, at least 1)."""
+    if isinstance(refs, str):
+        if refs != "fifth":
+            raise InputError(f"refs={refs}", "refs takes a number or 'fifth'")
+        return max(1, len(template) // 5)
+    if int(refs) < 1:
+        raise InputError(f"refs={refs}", "refs must be at least 1")
+    return int(refs)
+
+
+def choose_references(template: Template, count: int) -> np.ndarray:
+    """Frames at `count` evenly spaced positions of the face frames sorted by lip openness (closed to open), as the
+    official script picks them (positions truncated); indices repeat when there are fewer face frames."""
+    faces = np.flatnonzero(template.has_face)
+    ranked = faces[np.argsort(template.openness[faces], kind="stable")]
+    return ranked[np.linspace(0, len(ranked) - 1, count).astype(np.int64)]
+
+
+def ping_pong(t: np.ndarray | int, length: int) -> np.ndarray:
+    """Template frame of output frame t: 0..L-1, then L-1..0, and so on."""
+    t = np.asarray(t)
+    if length == 1:
+        return np.zeros_like(t)
+    phase = t % (2 * length)
+    return np.where(phase < length, phase, 2 * length - 1 - phase)
+
+
+# ---------------------------------------------------------------- template frames (pass 2)
+class FrameSpool:
+    """Raw RGB frames in an unnamed temporary file, read back in any order (a looping template)."""
+
+    def __init__(self, directory: str | Path | None = None):
+        self._file = tempfile.TemporaryFile(dir=directory)
+        self.shape: tuple[int, ...] | None = None
+        self.count = 0
+
+    def append(self, frame: np.ndarray) -> None:
+        if self.shape is None:
+            self.shape = frame.shape
+        elif frame.shape != self.shape:
+            frame = cv2.resize(frame, (self.shape[1], self.shape[0]))  # a mid-stream size change
+        self._file.write(np.ascontiguousarray(frame, np.uint8).tobytes())
+        self.count += 1
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        size = int(np.prod(self.shape))
+        self._file.seek(int(index) * size)
+        return np.frombuffer(self._file.read(size), np.uint8).reshape(self.shape).copy()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def template_frames(template: Template, order: np.ndarray, spool: FrameSpool | None) -> Iterator[np.ndarray]:
+    """Template frames in `order` (output order): from the spool, or streamed when `order` never goes back."""
+    if spool is not None:
+        for index in order:
+            yield spool[index]
+        return
+    with VideoReader(template.path) as reader:
+        stream, position, frame = iter(reader), -1, None
+        for index in order:
+            while position < index:
+                frame, position = next(stream), position + 1
+            yield frame
+
+
+def read_selected(path: Path, indices: np.ndarray, spool: FrameSpool | None) -> dict[int, np.ndarray]:
+    """The template frames at `indices` (decoding up to the last one when there is no spool)."""
+    wanted = set(int(i) for i in indices)
+    if spool is not None:
+        return {i: spool[i] for i in wanted}
+    found = {}
+    with VideoReader(path) as reader:
+        for index, frame in enumerate(reader):
+            if index in wanted:
+                found[index] = frame
+            if len(found) == len(wanted):
+                break
+    return found
+
+
+# ---------------------------------------------------------------- per-frame work
+def face_tensor(faces: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    """RGB uint8 (128, 128, 3) faces -> (k, 3, 128, 128) float in 0..1."""
+    return torch.from_numpy(np.stack(faces)).to(device).permute(0, 3, 1, 2).float().div_(255)
+
+
+def face_mask(shape: tuple[int, int], outline: np.ndarray, kernel: int, sigma: float) -> np.ndarray:
+    """(H, W, 1) float32 mask: the convex hull of outline points (pixels) filled with 1, Gaussian-blurred."""
+    mask = np.zeros(shape, np.float32)
+    cv2.fillConvexPoly(mask, cv2.convexHull(np.round(outline).astype(np.int32)), 1.0)
+    return cv2.GaussianBlur(mask, (kernel, kernel), sigma)[..., None]
+
+
+def paste_face(frame: np.ndarray, face: np.ndarray, box: np.ndarray, outline: np.ndarray, kernel: int = 21,
+               sigma: float = 11.0) -> np.ndarray:
+    """Resize a 128x128 face to its crop box, paste it, and blend it into the frame through the blurred mask of
+    `outline` (face contour points in frame pixels). Only pixels within kernel//2 of the hull can change."""
+    height, width = frame.shape[:2]
+    x0, y0, x1, y1 = (int(v) for v in box)
+    pad = kernel // 2 + 1
+    rx0, ry0, rx1, ry1 = max(x0 - pad, 0), max(y0 - pad, 0), min(x1 + pad, width), min(y1 + pad, height)
+    region = frame[ry0:ry1, rx0:rx1].astype(np.float32)
+    generated = region.copy()
+    generated[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0] = cv2.resize(face, (x1 - x0, y1 - y0),
+                                                                 interpolation=cv2.INTER_LINEAR)
+    mask = face_mask(region.shape[:2], outline - (rx0, ry0), kernel, sigma)
+    out = frame.copy()
+    out[ry0:ry1, rx0:rx1] = np.clip(np.round(region + mask * (generated - region)), 0, 255).astype(np.uint8)
+    return out
+
+
+def sketch_frame(landmarks: np.ndarray, box: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Debug view: (131, 2) box-normalised landmarks drawn at their place in a black (H, W, 3) frame."""
+    width, height = size
+    canvas = np.zeros((height, width, 3), np.uint8)
+    x0, y0, x1, y1 = (int(v) for v in box)
+    canvas[y0:y1, x0:x1] = draw_edges(np.zeros((y1 - y0, x1 - x0, 3), np.uint8), landmarks)
+    return canvas
+
+
+def render_faces(renderer: Renderer, refs: References, faces: torch.Tensor, sketches: torch.Tensor,
+                 mels: torch.Tensor, ref_images: torch.Tensor, ref_sketches: torch.Tensor) -> torch.Tensor:
+    """The default render step: references encoded once per video, a batch of frames per call."""
+    return renderer.render(faces, sketches, refs, mels)[0]
+
+
+RenderStep = Callable[[Renderer, References, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                       torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class DubResult:
+    output: Path
+    frames: int
+    rendered: int  # frames with a face, generated
+    seconds: float
+
+
+def _check_config(config: dict) -> None:
+    kernel = int(config["mask"]["kernel"])
+    if kernel < 1 or kernel % 2 == 0:
+        raise InputError(f"mask.kernel={kernel}", "the mask blur kernel must be a positive odd number")
+    if int(config["batch_size"]) < 1 or int(config["landmark_refs"]) < 1:
+        raise InputError("config", "batch_size and landmark_refs must be at least 1")
+
+
+def load_driving_audio(path: str | Path) -> np.ndarray:
+    """16 kHz mono samples of the driving audio, at least one 0.2 s window long."""
+    wav = load_audio(path, SAMPLE_RATE)
+    if len(wav) < MIN_AUDIO_SECONDS * SAMPLE_RATE:
+        raise InputError(path, f"the audio lasts {len(wav) / SAMPLE_RATE:.3f} s, shorter than one "
+                               f"{MIN_AUDIO_SECONDS:.1f} s window")
+    return wav
+
+
+def dub(video: str | Path, audio: str | Path, output: str | Path, models: Models, config: dict | None = None,
+        sketch_output: str | Path | None = None, progress: bool = True,
+        render_step: RenderStep = render_faces) -> DubResult:
+    """Dub `video` (any frame rate, or a still image) with `audio` into `output` (.mp4), at 25 fps, at the
+    template's size, carrying the driving audio. Raises InputError on bad input and leaves no output file."""
+    started = time.perf_counter()
+    config = default_config() if config is None else config
+    _check_config(config)
+    video, audio, output = Path(video), Path(audio), Path(output)
+    if not video.is_file():
+        raise InputError(video, "no such file")
+    if output.resolve() in (video.resolve(), audio.resolve()):
+        raise InputError(output, "the output would overwrite an input")
+    wav = load_driving_audio(audio)
+    count = frames_covered(len(wav))
+    mel = melspectrogram(wav)
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    spool = None
+    try:
+        template = analyse_template(video, config["detect_every_frame"], progress=progress)
+        if count > len(template):  # the template loops: keep its frames on disk for the backward runs
+            spool = FrameSpool(output.parent)
+            for frame in template_frames(template, np.arange(len(template)), None):
+                spool.append(frame)
+        result = _render_video(template, wav, mel, count, output, models, config, spool, sketch_output,
+                               progress, render_step)
+    finally:
+        if spool is not None:
+            spool.close()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _render_video(template: Template, wav: np.ndarray, mel: np.ndarray, count: int, output: Path, models: Models,
+                  config: dict, spool: FrameSpool | None, sketch_output: str | Path | None, progress: bool,
+                  render_step: RenderStep) -> DubResult:
+    from training import autocast
+
+    device, batch_size = models.device, int(config["batch_size"])
+    kernel, sigma = int(config["mask"]["kernel"]), float(config["mask"]["sigma"])
+    length = len(template)
+
+    # References: Nl landmark sets and N images (distinct frames: a repeated image adds nothing but cost).
+    landmark_refs = choose_references(template, int(config["landmark_refs"]))
+    ref_pose = torch.from_numpy(pose_of(template.landmarks[landmark_refs]))[None].to(device)  # (1, Nl, 2, 74)
+    ref_content = torch.from_numpy(content_of(template.landmarks[landmark_refs]))[None].to(device)
+    image_refs = np.unique(choose_references(template, reference_count(config["refs"], template)))
+    frames = read_selected(template.path, image_refs, spool)
+    ref_images = face_tensor([crop_face(frames[i], template.boxes[i]) for i in image_refs], device)[None]
+    ref_sketches = torch.from_numpy(np.stack([sketch_tensor(template.landmarks[i], box_size(template.boxes[i]))
+                                              for i in image_refs]))[None].to(device)
+    del frames
+    with torch.inference_mode(), autocast(device, bool(config["bf16"])):
+        refs = models.renderer.encode_references(ref_images, ref_sketches)
+
+    order = ping_pong(np.arange(count), length)
+    source = template_frames(template, order, spool)
+    audio_rate = int(config["output"]["audio_rate"])
+    driving = load_audio_for_output(wav, audio_rate)
+    writer = VideoWriter(output, FPS, driving, audio_rate, int(config["output"]["crf"]))
+    sketch_writer = (VideoWriter(sketch_output, FPS, driving, audio_rate, int(config["output"]["crf"]))
+                     if sketch_output else None)
+    rendered = 0
+    try:
+        bar = tqdm(total=count, desc="dubbing", unit="frame", disable=not progress)
+        for start in range(0, count, batch_size):
+            steps = np.arange(start, min(start + batch_size, count))
+            batch = [next(source) for _ in steps]
+            results, sketches = _dub_batch(steps, batch, template, order, mel, count, models, refs, ref_pose,
+                                           ref_content, ref_images, ref_sketches, kernel, sigma, config,
+                                           sketch_writer is not None, render_step)
+            for index, frame in enumerate(results):
+                writer.write(frame)
+                if sketch_writer is not None:
+                    sketch_writer.write(np.concatenate([sketches[index], frame], axis=1))
+            rendered += int(template.has_face[order[steps]].sum())
+            bar.update(len(steps))
+        bar.close()
+        writer.close()
+        if sketch_writer is not None:
+            sketch_writer.close()
+    except BaseException:
+        writer.abort()
+        if sketch_writer is not None:
+            sketch_writer.abort()
+        raise
+    return DubResult(output, count, rendered, 0.0)
+
+
+def load_audio_for_output(wav: np.ndarray, rate: int) -> np.ndarray:
+    """The 16 kHz driving audio resampled for the AAC track (AAC at 16 kHz pads its ends by up to 64 ms)."""
+    if rate == SAMPLE_RATE:
+        return wav
+    from scipy.signal import resample_poly
+
+    divisor = np.gcd(rate, SAMPLE_RATE)
+    return resample_poly(wav, rate // divisor, SAMPLE_RATE // divisor).astype(np.float32)
+
+
+def _dub_batch(steps: np.ndarray, batch: list[np.ndarray], template: Template, order: np.ndarray, mel: np.ndarray,
+               count: int, models: Models, refs: References, ref_pose: torch.Tensor, ref_content: torch.Tensor,
+               ref_images: torch.Tensor, ref_sketches: torch.Tensor, kernel: int, sigma: float, config: dict,
+               want_sketches: bool, render_step: RenderStep) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Output frames `steps` (their template frames in `batch`): rendered where the template has a face."""
+    from training import autocast
+
+    device = models.device
+    results = list(batch)
+    sketches = [np.zeros_like(frame) for frame in batch] if want_sketches else []
+    live = np.flatnonzero(template.has_face[order[steps]])
+    if len(live) == 0:
+        return results, sketches
+    # Windows t-2..t+2 (clamped to the output), their template frames and audio windows.
+    windows = np.clip(steps[live, None] + np.arange(WINDOW) - WINDOW // 2, 0, count - 1)  # (k, 5)
+    frames_of = order[windows]  # template frame of every window position
+    mels = torch.from_numpy(mel_windows(mel, windows.ravel())).unflatten(0, windows.shape)[:, :, None].to(device)
+    pose = template.landmarks[frames_of]  # (k, 5, 131, 2)
+    with torch.inference_mode(), autocast(device, bool(config["bf16"])):
+        content = models.landmark(mels, torch.from_numpy(pose_of(pose)).to(device),
+                                  ref_pose.expand(len(live), -1, -1, -1), ref_content.expand(len(live), -1, -1, -1))
+    predicted = merge_pose_content(pose_of(pose), content.float().cpu().numpy())  # (k, 5, 131, 2)
+    boxes = template.boxes[frames_of]  # (k, 5, 4)
+    target = torch.from_numpy(np.stack([[sketch_tensor(predicted[i, j], box_size(boxes[i, j]))
+                                         for j in range(WINDOW)] for i in range(len(live))])).to(device)
+    centre = WINDOW // 2
+    faces = face_tensor([crop_face(batch[i], boxes[n, centre]) for n, i in enumerate(live)], device)
+    with torch.inference_mode(), autocast(device, bool(config["bf16"])):
+        generated = render_step(models.renderer, refs, faces, target, mels[:, centre], ref_images, ref_sketches)
+    generated = (generated.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    for n, i in enumerate(live):
+        box, landmarks = boxes[n, centre], predicted[n, centre]
+        # The mask covers the template's face outline and the predicted jaw (an opening mouth lowers the chin).
+        outline = denormalise_from_box(np.concatenate([template.landmarks[frames_of[n, centre]][OUTLINE_POSITIONS],
+                                                       landmarks[JAW_POSITIONS]]), box)
+        results[i] = paste_face(batch[i], generated[n], box, outline, kernel, sigma)
+        if want_sketches:
+            sketches[i] = sketch_frame(landmarks, box, template.size)
+    return results, sketches
+
