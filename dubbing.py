@@ -311,6 +311,8 @@ def dub(video: str | Path, audio: str | Path, output: str | Path, models: Models
     if output.resolve() in (video.resolve(), audio.resolve()):
         raise InputError(output, "the output would overwrite an input")
     wav = load_driving_audio(audio)
+    if config.get("audio_seconds"):
+        wav = wav[:max(int(float(config["audio_seconds"]) * SAMPLE_RATE), int(MIN_AUDIO_SECONDS * SAMPLE_RATE))]
     count = frames_covered(len(wav))
     mel = melspectrogram(wav)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -331,16 +333,33 @@ def dub(video: str | Path, audio: str | Path, output: str | Path, models: Models
     return result
 
 
-def _render_video(template: Template, wav: np.ndarray, mel: np.ndarray, count: int, output: Path, models: Models,
-                  config: dict, spool: FrameSpool | None, sketch_output: str | Path | None, progress: bool,
-                  render_step: RenderStep) -> DubResult:
-    from training import autocast
+@dataclass
+class _Video:
+    """What every batch of one dub needs: the template, the output-to-template order, the audio, the encoded
+    references (landmark tokens and renderer features) and the settings."""
 
-    device, batch_size = models.device, int(config["batch_size"])
-    kernel, sigma = int(config["mask"]["kernel"]), float(config["mask"]["sigma"])
-    length = len(template)
+    template: Template
+    order: np.ndarray
+    mel: np.ndarray
+    models: Models
+    ref_tokens: torch.Tensor
+    refs: References
+    ref_images: torch.Tensor
+    ref_sketches: torch.Tensor
+    config: dict
+    render_step: RenderStep
 
-    # References: Nl landmark sets and N images (distinct frames: a repeated image adds nothing but cost).
+    def autocast(self):
+        from training import autocast
+
+        return autocast(self.models.device, bool(self.config["bf16"]))
+
+
+def _prepare(template: Template, mel: np.ndarray, count: int, models: Models, config: dict,
+             spool: FrameSpool | None, render_step: RenderStep) -> _Video:
+    """Choose and encode the references: Nl landmark sets and N distinct reference images (a repeated image
+    would add cost and nothing else)."""
+    device = models.device
     landmark_refs = choose_references(template, int(config["landmark_refs"]))
     ref_pose = torch.from_numpy(pose_of(template.landmarks[landmark_refs]))[None].to(device)  # (1, Nl, 2, 74)
     ref_content = torch.from_numpy(content_of(template.landmarks[landmark_refs]))[None].to(device)
@@ -349,31 +368,34 @@ def _render_video(template: Template, wav: np.ndarray, mel: np.ndarray, count: i
     ref_images = face_tensor([crop_face(frames[i], template.boxes[i]) for i in image_refs], device)[None]
     ref_sketches = torch.from_numpy(np.stack([sketch_tensor(template.landmarks[i], box_size(template.boxes[i]))
                                               for i in image_refs]))[None].to(device)
-    del frames
-    with torch.inference_mode(), autocast(device, bool(config["bf16"])):
-        refs = models.renderer.encode_references(ref_images, ref_sketches)
+    video = _Video(template, ping_pong(np.arange(count), len(template)), mel, models, None, None, ref_images,
+                   ref_sketches, config, render_step)
+    with torch.inference_mode(), video.autocast():
+        video.ref_tokens = models.landmark.encode_references(ref_pose, ref_content)
+        video.refs = models.renderer.encode_references(ref_images, ref_sketches)
+    return video
 
-    order = ping_pong(np.arange(count), length)
-    source = template_frames(template, order, spool)
-    audio_rate = int(config["output"]["audio_rate"])
+
+def _render_video(template: Template, wav: np.ndarray, mel: np.ndarray, count: int, output: Path, models: Models,
+                  config: dict, spool: FrameSpool | None, sketch_output: str | Path | None, progress: bool,
+                  render_step: RenderStep) -> DubResult:
+    video = _prepare(template, mel, count, models, config, spool, render_step)
+    source = template_frames(template, video.order, spool)
+    audio_rate, crf = int(config["output"]["audio_rate"]), int(config["output"]["crf"])
     driving = load_audio_for_output(wav, audio_rate)
-    writer = VideoWriter(output, FPS, driving, audio_rate, int(config["output"]["crf"]))
-    sketch_writer = (VideoWriter(sketch_output, FPS, driving, audio_rate, int(config["output"]["crf"]))
-                     if sketch_output else None)
-    rendered = 0
+    writer = VideoWriter(output, FPS, driving, audio_rate, crf)
+    sketch_writer = VideoWriter(sketch_output, FPS, driving, audio_rate, crf) if sketch_output else None
+    batch_size, rendered = int(config["batch_size"]), 0
     try:
         bar = tqdm(total=count, desc="dubbing", unit="frame", disable=not progress)
         for start in range(0, count, batch_size):
             steps = np.arange(start, min(start + batch_size, count))
-            batch = [next(source) for _ in steps]
-            results, sketches = _dub_batch(steps, batch, template, order, mel, count, models, refs, ref_pose,
-                                           ref_content, ref_images, ref_sketches, kernel, sigma, config,
-                                           sketch_writer is not None, render_step)
+            results, sketches = _dub_batch(video, steps, [next(source) for _ in steps], sketch_writer is not None)
             for index, frame in enumerate(results):
                 writer.write(frame)
                 if sketch_writer is not None:
                     sketch_writer.write(np.concatenate([sketches[index], frame], axis=1))
-            rendered += int(template.has_face[order[steps]].sum())
+            rendered += int(template.has_face[video.order[steps]].sum())
             bar.update(len(steps))
         bar.close()
         writer.close()
@@ -397,43 +419,43 @@ def load_audio_for_output(wav: np.ndarray, rate: int) -> np.ndarray:
     return resample_poly(wav, rate // divisor, SAMPLE_RATE // divisor).astype(np.float32)
 
 
-def _dub_batch(steps: np.ndarray, batch: list[np.ndarray], template: Template, order: np.ndarray, mel: np.ndarray,
-               count: int, models: Models, refs: References, ref_pose: torch.Tensor, ref_content: torch.Tensor,
-               ref_images: torch.Tensor, ref_sketches: torch.Tensor, kernel: int, sigma: float, config: dict,
-               want_sketches: bool, render_step: RenderStep) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _dub_batch(video: _Video, steps: np.ndarray, batch: list[np.ndarray], want_sketches: bool
+               ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Output frames `steps` (their template frames in `batch`): rendered where the template has a face."""
-    from training import autocast
-
-    device = models.device
+    template, order, models, device = video.template, video.order, video.models, video.models.device
     results = list(batch)
     sketches = [np.zeros_like(frame) for frame in batch] if want_sketches else []
     live = np.flatnonzero(template.has_face[order[steps]])
     if len(live) == 0:
         return results, sketches
-    # Windows t-2..t+2 (clamped to the output), their template frames and audio windows.
-    windows = np.clip(steps[live, None] + np.arange(WINDOW) - WINDOW // 2, 0, count - 1)  # (k, 5)
-    frames_of = order[windows]  # template frame of every window position
-    mels = torch.from_numpy(mel_windows(mel, windows.ravel())).unflatten(0, windows.shape)[:, :, None].to(device)
-    pose = template.landmarks[frames_of]  # (k, 5, 131, 2)
-    with torch.inference_mode(), autocast(device, bool(config["bf16"])):
-        content = models.landmark(mels, torch.from_numpy(pose_of(pose)).to(device),
-                                  ref_pose.expand(len(live), -1, -1, -1), ref_content.expand(len(live), -1, -1, -1))
-    predicted = merge_pose_content(pose_of(pose), content.float().cpu().numpy())  # (k, 5, 131, 2)
-    boxes = template.boxes[frames_of]  # (k, 5, 4)
+    # Windows t-2..t+2 (clamped to the output). Neighbouring windows overlap, so each output frame's audio window
+    # and pose are encoded once and the windows gathered from those tokens.
+    windows = np.clip(steps[live, None] + np.arange(WINDOW) - WINDOW // 2, 0, len(order) - 1)  # (k, 5)
+    frames, position = np.unique(windows, return_inverse=True)
+    pose = pose_of(template.landmarks[order[frames]])  # (U, 2, 74)
+    with torch.inference_mode(), video.autocast():
+        audio_tokens, pose_tokens = models.landmark.encode_frames(
+            torch.from_numpy(mel_windows(video.mel, frames)[:, None]).to(device), torch.from_numpy(pose).to(device))
+        gather = torch.from_numpy(position.reshape(windows.shape)).to(device)
+        content = models.landmark.fuse(video.ref_tokens, audio_tokens[gather], pose_tokens[gather])
+    predicted = merge_pose_content(pose[position.reshape(windows.shape)], content.float().cpu().numpy())
+    boxes = template.boxes[order[windows]]  # (k, 5, 4)
     target = torch.from_numpy(np.stack([[sketch_tensor(predicted[i, j], box_size(boxes[i, j]))
                                          for j in range(WINDOW)] for i in range(len(live))])).to(device)
     centre = WINDOW // 2
     faces = face_tensor([crop_face(batch[i], boxes[n, centre]) for n, i in enumerate(live)], device)
-    with torch.inference_mode(), autocast(device, bool(config["bf16"])):
-        generated = render_step(models.renderer, refs, faces, target, mels[:, centre], ref_images, ref_sketches)
+    mels = torch.from_numpy(mel_windows(video.mel, steps[live])[:, None]).to(device)  # (k, 1, 80, 16)
+    with torch.inference_mode(), video.autocast():
+        generated = video.render_step(models.renderer, video.refs, faces, target, mels, video.ref_images,
+                                      video.ref_sketches)
     generated = (generated.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    kernel, sigma = int(video.config["mask"]["kernel"]), float(video.config["mask"]["sigma"])
     for n, i in enumerate(live):
         box, landmarks = boxes[n, centre], predicted[n, centre]
         # The mask covers the template's face outline and the predicted jaw (an opening mouth lowers the chin).
-        outline = denormalise_from_box(np.concatenate([template.landmarks[frames_of[n, centre]][OUTLINE_POSITIONS],
+        outline = denormalise_from_box(np.concatenate([template.landmarks[order[steps[i]]][OUTLINE_POSITIONS],
                                                        landmarks[JAW_POSITIONS]]), box)
         results[i] = paste_face(batch[i], generated[n], box, outline, kernel, sigma)
         if want_sketches:
             sketches[i] = sketch_frame(landmarks, box, template.size)
     return results, sketches
-

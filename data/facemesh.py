@@ -34,19 +34,19 @@ class FaceMesh:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from mediapipe.python.solutions import face_mesh  # heavy import, only where detection runs
 
-        with native_stderr_silenced():  # start-up chatter, at construction and on the first face found
+        with native_stderr_silenced():  # start-up chatter
             self._mesh = face_mesh.FaceMesh(static_image_mode=not video, max_num_faces=1, refine_landmarks=True,
                                             min_detection_confidence=min_confidence,
                                             min_tracking_confidence=min_confidence)
-        self._quiet = True
+            self._mesh._graph.wait_until_idle()
+        self._settling = 3  # calls whose graph threads are waited for while fd 2 is silenced
 
     def __call__(self, frame: np.ndarray) -> np.ndarray | None:
-        if self._quiet:
-            with native_stderr_silenced():
-                result = self._mesh.process(frame)
-            self._quiet = not result.multi_face_landmarks
-        else:
-            result = self._mesh.process(frame)
+        with native_stderr_silenced():  # the detection and the tracking graphs each warn on first use, from
+            result = self._mesh.process(frame)  # graph threads that may still run after process() returns
+            if self._settling:
+                self._mesh._graph.wait_until_idle()
+                self._settling -= 1
         if not result.multi_face_landmarks:
             return None
         points = np.array([(p.x, p.y) for p in result.multi_face_landmarks[0].landmark], dtype=np.float32)

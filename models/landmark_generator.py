@@ -89,16 +89,30 @@ class LandmarkGenerator(nn.Module):
                 nn.init.zeros_(module.bias)
         self.norm = nn.LayerNorm(d_model)  # one LayerNorm shared by the three embeddings
 
-    def forward(self, mels: torch.Tensor, pose: torch.Tensor, ref_pose: torch.Tensor,
-                ref_content: torch.Tensor) -> torch.Tensor:
-        batch, steps, refs = mels.shape[0], mels.shape[1], ref_pose.shape[1]
+    def encode_references(self, ref_pose: torch.Tensor, ref_content: torch.Tensor) -> torch.Tensor:
+        """(B, Nl, 2, 74) and (B, Nl, 2, 57) -> reference tokens (B, Nl, 512)."""
+        batch, refs = ref_pose.shape[:2]
         references = torch.cat([ref_pose, ref_content], dim=3).flatten(0, 1)  # (B*Nl, 2, 131)
-        audio = self.norm(self.mel_encoder(mels.flatten(0, 1)).flatten(1))  # (B*T, 512)
-        pose_tokens = self.norm(self.pose_encoder(pose.flatten(0, 1)).flatten(1))
-        ref_tokens = self.norm(self.ref_encoder(references).flatten(1))
-        tokens = self.fusion_transformer(ref_tokens.view(batch, refs, -1), audio.view(batch, steps, -1),
-                                         pose_tokens.view(batch, steps, -1))
+        return self.norm(self.ref_encoder(references).flatten(1)).view(batch, refs, -1)
+
+    def encode_frames(self, mels: torch.Tensor, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-frame tokens: mels (K, 1, 80, 16) and pose (K, 2, 74) -> audio and pose tokens, (K, 512) each.
+        Each frame is encoded on its own, so overlapping windows can share one encoding per frame."""
+        audio = self.norm(self.mel_encoder(mels).flatten(1))
+        return audio, self.norm(self.pose_encoder(pose).flatten(1))
+
+    def fuse(self, ref_tokens: torch.Tensor, audio: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        """Tokens (B or 1, Nl, 512), (B, T, 512), (B, T, 512) -> content (B, T, 2, 57)."""
+        batch, steps, refs = audio.shape[0], audio.shape[1], ref_tokens.shape[1]
+        tokens = self.fusion_transformer(ref_tokens.expand(batch, -1, -1), audio, pose)
         lip = self.lip_head(tokens[:, refs:refs + steps])  # (B, T, 80): 40 interleaved (x, y) pairs
         jaw = self.jaw_head(tokens[:, refs + steps:])  # (B, T, 34)
         content = torch.cat([jaw, lip], dim=2).view(batch, steps, NUM_JAW + NUM_LIP, 2)
         return content.transpose(2, 3)  # (B, T, 2, 57)
+
+    def forward(self, mels: torch.Tensor, pose: torch.Tensor, ref_pose: torch.Tensor,
+                ref_content: torch.Tensor) -> torch.Tensor:
+        batch, steps = mels.shape[:2]
+        audio, pose_tokens = self.encode_frames(mels.flatten(0, 1), pose.flatten(0, 1))
+        return self.fuse(self.encode_references(ref_pose, ref_content), audio.view(batch, steps, -1),
+                         pose_tokens.view(batch, steps, -1))

@@ -47,6 +47,22 @@ def records(samples, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def random_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    """A landmark generator and a renderer with random weights, saved in this project's checkpoint format."""
+    import torch
+
+    from models.landmark_generator import LandmarkGenerator
+    from models.renderer import Renderer
+
+    folder = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(0)
+    landmark, renderer = folder / "landmark.pt", folder / "renderer.pt"
+    torch.save({"kind": "landmark_generator", "model": LandmarkGenerator().state_dict(), "model_args": {}}, landmark)
+    torch.save({"kind": "renderer", "model": Renderer().state_dict(), "model_args": {}}, renderer)
+    return landmark, renderer
+
+
 def tone(seconds: float, sample_rate: int = 16000, frequency: float = 440.0) -> np.ndarray:
     """A float32 sine wave at amplitude 0.3."""
     t = np.arange(int(round(seconds * sample_rate))) / sample_rate

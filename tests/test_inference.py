@@ -11,7 +11,6 @@ import av
 import cv2
 import numpy as np
 import pytest
-import torch
 
 import dubbing
 import inference
@@ -30,20 +29,6 @@ def write_wav(path: Path, samples: np.ndarray, rate: int = SAMPLE_RATE, channels
         out.setframerate(rate)
         out.writeframes((np.clip(data, -1, 1) * 32767).astype(np.int16).tobytes())
     return path
-
-
-@pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory) -> tuple[Path, Path]:
-    """Randomly initialised networks saved in this project's checkpoint format."""
-    from models.landmark_generator import LandmarkGenerator
-    from models.renderer import Renderer
-
-    folder = tmp_path_factory.mktemp("checkpoints")
-    torch.manual_seed(0)
-    landmark, renderer = folder / "landmark.pt", folder / "renderer.pt"
-    torch.save({"kind": "landmark_generator", "model": LandmarkGenerator().state_dict(), "model_args": {}}, landmark)
-    torch.save({"kind": "renderer", "model": Renderer().state_dict(), "model_args": {}}, renderer)
-    return landmark, renderer
 
 
 @pytest.fixture(scope="session")
@@ -71,12 +56,12 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="session")
-def looped(template, speech, checkpoints, tmp_path_factory):
+def looped(template, speech, random_checkpoints, tmp_path_factory):
     """Dub the 10-frame template with 0.6 s of speech: 15 output frames, so the template plays 0..9, 9..5."""
     folder = tmp_path_factory.mktemp("looped")
     audio = write_wav(folder / "speech.wav", speech[:int(0.6 * SAMPLE_RATE)])
     output = folder / "out.mp4"
-    models = dubbing.load_models(*checkpoints, "cpu")
+    models = dubbing.load_models(*random_checkpoints, "cpu")
     config = dubbing.default_config()
     config.update(refs=1, batch_size=4)
     result = dubbing.dub(template[0], audio, output, models, config, sketch_output=folder / "sketch.mp4",
@@ -131,14 +116,15 @@ def test_face_less_frame_is_counted_and_sketch_video_written(looped, template):
     assert sketch[0][:, :422].max() > 150  # the sketch half has lines
 
 
-def test_still_image_template(samples, speech, checkpoints, tmp_path, capsys):
+def test_still_image_template(samples, speech, random_checkpoints, tmp_path, capsys):
     image = tmp_path / "face.png"
     frame = read_frames(samples / "talk_a.mp4")[0]
     cv2.imwrite(str(image), cv2.cvtColor(cv2.resize(frame, (301, 301)), cv2.COLOR_RGB2BGR))  # odd size too
     audio = write_wav(tmp_path / "speech.wav", speech[:int(0.3 * SAMPLE_RATE)], rate=44100 // 3, channels=2)
     output = tmp_path / "still.mp4"
+    landmark, renderer = random_checkpoints
     code, err = run_cli(["--video", str(image), "--audio", str(audio), "--output", str(output), "--landmark-ckpt",
-                         str(checkpoints[0]), "--renderer-ckpt", str(checkpoints[1]), "--quiet", *FAST], capsys)
+                         str(landmark), "--renderer-ckpt", str(renderer), "--quiet", *FAST], capsys)
     assert code == 0, err
     frames = read_frames(output)
     assert len(frames) == frames_covered(len(load_audio(audio))) and frames[0].shape == (301, 301, 3)
@@ -153,9 +139,9 @@ def _faceless_video(path: Path) -> Path:
 
 @pytest.mark.parametrize("case", ["text_as_mp4", "truncated", "faceless", "missing_video", "short_audio",
                                   "no_audio_stream", "missing_checkpoint", "bad_output_suffix", "bad_override"])
-def test_bad_input_gives_one_line_and_no_output(case, samples, speech, checkpoints, tmp_path, capsys):
+def test_bad_input_gives_one_line_and_no_output(case, samples, speech, random_checkpoints, tmp_path, capsys):
     video, audio = samples / "talk_a.mp4", write_wav(tmp_path / "speech.wav", speech[:8000])
-    landmark, renderer = checkpoints
+    landmark, renderer = random_checkpoints
     output, extra = tmp_path / "out" / "result.mp4", []
     expect = ""
     if case == "text_as_mp4":

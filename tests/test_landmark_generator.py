@@ -27,6 +27,22 @@ def test_output_shape_and_dtype():
     assert sum(p.numel() for p in model.parameters()) == 13_724_394  # the official count
 
 
+def test_sliding_windows_from_per_frame_tokens_equal_the_plain_forward():
+    """Inference encodes each frame and the references once and gathers overlapping windows from the tokens."""
+    torch.manual_seed(0)
+    model = LandmarkGenerator().eval()
+    mels, pose, ref_pose, ref_content = _inputs(batch=1, steps=9, refs=15)
+    starts = [0, 1, 2, 4]
+    windows = torch.tensor([[s + j for j in range(5)] for s in starts])  # (4, 5) overlapping
+    with torch.no_grad():
+        plain = model(mels[0][windows], pose[0][windows], ref_pose.expand(4, -1, -1, -1),
+                      ref_content.expand(4, -1, -1, -1))
+        audio, pose_tokens = model.encode_frames(mels[0], pose[0])  # each of the 9 frames once
+        shared = model.fuse(model.encode_references(ref_pose, ref_content), audio[windows], pose_tokens[windows])
+    assert shared.shape == (4, 5, 2, 57)
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
+
+
 def test_heads_read_interleaved_pairs():
     model = LandmarkGenerator().eval()
     with torch.no_grad():

@@ -1,0 +1,167 @@
+"""Dubbing speed and memory on the official demo (template_129.mp4 + speech_audio2.wav), CPU or CUDA.
+
+  python bench/inference.py [--seconds 0.48] [--refs 3,25] [--skip-memory] [--device cpu]
+
+Speed: output frames per second of the whole pipeline (inference.py's `dubbing.dub`: FaceMesh pass, landmark
+generator, sketches, renderer, paste-back, H.264/AAC encoding) on the first --seconds of the demo speech, for each
+N in --refs, against the same pipeline with the official renderer formulation (tests/reference_renderer.py: the
+alignment network once per reference, nothing reused between frames) and one frame per call. Both run in this
+process, one after the other; the ratio is what counts. The official script's figures from BASELINES.md (0.41
+frames/s at N=3, about 0.08 at N=25, measured on this kind of machine) are printed beside them.
+
+Memory: peak resident memory of a fresh process dubbing 5 s and 60 s of the demo speech (the template loops).
+A minute of output is 1500 renderer calls, about an hour on two CPU cores, so on the CPU the memory runs replace
+the renderer's per-frame forward with a pass-through (everything else runs: networks loaded, references encoded,
+landmarks predicted, frames decoded, pasted and encoded); the renderer's activations for one batch do not depend
+on the audio's length. --real-memory keeps the real renderer (use it on a GPU).
+Weights are random (speed does not depend on them) unless --landmark-ckpt/--renderer-ckpt are given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import wave
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import dubbing  # noqa: E402
+from data.audio import SAMPLE_RATE, load_audio  # noqa: E402
+
+SAMPLES = ROOT.parent / "shared" / "samples"
+OFFICIAL_FPS = {3: 0.41, 25: 0.08}  # BASELINES.md, whole official script, CPU
+
+
+def write_wav(path: Path, samples: np.ndarray) -> Path:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes((np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes())
+    return path
+
+
+def random_checkpoints(folder: Path) -> tuple[Path, Path]:
+    from models.landmark_generator import LandmarkGenerator
+    from models.renderer import Renderer
+
+    torch.manual_seed(0)
+    landmark, renderer = folder / "landmark.pt", folder / "renderer.pt"
+    torch.save({"kind": "landmark_generator", "model": LandmarkGenerator().state_dict(), "model_args": {}}, landmark)
+    torch.save({"kind": "renderer", "model": Renderer().state_dict(), "model_args": {}}, renderer)
+    return landmark, renderer
+
+
+def per_reference_step(renderer, refs, faces, sketches, mels, ref_images, ref_sketches):
+    """The official formulation: every reference through the whole alignment network, for every frame."""
+    from reference_renderer import per_reference_forward
+
+    batch = faces.shape[0]
+    return per_reference_forward(renderer, faces, sketches, ref_images.expand(batch, -1, -1, -1, -1),
+                                 ref_sketches.expand(batch, -1, -1, -1, -1), mels)[0]
+
+
+def pass_through_step(renderer, refs, faces, sketches, mels, ref_images, ref_sketches):
+    return faces
+
+
+def dub_once(args, models, audio: Path, output: Path, refs: int, batch: int, step) -> float:
+    config = dubbing.default_config()
+    config.update(refs=refs, batch_size=batch)
+    result = dubbing.dub(SAMPLES / "template_129.mp4", audio, output, models, config, progress=False,
+                         render_step=step)
+    return result.frames / result.seconds
+
+
+def memory_child(args) -> None:
+    """Run one dub in this (fresh) process and print its peak resident memory as JSON."""
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        audio = write_wav(folder / "speech.wav", demo_speech(args.memory_child))
+        models = dubbing.load_models(args.landmark_ckpt, args.renderer_ckpt, args.device)
+        step = dubbing.render_faces if args.real_memory else pass_through_step
+        fps = dub_once(args, models, audio, folder / "out.mp4", 25, args.batch or 4, step)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    print(json.dumps({"seconds": args.memory_child, "peak_mib": peak, "fps": fps}))
+
+
+def demo_speech(seconds: float) -> np.ndarray:
+    """The first `seconds` of the demo speech, repeated when it is shorter (21.3 s)."""
+    speech = load_audio(SAMPLES / "speech_audio2.wav")
+    need = int(round(seconds * SAMPLE_RATE))
+    return np.tile(speech, need // len(speech) + 1)[:need]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=0.48, help="speech length for the speed runs")
+    parser.add_argument("--refs", default="3,25", help="comma-separated N values")
+    parser.add_argument("--batch", type=int, help="our batch size (default: configs/inference.yaml)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--landmark-ckpt")
+    parser.add_argument("--renderer-ckpt")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--real-memory", action="store_true", help="memory runs with the real renderer")
+    parser.add_argument("--memory-child", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        if not args.landmark_ckpt or not args.renderer_ckpt:
+            args.landmark_ckpt, args.renderer_ckpt = random_checkpoints(folder)
+        if args.memory_child is not None:
+            return memory_child(args)
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+        if not args.skip_speed:
+            speed(args, folder)
+        if not args.skip_memory:
+            memory(args)
+
+
+def speed(args, folder: Path) -> None:
+    models = dubbing.load_models(args.landmark_ckpt, args.renderer_ckpt, args.device)
+    audio = write_wav(folder / "speech.wav", demo_speech(args.seconds))
+    batch = args.batch or int(dubbing.default_config()["batch_size"])
+    print(f"speed: {args.seconds} s of speech ({int(args.seconds * 25)} output frames), template_129.mp4")
+    print("| N | reference pipeline (per-reference, 1 frame/call) | ours (encode once, batch "
+          f"{batch}) | ours / reference | ours / official script (BASELINES) |")
+    print("| --- | --- | --- | --- | --- |")
+    for refs in (int(n) for n in args.refs.split(",")):
+        reference = dub_once(args, models, audio, folder / "reference.mp4", refs, 1, per_reference_step)
+        ours = dub_once(args, models, audio, folder / "ours.mp4", refs, batch, dubbing.render_faces)
+        official = OFFICIAL_FPS.get(refs)
+        versus = f"{ours / official:.2f}x ({official} frames/s)" if official else "n/a"
+        print(f"| {refs} | {reference:.3f} frames/s | {ours:.3f} frames/s | {ours / reference:.2f}x | {versus} |",
+              flush=True)
+
+
+def memory(args) -> None:
+    peaks = {}
+    for seconds in (5.0, 60.0):
+        command = [sys.executable, str(Path(__file__).resolve()), "--memory-child", str(seconds), "--device",
+                   args.device, "--landmark-ckpt", str(args.landmark_ckpt), "--renderer-ckpt", str(args.renderer_ckpt)]
+        if args.real_memory:
+            command.append("--real-memory")
+        if args.batch:
+            command += ["--batch", str(args.batch)]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise SystemExit(f"memory run for {seconds} s failed:\n{result.stderr[-2000:]}")
+        peaks[seconds] = json.loads(result.stdout.strip().splitlines()[-1])
+    what = "real renderer" if args.real_memory else "renderer forward replaced by a pass-through"
+    print(f"memory ({what}, N=25): peak resident 5 s of speech {peaks[5.0]['peak_mib']:.0f} MiB, 60 s "
+          f"{peaks[60.0]['peak_mib']:.0f} MiB, ratio {peaks[60.0]['peak_mib'] / peaks[5.0]['peak_mib']:.2f} "
+          f"(60 s ran at {peaks[60.0]['fps']:.1f} frames/s)")
+
+
+if __name__ == "__main__":
+    main()

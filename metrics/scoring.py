@@ -1,0 +1,258 @@
+"""Table 1 scoring: every metric of every (generated, real) video pair, and the dataset-level values.
+
+Per pair, both videos are decoded at 25 fps and cut to the shorter one's length; a generated video of another
+size is resized to the real one's. Dataset values: PSNR, SSIM and LPIPS are means over all frames; LipLMD and CSIM
+means over all frames where the faces were found; FID over all real against all generated frames; LSE-C/LSE-D
+means over videos. A metric whose network weights are missing is reported as n/a with the reason, never computed
+with other weights.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.audio import load_audio
+from data.crop import crop_box
+from data.errors import InputError, one_line
+from data.landmarks import from_facemesh
+from data.video import read_frames
+from metrics import weights
+from metrics.fid import fid, load_fid_features
+from metrics.identity import face_batch, identity_similarity, load_arcface
+from metrics.image import PSNR_EPS, psnr, ssim
+from metrics.landmarks import lip_distances
+from metrics.lpips_alex import load_lpips, lpips_distance
+from metrics.sync import face_crop, face_track, load_syncnet, offset_distances, sync_features, sync_scores
+
+METRICS = ("psnr", "ssim", "lpips", "fid", "lip_lmd", "csim", "sync")
+NETWORKS: dict[str, tuple[weights.WeightFile, Callable[..., torch.nn.Module]]] = {
+    "lpips": (weights.LPIPS_ALEXNET, load_lpips),
+    "fid": (weights.FID_INCEPTION, load_fid_features),
+    "csim": (weights.ARCFACE_R100, load_arcface),
+    "sync": (weights.SYNCNET_V2, load_syncnet),
+}
+NEEDS_REFERENCE = {"psnr", "ssim", "lpips", "fid", "lip_lmd", "csim"}
+
+
+@dataclass
+class Networks:
+    """The metric networks that loaded (metric -> network) and, for the others, why not (metric -> reason)."""
+
+    models: dict[str, torch.nn.Module] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+
+
+def load_networks(metrics: tuple[str, ...], paths: dict[str, str | Path | None], device: torch.device | str,
+                  skip_missing: bool = False, download: bool = True) -> Networks:
+    """Load the networks `metrics` need; a missing weight file raises InputError, or with skip_missing is noted."""
+    networks = Networks()
+    for metric in metrics:
+        if metric not in NETWORKS:
+            continue
+        weight, loader = NETWORKS[metric]
+        try:
+            networks.models[metric] = loader(paths.get(metric), download=download).to(device)
+        except InputError as error:
+            if not skip_missing:
+                raise
+            networks.missing[metric] = one_line(error)
+    return networks
+
+
+@dataclass
+class Pair:
+    """One video to score: its name (relative path), the generated file, the real file, and the audio for sync."""
+
+    name: str
+    generated: Path
+    reference: Path | None = None
+    audio: Path | None = None
+
+
+@dataclass
+class Scores:
+    """Per-video rows, dataset-level values (metric -> float, None where n/a) and n/a reasons (metric -> reason)."""
+
+    per_video: list[dict]
+    summary: dict[str, float | None]
+    reasons: dict[str, str]
+
+
+def _tensor(frames: list[np.ndarray] | np.ndarray) -> torch.Tensor:
+    """RGB uint8 (B, H, W, 3) -> (B, 3, H, W) float32 in 0..1."""
+    return torch.from_numpy(np.ascontiguousarray(np.stack(frames))).permute(0, 3, 1, 2).float().div(255)
+
+
+def _landmarks(mesh, frames: list[np.ndarray]) -> list[np.ndarray | None]:
+    mesh.reset()
+    return [mesh(frame) for frame in frames]
+
+
+def _mean(values: np.ndarray) -> float | None:
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)] if values.size else values
+    return float(values.mean()) if values.size else None
+
+
+class _Accumulator:
+    """Frame-weighted sums per metric, FID features, and per-video sync values."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.real_features: list[np.ndarray] = []
+        self.generated_features: list[np.ndarray] = []
+
+    def add(self, metric: str, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float64)
+        values = values[~np.isnan(values)]
+        self.sums[metric] = self.sums.get(metric, 0.0) + float(values.sum())
+        self.counts[metric] = self.counts.get(metric, 0) + int(values.size)
+
+    def mean(self, metric: str) -> float | None:
+        return self.sums[metric] / self.counts[metric] if self.counts.get(metric) else None
+
+
+def score_videos(pairs: list[Pair], networks: Networks, metrics: tuple[str, ...] = METRICS,
+                 device: torch.device | str = "cpu", batch_size: int = 16, progress: bool = True) -> Scores:
+    """Score every pair with `metrics` (names from METRICS) using the loaded `networks`."""
+    from data.facemesh import FaceMesh
+
+    unknown = set(metrics) - set(METRICS)
+    if unknown:
+        raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {METRICS}")
+    active = tuple(m for m in metrics if m not in networks.missing)
+    reasons = {m: networks.missing[m] for m in metrics if m in networks.missing}
+    total = _Accumulator()
+    rows = []
+    with FaceMesh(video=True) as mesh:
+        for pair in tqdm(pairs, desc="scoring", unit="video", file=sys.stderr, disable=not progress):
+            rows.append(_score_pair(pair, active, networks, device, batch_size, mesh, total))
+    summary: dict[str, float | None] = {m: None for m in metrics}
+    for metric in ("psnr", "ssim", "lpips", "lip_lmd", "csim"):
+        if metric in active:
+            summary[metric] = total.mean(metric)
+            if summary[metric] is None:
+                reasons[metric] = "no frame could be scored (no face found)" if metric in ("lip_lmd", "csim") \
+                    else "no frame could be scored"
+    if "fid" in active:
+        real, generated = total.real_features, total.generated_features
+        if sum(len(f) for f in real) < 2 or sum(len(f) for f in generated) < 2:
+            reasons["fid"] = "FID needs at least 2 real and 2 generated frames"
+        else:
+            summary["fid"] = fid(np.concatenate(real), np.concatenate(generated))
+    if "sync" in active:
+        summary.pop("sync")
+        for key in ("lse_c", "lse_d"):
+            summary[key] = _mean([row[key] for row in rows if row.get(key) is not None])
+        if summary["lse_c"] is None:
+            reasons["sync"] = "no video could be scored: " + "; ".join(
+                sorted({row["sync_note"] for row in rows if row.get("sync_note")}))
+    elif "sync" in metrics:
+        summary.pop("sync")
+        summary["lse_c"] = summary["lse_d"] = None
+    return Scores(rows, summary, reasons)
+
+
+@torch.no_grad()
+def _score_pair(pair: Pair, active: tuple[str, ...], networks: Networks, device, batch_size: int, mesh,
+                total: _Accumulator) -> dict:
+    generated = read_frames(pair.generated)
+    row: dict = {"name": pair.name, "generated": str(pair.generated),
+                 "reference": None if pair.reference is None else str(pair.reference)}
+    real = None
+    if pair.reference is not None and NEEDS_REFERENCE & set(active):
+        real = read_frames(pair.reference)
+        count = min(len(real), len(generated))
+        real, generated = real[:count], generated[:count]
+        height, width = real[0].shape[:2]
+        row["resized"] = generated[0].shape[:2] != (height, width)
+        if row["resized"]:
+            shrink = generated[0].shape[0] > height
+            generated = [cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+                         for f in generated]
+    elif NEEDS_REFERENCE & set(active):
+        raise InputError(pair.generated, "no real video to compare with")
+    row["frames"] = len(generated)
+
+    if real is not None:
+        per_frame: dict[str, list[torch.Tensor]] = {m: [] for m in ("psnr", "ssim", "lpips")}
+        for start in range(0, len(real), batch_size):
+            fake_batch = _tensor(generated[start:start + batch_size])
+            real_batch = _tensor(real[start:start + batch_size])
+            if "psnr" in active:
+                per_frame["psnr"].append(psnr(fake_batch, real_batch, PSNR_EPS))
+            if "ssim" in active:
+                per_frame["ssim"].append(ssim(fake_batch, real_batch, downsample=True))
+            if "lpips" in active:
+                per_frame["lpips"].append(lpips_distance(networks.models["lpips"], fake_batch.to(device),
+                                                         real_batch.to(device)).cpu())
+            if "fid" in active:
+                features = networks.models["fid"](torch.cat([real_batch, fake_batch]).to(device)).double().cpu()
+                total.real_features.append(features[: len(real_batch)].numpy())
+                total.generated_features.append(features[len(real_batch):].numpy())
+        for metric, values in per_frame.items():
+            if values:
+                values = torch.cat(values).numpy()
+                row[metric] = float(values.mean())
+                total.add(metric, values)
+
+    need_real_points = real is not None and ("lip_lmd" in active or "csim" in active)
+    real_points = _landmarks(mesh, real) if need_real_points else None
+    generated_points = _landmarks(mesh, generated) if ("lip_lmd" in active and real is not None) or "sync" in active \
+        else None
+    if "lip_lmd" in active and real is not None:
+        size = (real[0].shape[1], real[0].shape[0])
+        distances = lip_distances(generated_points, real_points, size)
+        row["lip_lmd"] = _mean(distances)
+        row["lip_frames"] = int(np.isfinite(distances).sum())
+        total.add("lip_lmd", distances)
+    if "csim" in active and real is not None:
+        row.update(_identity(networks.models["csim"], generated, real, real_points, device, batch_size, total))
+    if "sync" in active:
+        row.update(_sync(networks.models["sync"], pair, generated, generated_points, device, batch_size))
+    return row
+
+
+def _identity(network, generated, real, real_points, device, batch_size: int, total: _Accumulator) -> dict:
+    size = (real[0].shape[1], real[0].shape[0])
+    found = [i for i, p in enumerate(real_points) if p is not None]
+    similarities = []
+    for start in range(0, len(found), batch_size):
+        chosen = found[start:start + batch_size]
+        boxes = [crop_box(from_facemesh(real_points[i]), size) for i in chosen]
+        fake = face_batch([generated[i] for i in chosen], boxes).to(device)
+        true = face_batch([real[i] for i in chosen], boxes).to(device)
+        similarities.append(identity_similarity(network, fake, true).cpu())
+    values = torch.cat(similarities).numpy() if similarities else np.zeros(0)
+    total.add("csim", values)
+    return {"csim": _mean(values), "csim_frames": len(values)}
+
+
+def _sync(network, pair: Pair, generated, generated_points, device, batch_size: int) -> dict:
+    track = face_track(generated_points)
+    if track is None:
+        return {"lse_c": None, "lse_d": None, "sync_offset": None, "sync_note": "no face in the generated video"}
+    audio_source = pair.audio or pair.generated
+    try:
+        audio = load_audio(audio_source)
+    except InputError as error:
+        if pair.audio is None and pair.reference is not None:  # a silent generated file: use the real audio
+            audio_source, audio = pair.reference, load_audio(pair.reference)
+        else:
+            return {"lse_c": None, "lse_d": None, "sync_offset": None, "sync_note": one_line(error)}
+    crops = np.stack([face_crop(frame, *box) for frame, box in zip(generated, track)])
+    try:
+        video_features, audio_features = sync_features(network, crops, audio, device, batch_size)
+    except ValueError as error:
+        return {"lse_c": None, "lse_d": None, "sync_offset": None, "sync_note": str(error)}
+    scores = sync_scores(offset_distances(video_features, audio_features))
+    return {"lse_c": scores["lse_c"], "lse_d": scores["lse_d"], "sync_offset": scores["offset"],
+            "sync_audio": str(audio_source)}
