@@ -27,9 +27,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--renderer-ckpt", help="renderer checkpoint (default: checkpoints.renderer in the config)")
     parser.add_argument("--config", default="configs/inference.yaml", help="YAML settings (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: CUDA when present)")
-    parser.add_argument("--save-sketch", nargs="?", const="", default=None, metavar="PATH",
-                        help="also write a side-by-side video (predicted sketch | result); default path: "
-                             "OUTPUT with '_sketch' added to its name")
+    parser.add_argument("--save-sketch", action="store_true",
+                        help="also write a side-by-side video (predicted sketch | result), OUTPUT with '_sketch' "
+                             "added to its name unless --sketch-output says where")
+    parser.add_argument("--sketch-output", metavar="PATH", help="where --save-sketch writes (implies it)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", help="config overrides, dotted.key=value (e.g. refs=fifth)")
     return parser.parse_args(argv)
@@ -45,10 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         output = Path(args.output)
         if output.suffix.lower() not in (".mp4", ".mov", ".mkv"):
             raise InputError(output, "the output must be a .mp4, .mov or .mkv file")
-        sketch = None
-        if args.save_sketch is not None:
-            sketch = Path(args.save_sketch) if args.save_sketch else output.with_name(
-                f"{output.stem}_sketch{output.suffix}")
+        sketch = Path(args.sketch_output) if args.sketch_output else None
+        if args.save_sketch and sketch is None:
+            sketch = output.with_name(f"{output.stem}_sketch{output.suffix}")
         for path in (args.video, args.audio):  # before the checkpoints load: the cheap checks first
             if not Path(path).is_file():
                 raise InputError(path, "no such file")

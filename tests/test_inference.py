@@ -124,10 +124,12 @@ def test_still_image_template(samples, speech, random_checkpoints, tmp_path, cap
     output = tmp_path / "still.mp4"
     landmark, renderer = random_checkpoints
     code, err = run_cli(["--video", str(image), "--audio", str(audio), "--output", str(output), "--landmark-ckpt",
-                         str(landmark), "--renderer-ckpt", str(renderer), "--quiet", *FAST], capsys)
+                         str(landmark), "--renderer-ckpt", str(renderer), "--quiet", "--save-sketch", *FAST], capsys)
     assert code == 0, err
     frames = read_frames(output)
     assert len(frames) == frames_covered(len(load_audio(audio))) and frames[0].shape == (301, 301, 3)
+    assert read_frames(tmp_path / "still_sketch.mp4")[0].shape == (301, 602, 3)  # the flag takes no value
+    assert not (REPO / FAST[0]).exists()
 
 
 def _faceless_video(path: Path) -> Path:
