@@ -284,8 +284,18 @@ def _check_config(config: dict) -> None:
     kernel = int(config["mask"]["kernel"])
     if kernel < 1 or kernel % 2 == 0:
         raise InputError(f"mask.kernel={kernel}", "the mask blur kernel must be a positive odd number")
-    if int(config["batch_size"]) < 1 or int(config["landmark_refs"]) < 1:
-        raise InputError("config", "batch_size and landmark_refs must be at least 1")
+    if config["batch_size"] != "auto" and not (isinstance(config["batch_size"], int) and config["batch_size"] >= 1):
+        raise InputError(f"batch_size={config['batch_size']}", "batch_size takes a positive number or 'auto'")
+    if int(config["landmark_refs"]) < 1:
+        raise InputError(f"landmark_refs={config['landmark_refs']}", "landmark_refs must be at least 1")
+
+
+def batch_size_for(config: dict, device: torch.device) -> int:
+    """Output frames per network call: the config's number, or for 'auto' 1 on CPU (measured fastest there: a
+    batch of 4 ran 25% slower at N=3) and 16 on CUDA."""
+    if config["batch_size"] == "auto":
+        return 16 if device.type == "cuda" else 1
+    return int(config["batch_size"])
 
 
 def load_driving_audio(path: str | Path) -> np.ndarray:
@@ -385,7 +395,7 @@ def _render_video(template: Template, wav: np.ndarray, mel: np.ndarray, count: i
     driving = load_audio_for_output(wav, audio_rate)
     writer = VideoWriter(output, FPS, driving, audio_rate, crf)
     sketch_writer = VideoWriter(sketch_output, FPS, driving, audio_rate, crf) if sketch_output else None
-    batch_size, rendered = int(config["batch_size"]), 0
+    batch_size, rendered = batch_size_for(config, models.device), 0
     try:
         bar = tqdm(total=count, desc="dubbing", unit="frame", disable=not progress)
         for start in range(0, count, batch_size):

@@ -1,13 +1,14 @@
 """Dubbing speed and memory on the official demo (template_129.mp4 + speech_audio2.wav), CPU or CUDA.
 
-  python bench/inference.py [--seconds 0.48] [--refs 3,25] [--skip-memory] [--device cpu]
+  python bench/inference.py [--seconds 1] [--refs 3,25] [--skip-memory] [--device cpu]
 
 Speed: output frames per second of the whole pipeline (inference.py's `dubbing.dub`: FaceMesh pass, landmark
-generator, sketches, renderer, paste-back, H.264/AAC encoding) on the first --seconds of the demo speech, for each
-N in --refs, against the same pipeline with the official renderer formulation (tests/reference_renderer.py: the
-alignment network once per reference, nothing reused between frames) and one frame per call. Both run in this
-process, one after the other; the ratio is what counts. The official script's figures from BASELINES.md (0.41
-frames/s at N=3, about 0.08 at N=25, measured on this kind of machine) are printed beside them.
+generator, sketches, renderer, paste-back, H.264/AAC encoding) on the first --seconds of the demo speech (1 s, as
+BASELINES.md), for each N in --refs, against the same pipeline with the official renderer formulation
+(tests/reference_renderer.py: the alignment network once per reference, nothing reused between frames) and one
+frame per call. Both run in this process, one after the other; the ratio is what counts. The official script's
+figures from BASELINES.md (0.41 frames/s at N=3, about 0.08 at N=25, measured on this kind of machine) are
+printed beside them.
 
 Memory: peak resident memory of a fresh process dubbing 5 s and 60 s of the demo speech (the template loops).
 A minute of output is 1500 renderer calls, about an hour on two CPU cores, so on the CPU the memory runs replace
@@ -89,9 +90,19 @@ def memory_child(args) -> None:
         audio = write_wav(folder / "speech.wav", demo_speech(args.memory_child))
         models = dubbing.load_models(args.landmark_ckpt, args.renderer_ckpt, args.device)
         step = dubbing.render_faces if args.real_memory else pass_through_step
-        fps = dub_once(args, models, audio, folder / "out.mp4", 25, args.batch or 4, step)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    print(json.dumps({"seconds": args.memory_child, "peak_mib": peak, "fps": fps}))
+        fps = dub_once(args, models, audio, folder / "out.mp4", 25, args.batch or "auto", step)
+    print(json.dumps({"seconds": args.memory_child, "peak_mib": peak_resident_mib(), "fps": fps}))
+
+
+def peak_resident_mib() -> float:
+    """This process image's peak resident memory. /proc's VmHWM starts afresh at exec; getrusage's ru_maxrss
+    does not on Linux (a child forked from a large parent reports the parent's peak)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def demo_speech(seconds: float) -> np.ndarray:
@@ -103,7 +114,7 @@ def demo_speech(seconds: float) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=0.48, help="speech length for the speed runs")
+    parser.add_argument("--seconds", type=float, default=1.0, help="speech length for the speed runs")
     parser.add_argument("--refs", default="3,25", help="comma-separated N values")
     parser.add_argument("--batch", type=int, help="our batch size (default: configs/inference.yaml)")
     parser.add_argument("--device", default="cpu")
@@ -130,7 +141,7 @@ def main() -> None:
 def speed(args, folder: Path) -> None:
     models = dubbing.load_models(args.landmark_ckpt, args.renderer_ckpt, args.device)
     audio = write_wav(folder / "speech.wav", demo_speech(args.seconds))
-    batch = args.batch or int(dubbing.default_config()["batch_size"])
+    batch = args.batch or dubbing.batch_size_for(dubbing.default_config(), torch.device(args.device))
     print(f"speed: {args.seconds} s of speech ({int(args.seconds * 25)} output frames), template_129.mp4")
     print("| N | reference pipeline (per-reference, 1 frame/call) | ours (encode once, batch "
           f"{batch}) | ours / reference | ours / official script (BASELINES) |")
