@@ -107,17 +107,14 @@ def nearest_face(has_face: np.ndarray) -> np.ndarray:
     return np.where(np.abs(index - left) <= np.abs(right - index), left, right)
 
 
-def analyse_template(path: str | Path, detect_every_frame: bool = False, spool: FrameSpool | None = None,
-                     progress: bool = True) -> Template:
-    """Pass 1: FaceMesh once per 25 fps frame of a video or image; frames also go to `spool` when given."""
+def analyse_template(path: str | Path, detect_every_frame: bool = False, progress: bool = True) -> Template:
+    """Pass 1: FaceMesh once per 25 fps frame of a video or image."""
     from data.facemesh import FaceMesh
 
     path = Path(path)
     landmarks, boxes, found = [], [], []
     with VideoReader(path) as reader, FaceMesh(video=not detect_every_frame) as mesh:
         for frame in tqdm(reader, desc="face landmarks", unit="frame", disable=not progress, leave=False):
-            if spool is not None:
-                spool.append(frame)
             size = (frame.shape[1], frame.shape[0])
             points = mesh(frame)
             box = None
@@ -174,7 +171,6 @@ class FrameSpool:
     def __init__(self, directory: str | Path | None = None):
         self._file = tempfile.TemporaryFile(dir=directory)
         self.shape: tuple[int, ...] | None = None
-        self.count = 0
 
     def append(self, frame: np.ndarray) -> None:
         if self.shape is None:
@@ -182,7 +178,6 @@ class FrameSpool:
         elif frame.shape != self.shape:
             frame = cv2.resize(frame, (self.shape[1], self.shape[0]))  # a mid-stream size change
         self._file.write(np.ascontiguousarray(frame, np.uint8).tobytes())
-        self.count += 1
 
     def __getitem__(self, index: int) -> np.ndarray:
         size = int(np.prod(self.shape))
@@ -334,7 +329,9 @@ def dub(video: str | Path, audio: str | Path, output: str | Path, models: Models
             spool = FrameSpool(output.parent)
             for frame in template_frames(template, np.arange(len(template)), None):
                 spool.append(frame)
-        result = _render_video(template, wav, mel, count, output, models, config, spool, sketch_output,
+        rate = int(config["output"]["audio_rate"])
+        driving = load_audio(audio, rate)[:int(round(len(wav) * rate / SAMPLE_RATE))]
+        result = _render_video(template, driving, rate, mel, count, output, models, config, spool, sketch_output,
                                progress, render_step)
     finally:
         if spool is not None:
@@ -386,13 +383,13 @@ def _prepare(template: Template, mel: np.ndarray, count: int, models: Models, co
     return video
 
 
-def _render_video(template: Template, wav: np.ndarray, mel: np.ndarray, count: int, output: Path, models: Models,
-                  config: dict, spool: FrameSpool | None, sketch_output: str | Path | None, progress: bool,
-                  render_step: RenderStep) -> DubResult:
+def _render_video(template: Template, driving: np.ndarray, audio_rate: int, mel: np.ndarray, count: int,
+                  output: Path, models: Models, config: dict, spool: FrameSpool | None,
+                  sketch_output: str | Path | None, progress: bool, render_step: RenderStep) -> DubResult:
+    """Pass 2: render, paste and encode every output frame; `driving` is the audio to mux, at audio_rate."""
     video = _prepare(template, mel, count, models, config, spool, render_step)
     source = template_frames(template, video.order, spool)
-    audio_rate, crf = int(config["output"]["audio_rate"]), int(config["output"]["crf"])
-    driving = load_audio_for_output(wav, audio_rate)
+    crf = int(config["output"]["crf"])
     writer = VideoWriter(output, FPS, driving, audio_rate, crf)
     sketch_writer = VideoWriter(sketch_output, FPS, driving, audio_rate, crf) if sketch_output else None
     batch_size, rendered = batch_size_for(config, models.device), 0
@@ -417,16 +414,6 @@ def _render_video(template: Template, wav: np.ndarray, mel: np.ndarray, count: i
             sketch_writer.abort()
         raise
     return DubResult(output, count, rendered, 0.0)
-
-
-def load_audio_for_output(wav: np.ndarray, rate: int) -> np.ndarray:
-    """The 16 kHz driving audio resampled for the AAC track (AAC at 16 kHz pads its ends by up to 64 ms)."""
-    if rate == SAMPLE_RATE:
-        return wav
-    from scipy.signal import resample_poly
-
-    divisor = np.gcd(rate, SAMPLE_RATE)
-    return resample_poly(wav, rate // divisor, SAMPLE_RATE // divisor).astype(np.float32)
 
 
 def _dub_batch(video: _Video, steps: np.ndarray, batch: list[np.ndarray], want_sketches: bool

@@ -117,10 +117,10 @@ def match_pairs(generated: Path, reference: Path | None) -> tuple[list[Pair], li
 
 
 def read_filelist(path: Path) -> list[str]:
-    """Relative paths (first field of each non-empty line) of an LRS2-style file list."""
-    if not path.is_file():
-        raise InputError(path, "no such file list")
-    names = [line.split()[0] for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    """Relative paths, extension dropped, of an LRS2-style file list (data/datasets.py reads the format)."""
+    from data.datasets import read_filelist as read_stems
+
+    names = [stem.as_posix() for stem in read_stems(path, "")]
     if not names:
         raise InputError(path, "the file list is empty")
     return names

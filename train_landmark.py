@@ -42,10 +42,7 @@ def evaluate(model: torch.nn.Module, loader, device, batches: int, velocity_weig
     """Mean eval L1 and velocity loss over `batches` batches, and a sketch grid of the first batch."""
     model.eval()
     totals, count, grid = {"l1": 0.0, "velocity": 0.0}, 0, None
-    for index, batch in enumerate(loader):
-        if index >= batches:
-            break
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for batch in training.eval_batches(loader, device, batches):
         pred = model(batch["mels"], batch["pose"], batch["ref_pose"], batch["ref_content"]).float()
         _, parts = landmark_loss(pred, batch["content"], velocity_weight)
         for name in totals:

@@ -95,10 +95,7 @@ def evaluate(model, loader, device, batches: int) -> tuple[dict, np.ndarray | No
     """Mean PSNR and SSIM of generated vs target faces over `batches` batches, and an image grid."""
     model.eval()
     scores, count, grid = {"psnr": 0.0, "ssim": 0.0}, 0, None
-    for index, batch in enumerate(loader):
-        if index >= batches:
-            break
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for batch in training.eval_batches(loader, device, batches):
         generated, warped = model(batch["face"], batch["sketches"], batch["ref_images"], batch["ref_sketches"],
                                   batch["mels"])
         values = psnr(generated.float(), batch["face"]).clamp(max=100)

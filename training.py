@@ -227,6 +227,14 @@ def record_list(data: dict, split: str) -> list[Path] | None:
     return records_under(data["records"]) if split == "train" else None
 
 
+def eval_batches(loader, device: torch.device, batches: int):
+    """The first `batches` batches of an eval loader, each moved to `device` (the trainers' evaluate loops)."""
+    for index, batch in enumerate(loader):
+        if index >= batches:
+            break
+        yield {k: v.to(device) for k, v in batch.items()}
+
+
 def check_replicas(model: torch.nn.Module, env: Distributed) -> bool:
     """True when every rank holds the same parameters (compared through a float64 fingerprint)."""
     flat = torch.cat([p.detach().double().flatten() for p in model.parameters()])
