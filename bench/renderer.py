@@ -1,6 +1,6 @@
 """Renderer cost per frame and per training step: this project's formulation against the official one.
 
-  python bench/renderer.py [--repeats 3] [--skip-training]
+  python bench/renderer.py [--repeats 3] [--refs 3 25] [--skip-training]
 
 Per-frame forward at batch 1 for N = 3 and 25 references, eval mode, CPU threads as torch sets them:
   reference  the official formulation (tests/reference_renderer.py): the alignment network once per reference,
@@ -103,6 +103,8 @@ def training_step(perceptual: PerceptualLoss, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--refs", type=int, nargs="*", default=[3, 25],
+                        help="reference counts for the per-frame rows (none: skip them)")
     parser.add_argument("--skip-training", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -112,7 +114,7 @@ def main() -> None:
     print(f"{'N':>3} {'reference s':>12} {'official s':>11} {'ours s':>8} {'time ratio':>11} "
           f"{'ref GMAC':>9} {'ours GMAC':>10} {'MAC ratio':>10}")
     with torch.no_grad():
-        for refs in (3, 25):
+        for refs in args.refs:
             per_frame(model, perceptual, refs, args.repeats)
     print("time ratio = ours / official (the official forward includes its VGG losses); "
           "MAC ratio = ours / per-reference formulation")

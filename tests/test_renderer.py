@@ -11,7 +11,7 @@ from losses.gan import feature_matching_loss, lsgan_loss
 from losses.perceptual import PerceptualLoss, gram, load_vgg19_features
 from models import Renderer, load_renderer
 from models.discriminator import MultiscaleDiscriminator
-from models.renderer import flow_to_grid
+from models.renderer import flow_to_grid, reference_chunk
 
 SCHEMA = SAMPLES.parent / "reference" / "official_checkpoint_schema.json"
 
@@ -37,16 +37,22 @@ def renderer():
     return model
 
 
-@pytest.mark.parametrize("refs", [1, 3])
-def test_shared_modulation_equals_the_per_reference_formulation(renderer, refs):
-    inputs = _inputs(refs=refs)
+@pytest.mark.parametrize("batch,refs", [(2, 1), (2, 3), (1, 7)])  # on CPU: 1, 3 and 3 passes (3 + 3 + 1 refs)
+def test_shared_modulation_equals_the_per_reference_formulation(renderer, batch, refs):
+    inputs = _inputs(batch=batch, refs=refs)
     with torch.no_grad():
         generated, warped = renderer(*inputs)
         expected_generated, expected_warped = per_reference_forward(renderer, *inputs)
-    assert generated.shape == (2, 3, 128, 128) and warped.shape == (2, 3, 128, 128)
+    assert generated.shape == (batch, 3, 128, 128) and warped.shape == (batch, 3, 128, 128)
     assert 0 <= generated.min() and generated.max() <= 1
     assert (warped - expected_warped).abs().max() < 1e-5
     assert (generated - expected_generated).abs().max() < 1e-5
+
+
+def test_reference_chunks_bound_cpu_passes_only():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [reference_chunk(1, 25, cpu), reference_chunk(1, 2, cpu), reference_chunk(4, 3, cpu)] == [3, 2, 1]
+    assert reference_chunk(16, 25, cuda) == 25
 
 
 def test_twenty_five_references(renderer):
