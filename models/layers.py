@@ -63,6 +63,17 @@ def _modulate(normalised: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor)
     return torch.addcmul(beta, normalised, 1 + gamma)
 
 
+def fused_conv(x: torch.Tensor, convs: list[nn.Conv2d]) -> tuple[torch.Tensor, ...]:
+    """Several same-shaped convolutions of one input as a single convolution (their weights stacked), split
+    back per convolution. The same sums; one pass over the input, and on CPU a faster backward (one transposed
+    convolution for the input's gradient instead of one per convolution: about 0.7x the time for the renderer's
+    256 -> 64 gamma/beta pairs at 128x128)."""
+    first = convs[0]
+    out = F.conv2d(x, torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]), first.stride,
+                   first.padding, first.dilation)
+    return out.split([c.out_channels for c in convs], dim=1)
+
+
 class SPADELayer(nn.Module):
     """Spatially-adaptive normalisation (Park et al. 2019): InstanceNorm(x) * (1 + gamma) + beta, where gamma and
     beta are 3x3 convolutions of a 3x3 convolution of the modulation map (no activation in between, as IP_LAP)."""
@@ -75,8 +86,10 @@ class SPADELayer(nn.Module):
 
     def modulation(self, modulation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(gamma, beta) for a modulation map; depends on nothing else, so it can be computed once and shared."""
-        hidden = self.conv1(modulation)
-        return self.gamma(hidden), self.beta(hidden)
+        return self.gamma_beta(self.conv1(modulation))
+
+    def gamma_beta(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return fused_conv(hidden, [self.gamma, self.beta])
 
     def forward(self, x: torch.Tensor, modulation: torch.Tensor | None = None,
                 gamma_beta: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
