@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from data.errors import InputError, one_line
+from models.allocator import keep_freed_memory
 from models.landmark_generator import LandmarkGenerator
 from models.layers import sinusoidal_encoding
 from models.renderer import Renderer
@@ -136,6 +137,8 @@ def load_renderer(path: str | Path, device: str | torch.device = "cpu") -> Rende
 
     An official file also carries the VGG19 weights of its perceptual loss (under 'perceptual.'); they are checked
     against VGG19's layout and left out here (`official_vgg19_features` hands them to the perceptual loss).
+    On a CPU device it also applies models.allocator.keep_freed_memory (process-wide), which the renderer's
+    per-frame speed depends on.
     """
     path = Path(path)
     checkpoint = read_checkpoint(path, "renderer")
@@ -148,6 +151,8 @@ def load_renderer(path: str | Path, device: str | torch.device = "cpu") -> Rende
         state, vgg = official_renderer_state(checkpoint["state_dict"], path)
         _check_vgg19_features(vgg, path)
         load_exactly(model, state, path)
+    if torch.device(device).type == "cpu":
+        keep_freed_memory()
     return model.to(device).eval()
 
 

@@ -1,4 +1,5 @@
 import json
+import platform
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from data.errors import InputError
 from losses.gan import feature_matching_loss, lsgan_loss
 from losses.perceptual import PerceptualLoss, gram, load_vgg19_features
 from models import Renderer, load_renderer
+from models.allocator import keep_freed_memory
 from models.discriminator import MultiscaleDiscriminator
 from models.renderer import flow_to_grid, reference_chunk
 
@@ -53,6 +55,11 @@ def test_reference_chunks_bound_cpu_passes_only():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert [reference_chunk(1, 25, cpu), reference_chunk(1, 2, cpu), reference_chunk(4, 3, cpu)] == [3, 2, 1]
     assert reference_chunk(16, 25, cuda) == 25
+
+
+def test_allocator_setting_takes_on_glibc():
+    on_glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is on_glibc
 
 
 def test_twenty_five_references(renderer):
