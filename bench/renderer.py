@@ -94,6 +94,25 @@ def training_step(perceptual: PerceptualLoss, repeats: int) -> None:
     batch = {"face": face, "sketches": sketches, "ref_images": ref_images, "ref_sketches": ref_sketches,
              "mels": mels}
     weights = {"warp": 2.5, "reconstruction": 4.0, "style": 1000.0, "gan": 0.25, "feature_matching": 2.5}
+    with FlopCounterMode(display=False) as counter:
+        train_render.gan_step(generator, discriminator, g_opt, d_opt, perceptual, batch, weights, False,
+                              lambda: torch.autocast("cpu", enabled=False))
+    ours = counter.get_total_flops() / 2
+
+    def official_step():
+        """The official step's arithmetic: per-reference renderer, the target's VGG features once per loss,
+        three discriminator calls (fake for D, real, fake for G)."""
+        generated, warped = per_reference_forward(generator, face, sketches, ref_images, ref_sketches, mels)
+        reconstruction, style = perceptual(generated, face, style=True)
+        warp, _ = perceptual(warped, face)
+        fake, real, fake_for_g = (discriminator(x) for x in (generated.detach(), face, generated))
+        d_loss = sum(s[-1].mean() for s in fake) + sum(s[-1].mean() for s in real)
+        (warp + reconstruction + style + sum(s[-1].mean() for s in fake_for_g)).backward()
+        d_loss.backward()
+
+    official = macs(official_step)
+    print(f"training step multiply-accumulates, batch 4, N=3, full loss: ours {ours / 1e9:.0f} G, official "
+          f"formulation {official / 1e9:.0f} G ({ours / official:.2f}x)")
     for warm_up, official in zip((True, False), OFFICIAL_STEP_SECONDS):
         step = functools.partial(train_render.gan_step, generator, discriminator, g_opt, d_opt, perceptual, batch,
                                  weights, warm_up, lambda: torch.autocast("cpu", enabled=False))
