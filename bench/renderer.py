@@ -94,10 +94,8 @@ def training_step(perceptual: PerceptualLoss, repeats: int) -> None:
     batch = {"face": face, "sketches": sketches, "ref_images": ref_images, "ref_sketches": ref_sketches,
              "mels": mels}
     weights = {"warp": 2.5, "reconstruction": 4.0, "style": 1000.0, "gan": 0.25, "feature_matching": 2.5}
-    with FlopCounterMode(display=False) as counter:
-        train_render.gan_step(generator, discriminator, g_opt, d_opt, perceptual, batch, weights, False,
-                              lambda: torch.autocast("cpu", enabled=False))
-    ours = counter.get_total_flops() / 2
+    ours = macs(functools.partial(train_render.gan_step, generator, discriminator, g_opt, d_opt, perceptual, batch,
+                                  weights, False, lambda: torch.autocast("cpu", enabled=False)))
 
     def official_step():
         """The official step's arithmetic: per-reference renderer, the target's VGG features once per loss,
