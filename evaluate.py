@@ -14,6 +14,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import platform
 import sys
 from importlib import metadata
@@ -33,7 +34,7 @@ WEIGHT_KEYS = {"lpips": "lpips", "fid": "fid", "arcface": "csim", "syncnet": "sy
 COLUMNS = (  # (summary key, header, digits)
     ("psnr", "PSNR ↑", 2), ("ssim", "SSIM ↑", 4), ("lpips", "LPIPS ↓", 4), ("fid", "FID ↓", 2),
     ("lip_lmd", "LipLMD ↓", 5), ("csim", "CSIM ↑", 4), ("lse_c", "SyncScore (LSE-C) ↑", 2), ("lse_d", "LSE-D ↓", 2))
-PAPER_ROWS = {  # Table 1 of the paper (facts section 6); the paper gives no LSE-D
+PAPER_ROWS = {  # Table 1 of the paper (docs/method.md, section 6); the paper gives no LSE-D
     "lrs2": {"Wav2Lip (paper)": (27.92, 0.8962, 0.0741, 43.46, 0.02003, 0.5925, 3.86, None),
              "IP_LAP (paper)": (32.91, 0.9399, 0.0303, 27.87, 0.01293, 0.6523, 4.49, None)},
     "lrs3": {"Wav2Lip (paper)": (28.45, 0.8852, 0.0683, 49.60, 0.02001, 0.5909, 4.26, None),
@@ -44,7 +45,10 @@ VERSIONED = ("torch", "torchvision", "numpy", "scipy", "lpips", "mediapipe", "op
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     epilog="exit status: 0 when the table was written; 2 for bad input (missing "
+                                            "folder, file list or weight file, unreadable video), reported in one "
+                                            "line; 130 when interrupted")
     parser.add_argument("--out", required=True, type=Path, help="folder for table.md, per_video.csv, results.json")
     score = parser.add_argument_group("scoring mode")
     score.add_argument("--generated", type=Path, help="folder of generated videos (any depth)")
@@ -152,11 +156,14 @@ def sample_videos(names: list[str], count: int, seed: int, dubbing: bool) -> tup
 
 def generate_videos(videos: list[Path], audios: list[Path], names: list[str], out: Path, landmark_ckpt: Path,
                     renderer_ckpt: Path, device: str, progress: bool = True, inference_config: Path | None = None
-                    ) -> list[Path]:
-    """Dub each video with its audio through dubbing.py into OUT/generated/<name>.mp4 (existing files are kept)."""
+                    ) -> tuple[list[Path], int]:
+    """Dub each video with its audio through dubbing.py into OUT/generated/<name>.mp4; returns the outputs and how
+    many were reused. A video already there is reused only when its record (OUT/generated_with/<name>.json) shows
+    the same checkpoints (by sha256), dubbing settings, device type and input files; otherwise it is made again."""
     from tqdm import tqdm
 
     import dubbing
+    from data.samples import sha256
 
     models = dubbing.load_models(landmark_ckpt, renderer_ckpt, device)
     if inference_config is None:
@@ -165,15 +172,39 @@ def generate_videos(videos: list[Path], audios: list[Path], names: list[str], ou
         from training import load_config as load_inference_config
 
         config = load_inference_config(inference_config)
-    outputs = []
+    made_with = {"landmark_sha256": sha256(Path(landmark_ckpt)), "renderer_sha256": sha256(Path(renderer_ckpt)),
+                 "settings": config, "device": torch.device(device).type}
+    outputs, reused = [], 0
     for video, audio, name in tqdm(list(zip(videos, audios, names)), desc="generating", unit="video",
                                    file=sys.stderr, disable=not progress):
         output = out / "generated" / f"{name}.mp4"
-        if not output.is_file():  # resumable: dubbing writes atomically
+        record = out / "generated_with" / f"{name}.json"  # beside the videos' tree, which holds videos only
+        wanted = {**made_with, "video": _file_key(video), "audio": _file_key(audio)}
+        if output.is_file() and _read_json(record) == wanted:
+            reused += 1
+        else:
             output.parent.mkdir(parents=True, exist_ok=True)
-            dubbing.dub(video, audio, output, models, config, progress=False)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.unlink(missing_ok=True)
+            dubbing.dub(video, audio, output, models, config, progress=False)  # written atomically
+            temp = record.with_name(record.name + ".tmp")
+            temp.write_text(json.dumps(wanted, indent=1, sort_keys=True))
+            os.replace(temp, record)
         outputs.append(output)
-    return outputs
+    return outputs, reused
+
+
+def _file_key(path: Path) -> dict:
+    """What identifies an input file cheaply: its resolved path, size and modification time."""
+    stat = Path(path).stat()
+    return {"path": str(Path(path).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------- reports
@@ -298,8 +329,11 @@ def run(args: argparse.Namespace) -> int:
                          "metrics": list(metrics)})
         lists = {"sampled": names, "audio_of": dict(zip(names, audio_names))}
         networks = load_networks(metrics, paths, args.device, args.skip_missing, download)  # fail before dubbing
-        outputs = generate_videos(videos, audios, names, args.out, args.landmark_ckpt, args.renderer_ckpt,
-                                  args.device, not args.quiet, args.inference_config)
+        outputs, reused = generate_videos(videos, audios, names, args.out, args.landmark_ckpt, args.renderer_ckpt,
+                                          args.device, not args.quiet, args.inference_config)
+        notes.append(f"{reused} of {len(outputs)} generated videos reused from an earlier run with the same "
+                     "checkpoints and settings")
+        settings["reused_videos"] = reused
         pairs = [Pair(n, o, v, a) for n, o, v, a in zip(names, outputs, videos, audios)]
         return _score_and_report(args, pairs, networks, metrics, batch_size, settings, lists, notes,
                                  args.name or f"IP_LAP ({args.setting})")
@@ -324,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; videos already generated are kept and reused by the next run", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

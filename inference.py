@@ -16,16 +16,22 @@ from pathlib import Path
 
 from data.errors import InputError
 
+CONFIG = Path(__file__).resolve().parent / "configs" / "inference.yaml"
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="exit status: 0 when the video was written; 2 for bad input (missing or "
+                                            "unreadable file, no face, audio too short, bad checkpoint or "
+                                            "override), reported in one line; 130 when interrupted")
     parser.add_argument("--video", required=True, help="template video or still image (the face to animate)")
     parser.add_argument("--audio", required=True, help="driving speech: an audio file or a video with audio")
     parser.add_argument("--output", required=True, help="output video (.mp4, .mov or .mkv)")
     parser.add_argument("--landmark-ckpt", help="landmark generator checkpoint (default: checkpoints.landmark in "
                                                 "the config)")
     parser.add_argument("--renderer-ckpt", help="renderer checkpoint (default: checkpoints.renderer in the config)")
-    parser.add_argument("--config", default="configs/inference.yaml", help="YAML settings (default: %(default)s)")
+    parser.add_argument("--config", default=str(CONFIG),
+                        help="YAML settings (default: configs/inference.yaml in this repository)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: CUDA when present)")
     parser.add_argument("--save-sketch", action="store_true",
                         help="also write a side-by-side video (predicted sketch | result), OUTPUT with '_sketch' "

@@ -6,6 +6,10 @@ Every video under the input root (mp4, mov, mkv, avi, webm) is resampled to 25 f
 landmarks per frame; the face is cropped by the shared crop rule (data/crop.py) to 128x128; the audio track
 becomes the 16 kHz mel-spectrogram. Finished records are skipped on the next run; videos that cannot be used
 are listed with the reason in failures.tsv under the output root.
+
+Exit status: 0 when the shard's videos have records (finished now or before), except those listed in the
+failures file; 3 when the shard has videos and none of them could be recorded; 2 for bad arguments (a missing
+input folder, a malformed --shard) or an input folder with no videos in it; 1 is an unexpected crash.
 """
 from __future__ import annotations
 
@@ -197,7 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     options = Options(face_format=args.face_format, jpeg_quality=args.jpeg_quality,
                       tracking=not args.detect_every_frame, allow_no_audio=args.allow_no_audio)
-    videos = [v for v in find_videos(args.input_root) if in_shard(v.relative_to(args.input_root), args.shard)]
+    found = find_videos(args.input_root)
+    if not found:
+        print(f"error: {args.input_root}: no videos ({', '.join(VIDEO_EXTENSIONS)}) in this folder or below",
+              file=sys.stderr)
+        return 2
+    videos = [v for v in found if in_shard(v.relative_to(args.input_root), args.shard)]
     jobs, skipped = [], 0
     for video in videos:
         stem = args.output_root / video.relative_to(args.input_root).with_suffix("")
@@ -227,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - started
     print(f"videos: {done} done, {skipped} skipped, {failed} failed; {frames} frames in {seconds:.1f} s "
           f"({frames / max(seconds, 1e-9):.1f} frames/s)" + (f"; failures listed in {failures_path}" if failed else ""))
+    if failed and not (done or skipped):
+        print(f"error: {args.input_root}: no record could be written ({failed} videos failed; see {failures_path})",
+              file=sys.stderr)
+        return 3
     return 0
 
 

@@ -23,8 +23,6 @@ from data.sketch import draw_sketch
 from losses.landmark import landmark_loss
 from models.landmark_generator import LandmarkGenerator
 
-BATCH_KEYS = ("mels", "pose", "content", "ref_pose", "ref_content")
-
 
 def sketch_grid(pose: torch.Tensor, true: torch.Tensor, pred: torch.Tensor, count: int = 4) -> np.ndarray:
     """Rows of [true | predicted] sketches of the centre frame of the first samples: (rows*128, 256, 3) uint8."""
@@ -75,21 +73,26 @@ def train(config: dict, resume: str | None) -> int:
     model = LandmarkGenerator(**model_args).to(env.device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config["optim"]["lr"])
     step = 0
-    checkpoint = training.resolve_resume(resume, run_dir)
-    if checkpoint is not None:
-        step = training.restore(checkpoint, model, {"model": optimiser})
+    resumed = training.resume_state(resume, run_dir, warn=env.main)
+    if resumed is not None:
+        step = training.restore(resumed, model, {"model": optimiser})
         if env.main:
-            print(f"resumed from {checkpoint} at step {step}", file=sys.stderr)
+            print(f"resumed from {resumed[0]} at step {step}", file=sys.stderr)
     ddp = DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None) \
         if env.world > 1 else model
     if env.main:
         training.save_config(config, run_dir)
     logger = training.Logger(run_dir, env.main)
 
+    guard = training.LossGuard(env, schedule["on_nonfinite"])
+
     def train_step(batch: dict, epoch: int) -> dict:
+        guard.begin(model)
         with training.autocast(env.device, config["bf16"]):
             pred = ddp(batch["mels"], batch["pose"], batch["ref_pose"], batch["ref_content"])
         loss, parts = landmark_loss(pred.float(), batch["content"], velocity_weight)
+        if not guard.ok(parts, model):
+            return {}
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -109,12 +112,13 @@ def train(config: dict, resume: str | None) -> int:
 
     def save(step: int) -> None:
         if env.main:
+            training.check_finite_parameters({"landmark generator": model}, step)
             state = training.training_state(model, {"model": optimiser}, step, config, "landmark_generator",
                                             model_args)
             training.save_checkpoint(run_dir, step, state, schedule["keep_last"])
 
     model.train()
-    training.fit(config, env, train_set, step, train_step, run_eval, save, logger)
+    training.fit(config, env, train_set, step, train_step, run_eval, save, logger, guard)
     training.finish(env, logger, [model])
     return 0
 

@@ -30,8 +30,8 @@ from models.renderer import Renderer
 
 
 def generator_loss(weights: dict, warm_up: bool, perceptual: PerceptualLoss, discriminator, face, generated, warped
-                   ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The generator's weighted loss and its parts; during warm-up the warp loss alone."""
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The generator's weighted loss and its parts (unweighted tensors); during warm-up the warp loss alone."""
     targets = perceptual.targets(face)  # VGG features of the real face, shared by the warp and reconstruction terms
     warp, _ = perceptual(warped, targets=targets)
     parts = {"warp": warp}
@@ -45,7 +45,7 @@ def generator_loss(weights: dict, warm_up: bool, perceptual: PerceptualLoss, dis
                      feature_matching=feature_matching_loss(fake, real))
         total = total + sum(weights[name] * parts[name] for name in
                             ("reconstruction", "style", "gan", "feature_matching"))
-    return total, {name: value.item() for name, value in parts.items()}
+    return total, parts
 
 
 def discriminator_loss(discriminator, face, generated) -> torch.Tensor:
@@ -57,8 +57,11 @@ def discriminator_loss(discriminator, face, generated) -> torch.Tensor:
 
 
 def gan_step(generator, discriminator, g_optimiser, d_optimiser, perceptual, batch, weights, warm_up,
-             device_autocast) -> dict[str, float]:
-    """One training step: the generator's update, then (after warm-up) the discriminator's on its own loss."""
+             device_autocast, guard: training.LossGuard | None = None) -> dict[str, float]:
+    """One training step: the generator's update, then (after warm-up) the discriminator's on its own loss.
+    `guard` checks each loss before its optimiser uses it (a skipped update leaves its parts out)."""
+    if guard is not None:
+        guard.begin(generator, discriminator)
     with device_autocast():
         generated, warped = generator(batch["face"], batch["sketches"], batch["ref_images"], batch["ref_sketches"],
                                       batch["mels"], warp_only=warm_up)
@@ -69,12 +72,18 @@ def gan_step(generator, discriminator, g_optimiser, d_optimiser, perceptual, bat
         else contextlib.nullcontext()
     with skip_sync:
         loss, parts = generator_loss(weights, warm_up, perceptual, discriminator, batch["face"], generated, warped)
+        if guard is not None and not guard.ok({"generator " + name: value for name, value in parts.items()},
+                                          generator, discriminator):
+            return {}
         g_optimiser.zero_grad(set_to_none=True)
         loss.backward()
     g_optimiser.step()
+    parts = {name: value.item() for name, value in parts.items()}
     if not warm_up:
         d_optimiser.zero_grad(set_to_none=True)  # drop what the generator's loss left in the discriminator
         d_loss = discriminator_loss(discriminator, batch["face"], generated)
+        if guard is not None and not guard.ok({"discriminator": d_loss}, discriminator):
+            return parts
         d_loss.backward()
         d_optimiser.step()
         parts["discriminator"] = d_loss.item()
@@ -137,11 +146,11 @@ def train(config: dict, resume: str | None) -> int:
     d_optimiser = torch.optim.Adam(discriminator.parameters(), lr=optim["disc_lr"], betas=tuple(optim["disc_betas"]))
     optimisers = {"generator": g_optimiser, "discriminator": d_optimiser}
     step = 0
-    checkpoint = training.resolve_resume(resume, run_dir)
-    if checkpoint is not None:
-        step = training.restore(checkpoint, generator, optimisers, {"discriminator": discriminator})
+    resumed = training.resume_state(resume, run_dir, warn=env.main)
+    if resumed is not None:
+        step = training.restore(resumed, generator, optimisers, {"discriminator": discriminator})
         if env.main:
-            print(f"resumed from {checkpoint} at step {step}", file=sys.stderr)
+            print(f"resumed from {resumed[0]} at step {step}", file=sys.stderr)
     if env.world > 1:
         ids = [env.local_rank] if env.device.type == "cuda" else None
         # During warm-up the translation module gets no gradient: let DDP expect unused parameters.
@@ -154,10 +163,12 @@ def train(config: dict, resume: str | None) -> int:
     logger = training.Logger(run_dir, env.main)
     batches_per_epoch = (-(-len(train_set) // env.world)) // (optim["batch_size"] // env.world)
 
+    guard = training.LossGuard(env, schedule["on_nonfinite"])
+
     def train_step(batch: dict, epoch: int) -> dict:
         warm_up = epoch < schedule["warmup_epochs"]
         return gan_step(g_model, d_model, g_optimiser, d_optimiser, perceptual, batch, config["loss"], warm_up,
-                        lambda: training.autocast(env.device, config["bf16"]))
+                        lambda: training.autocast(env.device, config["bf16"]), guard)
 
     def run_eval(step: int) -> None:
         if val_set is None:
@@ -173,13 +184,14 @@ def train(config: dict, resume: str | None) -> int:
 
     def save(step: int) -> None:
         if env.main:
+            training.check_finite_parameters({"renderer": generator, "discriminator": discriminator}, step)
             state = training.training_state(generator, optimisers, step, config, "renderer", {},
                                             {"discriminator": discriminator})
             training.save_checkpoint(run_dir, step, state, schedule["keep_last"])
 
     generator.train()
     discriminator.train()
-    training.fit(config, env, train_set, step, train_step, run_eval, save, logger)
+    training.fit(config, env, train_set, step, train_step, run_eval, save, logger, guard)
     training.finish(env, logger, [generator, discriminator])
     return 0
 

@@ -18,13 +18,25 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from data.errors import InputError
+from data.errors import InputError, one_line
 
+REPO = Path(__file__).resolve().parent
+PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after writing a checkpoint; requeue with --resume auto
+DIVERGED = 3
+EXIT_STATUS = ("exit status: 0 when the run reached its last step; 2 for a user error (bad config or override, "
+               "missing or damaged data or checkpoint), reported in one line; 3 when a loss became NaN or inf "
+               "(nothing of that step saved; --resume auto restarts from the last good checkpoint); 75 when "
+               "SIGTERM or SIGUSR1 (a scheduler's preemption notice) stopped the run after it wrote a checkpoint at "
+               "the step reached (requeue it with --resume auto); 130 when interrupted (Ctrl-C)")
 
 # ---------------------------------------------------------------- config
 def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
-    """The YAML file at path with `dotted.key=value` overrides applied; an unknown key is an error."""
-    path = Path(path)
+    """The YAML file at path with `dotted.key=value` overrides applied; an unknown key is an error.
+
+    A relative path is read from the working directory, or else from this repository (so `configs/x.yaml` works
+    from any folder).
+    """
+    path = config_path(path)
     if not path.is_file():
         raise InputError(path, "no such config file")
     try:
@@ -43,6 +55,15 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
                 node = node[part]
         node[parts[-1]] = parse_value(text)
     return config
+
+
+def config_path(path: str | Path) -> Path:
+    """`path` as given when it exists or is absolute; else the same relative path inside this repository."""
+    path = Path(path).expanduser()
+    if path.is_absolute() or path.is_file():
+        return path
+    packaged = REPO / path
+    return packaged if packaged.is_file() else path
 
 
 def parse_value(text: str):
@@ -176,17 +197,44 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
                   key=lambda p: int(CHECKPOINT.search(p.name).group(1)))
 
 
-def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
-    """--resume auto: the newest checkpoint of the run (None if there is none); a path: that file."""
+RESUME_KEYS = ("model", "step", "optimisers", "rng")
+
+
+def read_training_checkpoint(path: Path) -> dict:
+    """A training checkpoint's state, or a one-line InputError naming the file and what is wrong with it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated zip, a foreign pickle, an empty file: all mean "damaged"
+        raise InputError(path, f"damaged checkpoint ({one_line(error)[:120]})") from None
+    missing = [key for key in RESUME_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise InputError(path, f"not a training checkpoint of this project (no {', '.join(missing)})")
+    return state
+
+
+def resume_state(resume: str | None, run_dir: Path, warn: bool = True) -> tuple[Path, dict] | None:
+    """What --resume names, loaded: 'auto' takes the newest step_*.pt of the run that loads, skipping (never
+    deleting) damaged ones with a one-line warning, and None when the run has none; a path must load."""
     if not resume:
         return None
-    if resume == "auto":
-        found = list_checkpoints(run_dir)
-        return found[-1] if found else None
-    path = Path(resume)
-    if not path.is_file():
-        raise InputError(path, "no such checkpoint to resume from")
-    return path
+    if resume != "auto":
+        path = Path(resume)
+        if not path.is_file():
+            raise InputError(path, "no such checkpoint to resume from")
+        return path, read_training_checkpoint(path)
+    found = list_checkpoints(run_dir)
+    for path in reversed(found):
+        try:
+            return path, read_training_checkpoint(path)
+        except InputError as error:
+            if warn:
+                import sys
+
+                print(f"warning: {error}; skipped, trying an older checkpoint", file=sys.stderr)
+    if found:
+        raise InputError(run_dir, f"no checkpoint loads ({', '.join(p.name for p in found)} are all damaged); "
+                                  "move them away to start afresh")
+    return None
 
 
 def _bare(model: torch.nn.Module) -> torch.nn.Module:
@@ -203,14 +251,18 @@ def training_state(model: torch.nn.Module, optimisers: dict, step: int, config: 
             "config": copy.deepcopy(config), "rng": rng_state()}
 
 
-def restore(path: Path, model: torch.nn.Module, optimisers: dict, others: dict | None = None) -> int:
-    """Load a training checkpoint into the networks and optimisers, restore RNG states; returns its step."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    _bare(model).load_state_dict(state["model"])
-    for name, net in (others or {}).items():
-        _bare(net).load_state_dict(state["others"][name])
-    for name, optimiser in optimisers.items():
-        optimiser.load_state_dict(state["optimisers"][name])
+def restore(resumed: tuple[Path, dict], model: torch.nn.Module, optimisers: dict, others: dict | None = None) -> int:
+    """Load a training checkpoint (from `resume_state`) into the networks and optimisers, restore RNG states;
+    returns its step. A checkpoint of another network or configuration is a one-line InputError."""
+    path, state = resumed
+    try:
+        _bare(model).load_state_dict(state["model"])
+        for name, net in (others or {}).items():
+            _bare(net).load_state_dict(state["others"][name])
+        for name, optimiser in optimisers.items():
+            optimiser.load_state_dict(state["optimisers"][name])
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise InputError(path, f"does not fit this network and config ({one_line(error)[:160]})") from None
     set_rng_state(state["rng"])
     return int(state["step"])
 
@@ -245,14 +297,117 @@ def check_replicas(model: torch.nn.Module, env: Distributed) -> bool:
     return all(torch.equal(gathered[0], other) for other in gathered[1:])
 
 
+# ---------------------------------------------------------------- stopping: preemption, divergence
+class Preempted(Exception):
+    """Raised by fit after it saved a checkpoint on a stop signal."""
+
+    def __init__(self, step: int, signal_name: str, main: bool):
+        super().__init__(f"stopped by {signal_name} at step {step}")
+        self.step, self.signal_name, self.main = step, signal_name, main
+
+
+class Diverged(Exception):
+    """A loss (or, at a save, a parameter) is not finite."""
+
+
+class StopSignals:
+    """Within `with`: SIGTERM and SIGUSR1 are noted instead of killing the process, so the loop can finish its
+    step, save and exit. `requested(env)` is True on every rank once any rank has seen one (all ranks then save
+    at the same step)."""
+
+    NAMES = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread
+            for name in self.NAMES:
+                if hasattr(signal, name):
+                    number = getattr(signal, name)
+                    self._previous[number] = signal.signal(number, self._note)
+        return self
+
+    def _note(self, number, frame) -> None:
+        import signal
+
+        self.received = self.received or signal.Signals(number).name
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def requested(self, env: Distributed) -> bool:
+        if env.world == 1:
+            return self.received is not None
+        flag = torch.tensor([0 if self.received is None else 1], device=env.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+class LossGuard:
+    """Checks a step's loss parts before the optimiser uses them. With `mode` 'stop' a non-finite part raises
+    Diverged (nothing of the step is applied); with 'skip' the step is left out and counted, and the networks
+    named to `ok` get back the buffers (BatchNorm statistics) that `begin` saw before the forward pass. Under DDP
+    every rank takes the same decision."""
+
+    def __init__(self, env: Distributed, mode: str):
+        if mode not in ("stop", "skip"):
+            raise InputError("schedule.on_nonfinite", f"must be 'stop' or 'skip', got {mode!r}")
+        self.env, self.mode, self.skipped = env, mode, 0
+        self._buffers: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def begin(self, *networks: torch.nn.Module) -> None:
+        """Call before the step's forward pass: in skip mode, keep a copy of the networks' buffers."""
+        if self.mode == "skip":
+            self._buffers = {id(_bare(n)): [(b, b.detach().clone()) for b in _bare(n).buffers()] for n in networks}
+
+    def ok(self, parts: dict[str, torch.Tensor], *networks: torch.nn.Module) -> bool:
+        bad = [name for name, value in parts.items() if not torch.isfinite(value.detach()).all()]
+        any_bad = bool(bad)
+        if self.env.world > 1:
+            flag = torch.tensor([int(any_bad)], device=self.env.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            any_bad = bool(flag.item())
+        if not any_bad:
+            return True
+        if self.mode == "stop":
+            where = (f"loss part '{bad[0]}' is {parts[bad[0]].detach().float().sum().item()}" if bad
+                     else "a loss part is not finite on another rank")
+            raise Diverged(where)
+        self.skipped += 1
+        with torch.no_grad():
+            for network in networks:
+                for buffer, kept in self._buffers.get(id(_bare(network)), []):
+                    buffer.copy_(kept)
+        return False
+
+
+def check_finite_parameters(networks: dict[str, torch.nn.Module], step: int) -> None:
+    """Refuse to save parameters that are NaN or inf (a checkpoint of them would replace good ones)."""
+    for name, network in networks.items():
+        for tensor_name, tensor in _bare(network).state_dict().items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise Diverged(f"step {step}: {name} tensor '{tensor_name}' is not finite; no checkpoint written")
+
+
 # ---------------------------------------------------------------- the loop
-def fit(config: dict, env: Distributed, dataset, step: int, train_step, evaluate, save, logger) -> int:
+def fit(config: dict, env: Distributed, dataset, step: int, train_step, evaluate, save, logger,
+        guard: LossGuard | None = None) -> int:
     """The training loop both trainers share; returns the final step.
 
     dataset: has set_epoch(); batches of optim.batch_size / world per rank come from an EpochSampler, resumed
     mid-epoch at `step`. train_step(batch, epoch) -> {name: float} runs one optimisation step; the running means
     go to TensorBoard every schedule.log_every steps. evaluate(step) runs on the main rank every
-    schedule.eval_every steps; save(step) every schedule.save_every steps and at the end.
+    schedule.eval_every steps; save(step) every schedule.save_every steps and at the end. On SIGTERM/SIGUSR1
+    the step under way finishes, is saved, and Preempted is raised; a Diverged from train_step (its LossGuard)
+    is raised again naming the step. Steps the guard skipped are counted in the logs (train/skipped_steps).
     """
     data, schedule = config["data"], config["schedule"]
     if config["optim"]["batch_size"] % env.world:
@@ -267,35 +422,64 @@ def fit(config: dict, env: Distributed, dataset, step: int, train_step, evaluate
     if batches_per_epoch == 0:
         raise InputError("optim.batch_size", f"{per_rank} per process is more than the {sampler.per_rank} "
                                              "samples of an epoch (raise sample.epoch_repeats)")
+    import sys
+
     from tqdm import tqdm
 
     bar = tqdm(total=schedule["max_steps"], initial=step, disable=not env.main, unit="step")
     running: dict[str, float] = {}
+    counted: dict[str, int] = {}
+    skipped = guard.skipped if guard is not None else 0
     epoch, offset = step // batches_per_epoch, (step % batches_per_epoch) * per_rank
-    while step < schedule["max_steps"]:
-        sampler.set_epoch(epoch, offset)
-        dataset.set_epoch(epoch)
-        for batch in loader:
-            batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
-            for name, value in train_step(batch, epoch).items():
-                running[name] = running.get(name, 0.0) + value
-            step += 1
-            bar.update(1)
-            if step % schedule["log_every"] == 0:
-                means = {name: value / schedule["log_every"] for name, value in running.items()}
-                logger.scalars(means, step, "train/")
-                bar.set_postfix({name: f"{value:.4f}" for name, value in means.items() if name != "lr"})
-                running = {}
-            if step % schedule["eval_every"] == 0:
-                if env.main:
-                    evaluate(step)
-                if env.world > 1:
-                    dist.barrier()
-            if step % schedule["save_every"] == 0 or step == schedule["max_steps"]:
-                save(step)
-            if step >= schedule["max_steps"]:
-                break
-        epoch, offset = epoch + 1, 0
+    with StopSignals() as signals:
+        while step < schedule["max_steps"]:
+            sampler.set_epoch(epoch, offset)
+            dataset.set_epoch(epoch)
+            for batch in loader:
+                batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
+                try:
+                    values = train_step(batch, epoch)
+                except Diverged as error:
+                    bar.close()
+                    logger.close()
+                    raise Diverged(f"step {step + 1}: {error}; no checkpoint of it was written, and --resume auto "
+                                   "restarts from the last good one") from None
+                for name, value in values.items():  # a step the LossGuard skipped returns fewer parts (or none)
+                    running[name] = running.get(name, 0.0) + value
+                    counted[name] = counted.get(name, 0) + 1
+                step += 1
+                bar.update(1)
+                if guard is not None and guard.skipped > skipped:
+                    skipped = guard.skipped
+                    if env.main:
+                        tqdm.write(f"warning: step {step}: a loss part is not finite; step skipped ({skipped} so far)",
+                                   file=sys.stderr)
+                if step % schedule["log_every"] == 0:
+                    means = {name: value / counted[name] for name, value in running.items()}
+                    if guard is not None:
+                        means["skipped_steps"] = guard.skipped
+                    logger.scalars(means, step, "train/")
+                    bar.set_postfix({name: f"{value:.4f}" for name, value in means.items() if name != "lr"})
+                    running, counted = {}, {}
+                if step % schedule["eval_every"] == 0:
+                    if env.main:
+                        evaluate(step)
+                    if env.world > 1:
+                        dist.barrier()
+                saved = step % schedule["save_every"] == 0 or step == schedule["max_steps"]
+                if saved:
+                    save(step)
+                if signals.requested(env):
+                    if not saved:
+                        save(step)
+                    if env.world > 1:
+                        dist.barrier()  # the main rank's checkpoint is on disk before any rank exits
+                    bar.close()
+                    logger.close()
+                    raise Preempted(step, signals.received or "a signal on another rank", env.main)
+                if step >= schedule["max_steps"]:
+                    break
+            epoch, offset = epoch + 1, 0
     bar.close()
     return step
 
@@ -317,16 +501,43 @@ def main(doc: str, train, argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML file under configs/")
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=EXIT_STATUS)
+    parser.add_argument("--config", required=True,
+                        help="YAML settings (a relative path not found here is looked up in the repository)")
     parser.add_argument("--resume", help="'auto' (newest checkpoint in run_dir, if any) or a checkpoint path")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. optim.lr=5e-5 run_dir=runs/x")
     args = parser.parse_args(argv)
     try:
-        return train(load_config(args.config, args.overrides), args.resume)
+        config = load_config(args.config, args.overrides)
+        status = train(config, args.resume)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Preempted as stop:
+        teardown()
+        if stop.main:
+            print(f"stopped by {stop.signal_name} at step {stop.step} after writing its checkpoint; rerun with "
+                  "--resume auto to continue", file=sys.stderr)
+        status = PREEMPTED
+    except Diverged as error:
+        teardown()
+        print(f"error: {error}", file=sys.stderr)
+        status = DIVERGED
+    except KeyboardInterrupt:
+        print("interrupted; the newest step_*.pt in run_dir is where --resume auto continues", file=sys.stderr)
+        return 130
+    if int(os.environ.get("RANK", 0)) == 0:
+        _write_last_exit(Path(config["run_dir"]), status)
+    return status
+
+
+def _write_last_exit(run_dir: Path, status: int) -> None:
+    """run_dir/last_exit: the main rank's exit status, for job scripts that see only torchrun's own status."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    temp = run_dir / "last_exit.tmp"
+    temp.write_text(f"{status}\n")
+    os.replace(temp, run_dir / "last_exit")
 
 
 # ---------------------------------------------------------------- logging

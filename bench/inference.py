@@ -4,10 +4,10 @@
 
 Speed: output frames per second of the whole pipeline (inference.py's `dubbing.dub`: FaceMesh pass, landmark
 generator, sketches, renderer, paste-back, H.264/AAC encoding) on the first --seconds of the demo speech (1 s, as
-BASELINES.md), for each N in --refs, against the same pipeline with the official renderer formulation
+bench/README.md), for each N in --refs, against the same pipeline with the official renderer formulation
 (tests/reference_renderer.py: the alignment network once per reference, nothing reused between frames) and one
 frame per call. Both run in this process, one after the other; the ratio is what counts. The official script's
-figures from BASELINES.md (0.41 frames/s at N=3, about 0.08 at N=25, measured on this kind of machine) are
+figures from bench/README.md (0.41 frames/s at N=3, about 0.08 at N=25, measured on this kind of machine) are
 printed beside them.
 
 Memory: peak resident memory of a fresh process dubbing 5 s and 60 s of the demo speech (the template loops).
@@ -37,9 +37,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import dubbing  # noqa: E402
 from data.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from data.samples import sample  # noqa: E402
 
-SAMPLES = ROOT.parent / "shared" / "samples"
-OFFICIAL_FPS = {3: 0.41, 25: 0.08}  # BASELINES.md, whole official script, CPU
+OFFICIAL_FPS = {3: 0.41, 25: 0.08}  # bench/README.md (official reference figures): whole official script, CPU
 
 
 def write_wav(path: Path, samples: np.ndarray) -> Path:
@@ -78,7 +78,7 @@ def pass_through_step(renderer, refs, faces, sketches, mels, ref_images, ref_ske
 def dub_once(args, models, audio: Path, output: Path, refs: int, batch: int, step) -> float:
     config = dubbing.default_config()
     config.update(refs=refs, batch_size=batch)
-    result = dubbing.dub(SAMPLES / "template_129.mp4", audio, output, models, config, progress=False,
+    result = dubbing.dub(sample("template_129.mp4"), audio, output, models, config, progress=False,
                          render_step=step)
     return result.frames / result.seconds
 
@@ -107,7 +107,7 @@ def peak_resident_mib() -> float:
 
 def demo_speech(seconds: float) -> np.ndarray:
     """The first `seconds` of the demo speech, repeated when it is shorter (21.3 s)."""
-    speech = load_audio(SAMPLES / "speech_audio2.wav")
+    speech = load_audio(sample("speech_audio2.wav"))
     need = int(round(seconds * SAMPLE_RATE))
     return np.tile(speech, need // len(speech) + 1)[:need]
 

@@ -2,7 +2,7 @@
 
   python bench/preprocess.py [--copies 3] [--workers 2]
 
-Both run on the same input tree (talk_a.mp4 and talk_b.mp4 from ../shared/samples, each linked --copies times)
+Both run on the same input tree (talk_a.mp4 and talk_b.mp4, found by data/samples.py, each linked --copies times)
 in this process, wall clock from start to finish, start-up included:
   reference  the official release's per-frame pipeline, re-implemented here: every frame decoded into memory,
              FaceMesh in image mode (detector on every frame), 5 px crop, sketch drawn and written as PNG, face
@@ -30,10 +30,9 @@ import preprocess  # noqa: E402
 from data.audio import load_audio, melspectrogram  # noqa: E402
 from data.facemesh import FaceMesh  # noqa: E402
 from data.landmarks import from_facemesh  # noqa: E402
+from data.samples import samples_folder  # noqa: E402
 from data.sketch import canvas_size, draw_edges  # noqa: E402
 from data.video import read_frames  # noqa: E402
-
-SAMPLES = Path(os.environ.get("IPLAP_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "samples"))
 
 
 def reference_video(video: Path, out: Path) -> int:
@@ -80,7 +79,7 @@ def main() -> None:
             for name in ("talk_a.mp4", "talk_b.mp4"):
                 link = temp / "in" / f"copy{copy}" / name
                 link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to(SAMPLES / name)
+                link.symlink_to(samples_folder((name,)) / name)
                 videos.append(link)
 
         started = time.perf_counter()
@@ -102,7 +101,8 @@ def main() -> None:
                                    ("ours", ours_fps, ours_files, ours_bytes)):
         print(f"{name:10} {fps:9.1f} {files / len(videos):12.1f} {size / frames:12,.0f}")
     print(f"speed-up {ours_fps / reference_fps:.2f}x; storage {ours_bytes / reference_bytes:.2f}x of the reference "
-          f"(official figures, BASELINES.md: 63 frames/s with 2 workers, 3.02 files/frame, 36,387-46,147 bytes/frame)")
+          "(official figures in bench/README.md: 63 frames/s with 2 workers, 3.02 files/frame, "
+          "36,387-46,147 bytes/frame)")
 
 
 if __name__ == "__main__":

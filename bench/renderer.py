@@ -9,7 +9,7 @@ Per-frame forward at batch 1 for N = 3 and 25 references, eval mode, CPU threads
   ours       Renderer.render with the references encoded once (encode_references) and reused for every frame.
 All columns run after models.allocator.keep_freed_memory(), which load_renderer applies on CPU.
 Multiply-accumulates per frame come from torch.utils.flop_counter (FLOPs / 2). The training step is timed at
-batch 4, N=3, full loss (random VGG19 weights: speed does not depend on them), against BASELINES.md's official
+batch 4, N=3, full loss (random VGG19 weights: speed does not depend on them), against bench/README.md's official
 figure (49.0-53.3 s on this kind of machine).
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ from models.allocator import keep_freed_memory  # noqa: E402
 from models.discriminator import MultiscaleDiscriminator  # noqa: E402
 from models.renderer import Renderer  # noqa: E402
 
-OFFICIAL_STEP_SECONDS = (49.0, 53.3)  # BASELINES.md, warp-only and full loss, batch 4, N=3
+OFFICIAL_STEP_SECONDS = (49.0, 53.3)  # bench/README.md, warp-only and full loss, batch 4, N=3
 
 
 def inputs(batch: int, refs: int):
@@ -116,7 +116,7 @@ def training_step(perceptual: PerceptualLoss, repeats: int) -> None:
                                  weights, warm_up, lambda: torch.autocast("cpu", enabled=False))
         seconds = median_seconds(step, repeats)
         print(f"training step, batch 4, N=3, {'warp loss only' if warm_up else 'full loss':>14}: {seconds:6.1f} s "
-              f"(official {official} s in BASELINES.md: {seconds / official:.2f}x)")
+              f"(official {official} s in bench/README.md: {seconds / official:.2f}x)")
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Audio: load any container or codec as 16 kHz mono through PyAV; the Wav2Lip/IP_LAP mel-spectrogram; windows.
 
-Mel (facts section 2): pre-emphasis 0.97; STFT n_fft=800, hop=200, Hann window of 800, centred with reflect
+Mel (docs/method.md, section 2): pre-emphasis 0.97; STFT n_fft=800, hop=200, Hann window of 800, centred with reflect
 padding; magnitude; 80 Slaney mel bands 55-7600 Hz; 20*log10(max(1e-5, x)) - 20 dB; clip(8*(S+100)/100 - 4, -4, 4).
 That gives 80 mel frames per second, 3.2 per video frame at 25 fps.
 """

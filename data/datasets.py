@@ -11,7 +11,7 @@ from data.audio import MEL_STEPS, mel_windows, window_start
 from data.crop import box_size
 from data.errors import InputError
 from data.landmarks import content_of, pose_of
-from data.records import load_clip, record_paths
+from data.records import load_clip, record_paths, verify_record
 from data.sketch import sketch_tensor
 
 
@@ -66,7 +66,7 @@ class RecordSamples(torch.utils.data.Dataset):
             if not record_paths(stem)[0].is_file():
                 self.missing.append(stem)
                 continue
-            clip = load_clip(stem)
+            clip = verify_record(stem)  # a damaged record stops the run here, before training, naming the file
             if clip.has_face.sum() < min_face_frames or len(_valid_starts(clip.has_face, len(clip.mel), steps)) == 0:
                 self.skipped.append(stem)
             else:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# FaceMesh (478-point, refine_landmarks=True) indices in canonical order, positions 0..130 (facts section 1).
+# FaceMesh (478-point, refine_landmarks=True) indices in canonical order, positions 0..130 (docs/method.md, section 1).
 FACE_OVAL = (162, 127, 234, 93, 132, 58, 172, 136, 150, 149, 176, 148, 152,
              377, 400, 378, 379, 365, 397, 288, 361, 323, 454, 356, 389)
 RIGHT_EYEBROW = (70, 63, 105, 66, 107, 55, 65, 52, 53, 46)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import os
+import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,9 +23,13 @@ import cv2
 import numpy as np
 
 from data.crop import FACE_SIZE
-from data.errors import InputError
+from data.errors import InputError, one_line
+from data.landmarks import NUM_LANDMARKS
 
 VERSION = 1
+AGAIN = "; preprocess its video again (preprocess.py redoes damaged records)"
+# What a damaged .npz raises inside numpy/zipfile/zlib: a cut-short archive, a member that does not inflate, ...
+DAMAGED = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
 FACE_FORMATS = ("png", "jpg")
 
 
@@ -36,8 +42,34 @@ def record_paths(stem: str | Path) -> tuple[Path, Path]:
 
 
 def is_complete(stem: str | Path) -> bool:
-    """True when the record's .npz (renamed into place last) exists."""
-    return record_paths(stem)[0].is_file()
+    """True when the record exists and reads back whole (see `verify_record`); a damaged one counts as unfinished."""
+    if not record_paths(stem)[0].is_file():
+        return False
+    try:
+        verify_record(stem)
+    except InputError:
+        return False
+    return True
+
+
+def verify_record(stem: str | Path) -> Clip:
+    """Open a record and read every array, checking keys, shapes and the .faces size; returns the Clip.
+
+    Anything damaged (a truncated or foreign file, a missing key, inconsistent shapes) is a one-line InputError
+    naming the file. Face images are not decoded (that would cost a JPEG decode per frame).
+    """
+    clip = Clip(stem)
+    frames = len(clip.has_face)
+    landmarks, mel = clip.landmarks, clip.mel
+    expected = {"landmarks": (landmarks.shape, (frames, NUM_LANDMARKS, 2)), "boxes": (clip.boxes.shape, (frames, 4)),
+                "has_face": (clip.has_face.shape, (frames,)), "mel": (mel.shape[1:], (80,))}
+    for name, (shape, wanted) in expected.items():
+        if tuple(shape) != wanted:
+            raise InputError(clip.npz_path, f"damaged record: {name} has shape {tuple(shape)}, expected {wanted}"
+                                            f"{AGAIN}")
+    if len(clip.faces) != frames or np.any(np.diff(clip.faces.offsets) < 0):
+        raise InputError(clip.npz_path, f"damaged record: face_offsets do not fit {frames} frames{AGAIN}")
+    return clip
 
 
 def encode_face(face: np.ndarray, face_format: str = "png", jpeg_quality: int = 95) -> bytes:
@@ -159,18 +191,27 @@ class Clip:
                 self.has_face = arrays["has_face"]
                 self.boxes = arrays["boxes"]
                 offsets = arrays["face_offsets"]
-        except (OSError, ValueError, KeyError) as error:
-            raise InputError(self.npz_path, f"unreadable record ({error})") from None
+        except InputError:
+            raise
+        except DAMAGED as error:
+            raise InputError(self.npz_path, f"damaged record ({_reason(error)}){AGAIN}") from None
+        if offsets.ndim != 1 or len(offsets) == 0:
+            raise InputError(self.npz_path, f"damaged record: face_offsets has shape {offsets.shape}{AGAIN}")
         size = self.faces_path.stat().st_size if self.faces_path.is_file() else -1
         if size != int(offsets[-1]):
-            raise InputError(self.faces_path, "missing or does not match its .npz (preprocess again)")
+            problem = "is missing" if size < 0 else \
+                f"does not match its .npz ({size} bytes where the .npz says {int(offsets[-1])})"
+            raise InputError(self.faces_path, f"damaged record: the face file {problem}{AGAIN}")
         self.faces = FaceFrames(self.faces_path, offsets)
 
     @functools.cached_property
     def _per_frame(self) -> dict[str, np.ndarray]:
         # Landmarks and mel are almost always used together: read both in one pass over the .npz.
-        with np.load(self.npz_path, allow_pickle=False) as arrays:
-            return {"landmarks": arrays["landmarks"], "mel": arrays["mel"]}
+        try:
+            with np.load(self.npz_path, allow_pickle=False) as arrays:
+                return {"landmarks": arrays["landmarks"], "mel": arrays["mel"]}
+        except DAMAGED as error:
+            raise InputError(self.npz_path, f"damaged record ({_reason(error)}){AGAIN}") from None
 
     @property
     def landmarks(self) -> np.ndarray:
@@ -187,6 +228,12 @@ class Clip:
     def face_frames(self) -> np.ndarray:
         """Indices of the frames with a face."""
         return np.flatnonzero(self.has_face)
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, KeyError) and error.args:
+        return str(error.args[0])  # numpy's "landmarks is not a file in the archive"
+    return one_line(error)[:120] or type(error).__name__
 
 
 def load_clip(path: str | Path) -> Clip:

@@ -1,4 +1,4 @@
-"""Sketches: the landmark line drawings the renderer is conditioned on (facts section 1). Drawn on the fly.
+"""Sketches: the landmark line drawings the renderer is conditioned on (docs/method.md, section 1). Drawn on the fly.
 
 Edges (FaceMesh ids): MediaPipe's lips (40), left and right eye (16 each), left and right eyebrow (8 each), the
 face oval without its 12 forehead edges (24), and a 13-edge nose: 125 straight 1-pixel lines of value 224 on

@@ -1,4 +1,4 @@
-"""VGG19 perceptual and style (Gram) losses on RGB images in 0..1 (paper section 3.2, facts section 4).
+"""VGG19 perceptual and style (Gram) losses on RGB images in 0..1 (paper section 3.2; docs/method.md, section 4).
 
 Perceptual: sum over relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 of the L1 distance between VGG19 features of
 the two images (ImageNet-normalised), at full and at half resolution (bilinear). Style: L1 between Gram matrices
@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.errors import InputError, one_line
+from models.weights import WeightFile, frozen, load_exactly, read_file, resolve
 
 LAYERS = {1: "relu1_1", 6: "relu2_1", 11: "relu3_1", 20: "relu4_1", 29: "relu5_1"}  # vgg19.features indices
-VGG19_FILE = "vgg19-dcbb9e9d.pth"
-VGG19_URL = "https://download.pytorch.org/models/" + VGG19_FILE
+VGG19 = WeightFile("VGG19 ImageNet", "vgg19-dcbb9e9d.pth", "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+                   "dcbb9e9d", "torchvision's VGG19 ImageNet weights", "the config's vgg19.path")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -33,36 +33,23 @@ def load_vgg19_features(path: str | Path | None = None, allow_random: bool = Fal
 
     features = vgg19(weights=None).features[:30]  # up to relu5_1
     if allow_random and path is None:
-        return _frozen(features)
-    if path is None:
-        path = Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILE
-        if not path.is_file():
-            try:
-                torch.hub.load_state_dict_from_url(VGG19_URL, progress=False)
-            except Exception as error:  # offline or blocked: say what to fetch and where to put it
-                raise InputError(path, f"VGG19 ImageNet weights not found and not downloadable ({one_line(error)}); "
-                                       f"download {VGG19_URL} to that path, or set the config's vgg19 path") from None
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, f"VGG19 weights not found (torchvision's file is {VGG19_URL})")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        return frozen(features)
+    path = resolve(VGG19, path)
+    state = read_file(path, "VGG19 weights")
     if isinstance(state, dict) and "state_dict" in state:  # an official renderer checkpoint
         from models.checkpoints import official_vgg19_features
 
         state = official_vgg19_features(path)
     state = {k[len("features."):] if k.startswith("features.") else k: v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if not k.startswith("classifier.") and int(k.split(".")[0]) < 30}
-    try:
-        features.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise InputError(path, f"not VGG19 weights ({one_line(error)[:200]})") from None
-    return _frozen(features)
+    state = {k: v for k, v in state.items() if _up_to_relu5_1(k)}
+    load_exactly(features, state, path, "VGG19")
+    return frozen(features)
 
 
-def _frozen(network: nn.Module) -> nn.Module:
-    for parameter in network.parameters():
-        parameter.requires_grad_(False)
-    return network.eval()
+def _up_to_relu5_1(name: str) -> bool:
+    """Whether a VGG19 tensor name belongs to `features[:30]` (the classifier and pool5 are not used)."""
+    head = name.split(".")[0]
+    return head != "classifier" and not (head.isdigit() and int(head) >= 30)
 
 
 def gram(features: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,8 @@ from scipy import linalg
 from torch import nn
 from torchvision.models import inception as tv_inception
 
-from metrics.weights import FID_INCEPTION, frozen, load_exactly, load_state, resolve
+from metrics.weights import FID_INCEPTION
+from models.weights import frozen, load_exactly, read_state, resolve
 
 FEATURES = 2048
 
@@ -94,7 +95,7 @@ def load_fid_features(path: str | Path | None = None, download: bool = True) -> 
     """The FID feature network with the pytorch-fid weights from `path` (or the hub cache), frozen."""
     file = resolve(FID_INCEPTION, path, download)
     inception = fid_inception_network()
-    load_exactly(inception, load_state(file, FID_INCEPTION), file, FID_INCEPTION)
+    load_exactly(inception, read_state(file, FID_INCEPTION.what), file, FID_INCEPTION.what)
     return frozen(FIDFeatures(inception))
 
 

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from data.crop import crop_face
-from metrics.weights import ARCFACE_R100, frozen, load_exactly, load_state, resolve
+from metrics.weights import ARCFACE_R100
+from models.weights import frozen, load_exactly, read_state, resolve
 
 FACE_SIZE = 112
 IRESNET100_BLOCKS = (3, 13, 30, 3)
@@ -76,7 +77,7 @@ def load_arcface(path: str | Path | None = None, download: bool = True) -> IResN
     """iresnet100 with arcface_torch weights from `path` (or the hub cache), frozen."""
     file = resolve(ARCFACE_R100, path, download)
     network = IResNet()
-    load_exactly(network, load_state(file, ARCFACE_R100), file, ARCFACE_R100)
+    load_exactly(network, read_state(file, ARCFACE_R100.what), file, ARCFACE_R100.what)
     return frozen(network)
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from metrics.weights import LPIPS_ALEXNET, frozen, load_exactly, load_state, resolve
+from metrics.weights import LPIPS_ALEXNET
+from models.weights import frozen, load_exactly, read_state, resolve
 
 
 def load_lpips(path: str | Path | None = None, download: bool = True) -> torch.nn.Module:
@@ -27,7 +28,7 @@ def load_lpips(path: str | Path | None = None, download: bool = True) -> torch.n
     from torchvision.models import alexnet
 
     trunk = alexnet(weights=None)
-    load_exactly(trunk, load_state(file, LPIPS_ALEXNET), file, LPIPS_ALEXNET)
+    load_exactly(trunk, read_state(file, LPIPS_ALEXNET.what), file, LPIPS_ALEXNET.what)
     # lpips keeps AlexNet's feature layers under their torchvision indices, split over five slices.
     for index, layer in enumerate(trunk.features[:12]):
         for slice_ in (model.net.slice1, model.net.slice2, model.net.slice3, model.net.slice4, model.net.slice5):

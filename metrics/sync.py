@@ -25,7 +25,8 @@ import torch
 from scipy.signal import medfilt
 from torch import nn
 
-from metrics.weights import SYNCNET_V2, frozen, load_exactly, load_state, resolve
+from metrics.weights import SYNCNET_V2
+from models.weights import frozen, load_exactly, read_state, resolve
 
 MAX_OFFSET = 15
 CROP_SCALE = 0.4
@@ -82,7 +83,7 @@ def load_syncnet(path: str | Path | None = None, download: bool = True) -> SyncN
     """SyncNet with syncnet_python's `syncnet_v2.model` weights from `path` (or the hub cache), frozen."""
     file = resolve(SYNCNET_V2, path, download)
     network = SyncNet()
-    load_exactly(network, load_state(file, SYNCNET_V2), file, SYNCNET_V2)
+    load_exactly(network, read_state(file, SYNCNET_V2.what), file, SYNCNET_V2.what)
     return frozen(network)
 
 

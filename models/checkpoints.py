@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from data.errors import InputError, one_line
+from data.errors import InputError
 from models.allocator import keep_freed_memory
 from models.landmark_generator import LandmarkGenerator
 from models.layers import sinusoidal_encoding
 from models.renderer import Renderer
+from models.weights import load_exactly, read_file, strip_module_prefix
 
 OFFICIAL_SOURCE = ("the official IP_LAP release (github.com/Weizhi-Zhong/IP_LAP, README section 'Test'); "
                    "put it under checkpoints/ or pass its path")
@@ -28,38 +28,15 @@ LANDMARK_FIXED = ("fusion_transformer.position_v.pe", "fusion_transformer.positi
 
 
 def read_checkpoint(path: str | Path, what: str) -> dict:
-    """torch.load a checkpoint onto the CPU, with one-line errors for a missing or unreadable file."""
+    """A checkpoint dict on the CPU, with one-line errors for a missing, unreadable or foreign file."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, f"{what} checkpoint not found; get it from {OFFICIAL_SOURCE}, "
                                "or train one with this project")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle, zip and torch errors all mean the same to a user
-        raise InputError(path, f"not a readable {what} checkpoint ({one_line(error)})") from None
+    checkpoint = read_file(path, f"{what} checkpoint")
     if not isinstance(checkpoint, dict) or not ({"state_dict", "model"} & set(checkpoint)):
         raise InputError(path, f"not a {what} checkpoint (no 'state_dict' or 'model' entry)")
     return checkpoint
-
-
-def strip_module_prefix(state: dict) -> dict:
-    """Drop one leading 'module.' (DataParallel/DDP) from every key that has it."""
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-
-
-def load_exactly(model: nn.Module, state: dict, path: Path) -> None:
-    """Load a state dict that must hold every tensor of the model, each of the model's shape, and nothing else."""
-    expected = model.state_dict()
-    for name, tensor in state.items():
-        if name not in expected:
-            raise InputError(path, f"unexpected tensor '{name}' {tuple(tensor.shape)} for this network")
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise InputError(path, f"tensor '{name}' has shape {tuple(tensor.shape)}, "
-                                   f"expected {tuple(expected[name].shape)}")
-    missing = [name for name in expected if name not in state]
-    if missing:
-        raise InputError(path, f"tensor '{missing[0]}' is missing ({len(missing)} missing in all)")
-    model.load_state_dict(state, strict=True)
 
 
 def official_landmark_state(state: dict, path: Path) -> dict:

@@ -1,22 +1,34 @@
-"""Shared fixtures: the sample media in ../shared/samples and synthetic media made on the fly."""
+"""Shared fixtures: the sample media (found by data/samples.py), test data, and synthetic media made on the fly."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = Path(os.environ.get("IPLAP_SAMPLES", REPO.parent / "shared" / "samples"))
+TEST_DATA = REPO / "tests" / "data"
 
 
 @pytest.fixture(scope="session")
 def samples() -> Path:
-    """The folder of real sample media; the suite needs it (CI has ../shared beside the checkout)."""
-    if not (SAMPLES / "talk_a.mp4").is_file():
-        raise FileNotFoundError(f"sample media not found in {SAMPLES}: set IPLAP_SAMPLES to the samples folder")
-    return SAMPLES
+    """The folder of real sample media: IPLAP_SAMPLES, ../shared/samples, or the download cache (data/samples.py)."""
+    from data.samples import samples_folder
+
+    return samples_folder()
+
+
+def official_tensors(network: str) -> list[dict]:
+    """Every tensor of an official checkpoint ('landmark_generator' or 'renderer'): name, shape, dtype, in order."""
+    entries = []
+    for line in (TEST_DATA / "official_tensors.tsv").read_text().splitlines():
+        if line.startswith("#"):
+            continue
+        net, name, shape, dtype, _ = line.split("\t")
+        if net == network:
+            entries.append({"name": name, "shape": [] if shape == "-" else [int(n) for n in shape.split("x")],
+                            "dtype": dtype})
+    return entries
 
 
 @pytest.fixture(scope="session")

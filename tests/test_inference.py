@@ -201,3 +201,20 @@ def test_help_describes_the_inputs():
     assert result.returncode == 0
     for flag in ("--video", "--audio", "--output", "--landmark-ckpt", "--renderer-ckpt", "--device", "--save-sketch"):
         assert flag in result.stdout
+
+
+def test_help_and_a_short_dub_from_a_folder_outside_the_repository(template, speech, random_checkpoints, tmp_path):
+    """The default config and the package files come from the script's location; user paths from the caller's."""
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    write_wav(work / "speech.wav", speech[:int(0.3 * SAMPLE_RATE)])
+    script = str(REPO / "inference.py")
+    result = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, cwd=work, timeout=120)
+    assert result.returncode == 0 and "exit status" in result.stdout
+    landmark, renderer = random_checkpoints
+    result = subprocess.run([sys.executable, script, "--video", str(template[0]), "--audio", "speech.wav", "--output",
+                             "out/dubbed.mp4", "--landmark-ckpt", str(landmark), "--renderer-ckpt", str(renderer),
+                             "--quiet", *FAST], capture_output=True, text=True, cwd=work, timeout=600)
+    assert result.returncode == 0, result.stderr
+    frames = read_frames(work / "out" / "dubbed.mp4")
+    assert len(frames) == frames_covered(len(load_audio(work / "speech.wav"))) and frames[0].shape == (422, 422, 3)

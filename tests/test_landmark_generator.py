@@ -1,16 +1,12 @@
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import SAMPLES
+from conftest import official_tensors
 from data.errors import InputError
 from losses.landmark import landmark_loss, velocity_loss
 from models import LandmarkGenerator, load_landmark_generator
-
-SCHEMA = Path(SAMPLES).parent / "reference" / "official_checkpoint_schema.json"
 
 
 def _inputs(batch=2, steps=5, refs=15, seed=0):
@@ -58,10 +54,9 @@ def test_heads_read_interleaved_pairs():
 
 
 def _schema_state(prefix=""):
-    schema = json.loads(SCHEMA.read_text())
     g = torch.Generator().manual_seed(1)
     state = {}
-    for entry in schema["landmark_generator"]:
+    for entry in official_tensors("landmark_generator"):
         shape = entry["shape"]
         if entry["name"].endswith("position_v.pe") or entry["name"].endswith("position_a.pe"):
             from models.layers import sinusoidal_encoding

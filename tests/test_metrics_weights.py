@@ -4,30 +4,31 @@ import torch
 from data.errors import InputError, one_line
 from metrics import weights
 from metrics.lpips_alex import load_lpips
+from models.weights import cache_path, resolve
 
 
 def test_missing_weight_file_is_a_one_line_error_naming_the_file_and_its_source(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
     for weight in weights.ALL:
         with pytest.raises(InputError) as error:
-            weights.resolve(weight, download=False)
+            resolve(weight, download=False)
         message = one_line(error.value)
         assert "\n" not in str(error.value) and weight.file in message
-        assert (weight.url or "insightface") in message and "--" + weight.option.replace("_", "-") in message
+        assert (weight.url or "insightface") in message and weight.option in message
     with pytest.raises(InputError, match="syncnet_v2.model"):
-        weights.resolve(weights.SYNCNET_V2, tmp_path / "nowhere" / "syncnet_v2.model")
+        resolve(weights.SYNCNET_V2, tmp_path / "nowhere" / "syncnet_v2.model")
 
 
 def test_weights_are_found_in_the_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
-    cached = weights.cache_path(weights.LPIPS_ALEXNET)
+    cached = cache_path(weights.LPIPS_ALEXNET)
     assert cached.parent == tmp_path / "hub" / "hub" / "checkpoints"
     cached.parent.mkdir(parents=True)
     from torchvision.models import alexnet
 
     trunk = alexnet(weights=None)
     torch.save(trunk.state_dict(), cached)
-    assert weights.resolve(weights.LPIPS_ALEXNET, download=False) == cached
+    assert resolve(weights.LPIPS_ALEXNET, download=False) == cached
     model = load_lpips(download=False)
     assert torch.equal(model.net.slice5._modules["10"].weight, trunk.features[10].weight)
     x = torch.rand(2, 3, 64, 64)

@@ -158,3 +158,19 @@ def test_a_worker_crash_fails_only_its_video(tmp_path, monkeypatch):
                preprocess._run_jobs(jobs, 2, preprocess.Options())}
     assert results["crash.mp4"] == (0, "the worker process crashed on this video")
     assert all(results[name] == (30, None) for name in ("a.mp4", "b.mp4", "c.mp4"))
+
+
+def test_exit_status_when_nothing_could_be_recorded(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.mp4").write_text("this is not a video")
+    result = subprocess.run([sys.executable, str(REPO / "preprocess.py"), "--input-root", "in", "--output-root", "out",
+                             "--workers", "0"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stderr
+    assert "no record could be written" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "out" / "failures.tsv").read_text().startswith("notes.mp4\t")
+    (tmp_path / "empty").mkdir()
+    result = subprocess.run([sys.executable, str(REPO / "preprocess.py"), "--input-root", "empty", "--output-root",
+                             "out2"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.strip().startswith("error: empty: no videos")
+    assert "exit status" in subprocess.run([sys.executable, str(REPO / "preprocess.py"), "--help"], cwd=tmp_path,
+                                           capture_output=True, text=True, timeout=300).stdout.lower()

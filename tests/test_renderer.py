@@ -1,4 +1,3 @@
-import json
 import platform
 
 import pytest
@@ -6,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from reference_renderer import per_reference_forward
 
-from conftest import SAMPLES
+from conftest import official_tensors
 from data.errors import InputError
 from losses.gan import feature_matching_loss, lsgan_loss
 from losses.perceptual import PerceptualLoss, gram, load_vgg19_features
@@ -14,8 +13,6 @@ from models import Renderer, load_renderer
 from models.allocator import keep_freed_memory
 from models.discriminator import MultiscaleDiscriminator
 from models.renderer import flow_to_grid, reference_chunk
-
-SCHEMA = SAMPLES.parent / "reference" / "official_checkpoint_schema.json"
 
 
 def _inputs(batch=2, refs=3, seed=0):
@@ -103,10 +100,9 @@ def _official_file(state, path, prefix="module."):
 
 
 def test_schema_state_loads_completely_vgg_is_routed(tmp_path):
-    schema = json.loads(SCHEMA.read_text())
     g = torch.Generator().manual_seed(2)
     state = {}
-    for entry in schema["renderer"]:
+    for entry in official_tensors("renderer"):
         if entry["dtype"] == "int64":
             state[entry["name"]] = torch.tensor(5)
         elif entry["name"].endswith("running_var"):
@@ -173,14 +169,14 @@ def test_perceptual_and_style_losses():
 
 
 def test_missing_vgg_weights_name_the_file(tmp_path, monkeypatch):
-    with pytest.raises(InputError, match="missing.pth: VGG19 weights not found"):
+    with pytest.raises(InputError, match="missing.pth: VGG19 ImageNet weights not found"):
         load_vgg19_features(tmp_path / "missing.pth")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
 
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(InputError, match="vgg19-dcbb9e9d.pth: VGG19 ImageNet weights not found"):
         load_vgg19_features()
 

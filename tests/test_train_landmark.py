@@ -28,6 +28,14 @@ def test_config_overrides_and_unknown_keys(tmp_path):
         training.load_config(tmp_path / "none.yaml")
 
 
+def test_a_repository_config_is_found_from_another_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert training.load_config("configs/landmark.yaml")["model"]["d_model"] == 512
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "landmark.yaml").write_text("model: {d_model: 8}\n")  # the working directory's wins
+    assert training.load_config("configs/landmark.yaml")["model"]["d_model"] == 8
+
+
 def test_epoch_sampler_shards_are_disjoint_and_resumable():
     shards = [list(training.EpochSampler(10, rank, 3, seed=1)) for rank in range(3)]
     assert all(len(s) == 4 for s in shards) and set(sum(shards, [])) == set(range(10))
