@@ -25,14 +25,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from config import autocast, load_config, pick_device
 from data.audio import MEL_STEPS, SAMPLE_RATE, frames_covered, load_audio, mel_windows, melspectrogram
-from data.crop import box_size, crop_box, crop_face, denormalise_from_box, normalise_to_box
+from data.crop import box_size, crop_face, denormalise_from_box
+from data.datasets import image_tensor
 from data.errors import InputError
+from data.facemesh import track_faces
 from data.landmarks import (
     JAW_POSITIONS,
     OUTLINE_POSITIONS,
     content_of,
-    from_facemesh,
     lip_openness,
     merge_pose_content,
     pose_of,
@@ -50,8 +52,6 @@ MIN_AUDIO_SECONDS = MEL_STEPS / 80  # one audio window, 0.2 s
 
 def default_config() -> dict:
     """configs/inference.yaml as a dict."""
-    from training import load_config
-
     return load_config(CONFIG)
 
 
@@ -60,16 +60,6 @@ class Models:
     landmark: LandmarkGenerator
     renderer: Renderer
     device: torch.device
-
-
-def pick_device(name: str | None = None) -> torch.device:
-    """'cuda' when present unless told ('cpu', 'cuda', 'cuda:1'); a one-line error for CUDA without a GPU."""
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}", "CUDA is not available on this machine")
-    return device
 
 
 def load_models(landmark_ckpt: str | Path, renderer_ckpt: str | Path, device: str | torch.device | None = None
@@ -112,28 +102,15 @@ def analyse_template(path: str | Path, detect_every_frame: bool = False, progres
     from data.facemesh import FaceMesh
 
     path = Path(path)
-    landmarks, boxes, found = [], [], []
     with VideoReader(path) as reader, FaceMesh(video=not detect_every_frame) as mesh:
-        for frame in tqdm(reader, desc="face landmarks", unit="frame", disable=not progress, leave=False):
-            size = (frame.shape[1], frame.shape[0])
-            points = mesh(frame)
-            box = None
-            if points is not None:
-                points = from_facemesh(points)
-                try:
-                    box = crop_box(points, size)
-                except ValueError:  # the face lies (almost) outside the frame
-                    box = None
-            found.append(box is not None)
-            boxes.append(box if box is not None else np.zeros(4, np.int32))
-            landmarks.append(normalise_to_box(points, box) if box is not None else np.zeros((131, 2), np.float32))
-    has_face = np.array(found, dtype=bool)
-    if not has_face.any():
-        raise InputError(path, f"no face found in any of its {len(has_face)} frames")
-    nearest = nearest_face(has_face)
-    landmarks, boxes = np.stack(landmarks)[nearest], np.stack(boxes)[nearest]
+        track = track_faces(tqdm(reader, desc="face landmarks", unit="frame", disable=not progress, leave=False),
+                            mesh)
+    if not track.has_face.any():
+        raise InputError(path, f"no face found in any of its {len(track)} frames")
+    nearest = nearest_face(track.has_face)
+    landmarks, boxes = track.landmarks[nearest], track.boxes[nearest]
     pixels = denormalise_from_box(landmarks, boxes)
-    return Template(path, size, landmarks, boxes, has_face, lip_openness(pixels))
+    return Template(path, track.size, landmarks, boxes, track.has_face, lip_openness(pixels))
 
 
 def reference_count(refs: int | str, template: Template) -> int:
@@ -218,11 +195,6 @@ def read_selected(path: Path, indices: np.ndarray, spool: FrameSpool | None) -> 
 
 
 # ---------------------------------------------------------------- per-frame work
-def face_tensor(faces: list[np.ndarray], device: torch.device) -> torch.Tensor:
-    """RGB uint8 (128, 128, 3) faces -> (k, 3, 128, 128) float in 0..1."""
-    return torch.from_numpy(np.stack(faces)).to(device).permute(0, 3, 1, 2).float().div_(255)
-
-
 def face_mask(shape: tuple[int, int], outline: np.ndarray, kernel: int, sigma: float) -> np.ndarray:
     """(H, W, 1) float32 mask: the convex hull of outline points (pixels) filled with 1, Gaussian-blurred."""
     mask = np.zeros(shape, np.float32)
@@ -258,13 +230,13 @@ def sketch_frame(landmarks: np.ndarray, box: np.ndarray, size: tuple[int, int]) 
 
 
 def render_faces(renderer: Renderer, refs: References, faces: torch.Tensor, sketches: torch.Tensor,
-                 mels: torch.Tensor, ref_images: torch.Tensor, ref_sketches: torch.Tensor) -> torch.Tensor:
-    """The default render step: references encoded once per video, a batch of frames per call."""
+                 mels: torch.Tensor) -> torch.Tensor:
+    """The render step: references encoded once per video, a batch of frames per call. (bench/inference.py
+    passes other steps of this signature to time other formulations.)"""
     return renderer.render(faces, sketches, refs, mels)[0]
 
 
-RenderStep = Callable[[Renderer, References, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                       torch.Tensor], torch.Tensor]
+RenderStep = Callable[[Renderer, References, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -286,8 +258,8 @@ def _check_config(config: dict) -> None:
 
 
 def batch_size_for(config: dict, device: torch.device) -> int:
-    """Output frames per network call: the config's number, or for 'auto' 1 on CPU (measured fastest there: a
-    batch of 4 ran 25% slower at N=3) and 16 on CUDA."""
+    """Output frames per network call: the config's number, or for 'auto' 1 on CPU (measured fastest there,
+    bench/README.md) and 16 on CUDA."""
     if config["batch_size"] == "auto":
         return 16 if device.type == "cuda" else 1
     return int(config["batch_size"])
@@ -351,15 +323,11 @@ class _Video:
     models: Models
     ref_tokens: torch.Tensor
     refs: References
-    ref_images: torch.Tensor
-    ref_sketches: torch.Tensor
     config: dict
     render_step: RenderStep
 
     def autocast(self):
-        from training import autocast
-
-        return autocast(self.models.device, bool(self.config["bf16"]))
+        return autocast(self.models.device, self.config["bf16"])
 
 
 def _prepare(template: Template, mel: np.ndarray, count: int, models: Models, config: dict,
@@ -372,11 +340,11 @@ def _prepare(template: Template, mel: np.ndarray, count: int, models: Models, co
     ref_content = torch.from_numpy(content_of(template.landmarks[landmark_refs]))[None].to(device)
     image_refs = np.unique(choose_references(template, reference_count(config["refs"], template)))
     frames = read_selected(template.path, image_refs, spool)
-    ref_images = face_tensor([crop_face(frames[i], template.boxes[i]) for i in image_refs], device)[None]
+    ref_images = image_tensor([crop_face(frames[i], template.boxes[i]) for i in image_refs], device)[None]
     ref_sketches = torch.from_numpy(np.stack([sketch_tensor(template.landmarks[i], box_size(template.boxes[i]))
                                               for i in image_refs]))[None].to(device)
-    video = _Video(template, ping_pong(np.arange(count), len(template)), mel, models, None, None, ref_images,
-                   ref_sketches, config, render_step)
+    video = _Video(template, ping_pong(np.arange(count), len(template)), mel, models, None, None, config,
+                   render_step)
     with torch.inference_mode(), video.autocast():
         video.ref_tokens = models.landmark.encode_references(ref_pose, ref_content)
         video.refs = models.renderer.encode_references(ref_images, ref_sketches)
@@ -440,11 +408,10 @@ def _dub_batch(video: _Video, steps: np.ndarray, batch: list[np.ndarray], want_s
     target = torch.from_numpy(np.stack([[sketch_tensor(predicted[i, j], box_size(boxes[i, j]))
                                          for j in range(WINDOW)] for i in range(len(live))])).to(device)
     centre = WINDOW // 2
-    faces = face_tensor([crop_face(batch[i], boxes[n, centre]) for n, i in enumerate(live)], device)
+    faces = image_tensor([crop_face(batch[i], boxes[n, centre]) for n, i in enumerate(live)], device)
     mels = torch.from_numpy(mel_windows(video.mel, steps[live])[:, None]).to(device)  # (k, 1, 80, 16)
     with torch.inference_mode(), video.autocast():
-        generated = video.render_step(models.renderer, video.refs, faces, target, mels, video.ref_images,
-                                      video.ref_sketches)
+        generated = video.render_step(models.renderer, video.refs, faces, target, mels)
     generated = (generated.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     kernel, sigma = int(video.config["mask"]["kernel"]), float(video.config["mask"]["sigma"])
     for n, i in enumerate(live):

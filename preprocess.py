@@ -27,11 +27,11 @@ import numpy as np
 from tqdm import tqdm
 
 from data.audio import load_audio, melspectrogram
-from data.crop import crop_box, crop_face, normalise_to_box
+from data.crop import crop_face
 from data.errors import InputError, one_line
-from data.landmarks import NUM_LANDMARKS, from_facemesh
+from data.facemesh import track_faces
 from data.records import FACE_FORMATS, encode_face, is_complete, write_record
-from data.video import FPS, VIDEO_EXTENSIONS, VideoReader
+from data.video import FPS, VIDEO_EXTENSIONS, VideoReader, find_videos
 
 MIN_FRAMES = 25
 
@@ -66,7 +66,6 @@ def _face_mesh(options: Options):
 def preprocess_video(video: Path, stem: Path, options: Options) -> int:
     """Write the record of one video; returns its number of 25 fps frames. Raises InputError for a bad video."""
     mesh = _face_mesh(options)
-    mesh.reset()
     with VideoReader(video, FPS) as reader:
         if reader.has_audio:
             mel = melspectrogram(load_audio(video))
@@ -74,29 +73,21 @@ def preprocess_video(video: Path, stem: Path, options: Options) -> int:
             mel = np.zeros((0, 80), np.float32)
         else:
             raise InputError(video, "no audio stream")
-        faces, landmarks, boxes, has_face = [], [], [], []
-        for frame in reader:
-            points = mesh(frame)
-            if points is None:
-                faces.append(b"")
-                landmarks.append(np.zeros((NUM_LANDMARKS, 2), np.float32))
-                boxes.append(np.zeros(4, np.int32))
-                has_face.append(False)
-                continue
-            points = from_facemesh(points)
-            box = crop_box(points, (frame.shape[1], frame.shape[0]))
-            faces.append(encode_face(crop_face(frame, box), options.face_format, options.jpeg_quality))
-            landmarks.append(normalise_to_box(points, box))
-            boxes.append(box)
-            has_face.append(True)
+        faces = []
+
+        def keep_face(frame: np.ndarray, box: np.ndarray | None) -> None:
+            faces.append(b"" if box is None else encode_face(crop_face(frame, box), options.face_format,
+                                                             options.jpeg_quality))
+
+        track = track_faces(reader, mesh, keep_face)
         source_fps, source_size = reader.source_fps, reader.size
-    if len(faces) < options.min_frames:
-        raise InputError(video, f"too short: {len(faces)} frames at 25 fps (need at least {options.min_frames})")
-    if not any(has_face):
-        raise InputError(video, f"no face found in any of its {len(faces)} frames")
-    write_record(stem, faces=faces, landmarks=np.stack(landmarks), boxes=np.stack(boxes),
-                 has_face=np.array(has_face), mel=mel, source_fps=source_fps, source_size=source_size,
-                 face_format=options.face_format, fps=FPS, has_audio=len(mel) > 0)
+    if len(track) < options.min_frames:
+        raise InputError(video, f"too short: {len(track)} frames at 25 fps (need at least {options.min_frames})")
+    if not track.has_face.any():
+        raise InputError(video, f"no face found in any of its {len(track)} frames")
+    write_record(stem, faces=faces, landmarks=track.landmarks, boxes=track.boxes, has_face=track.has_face, mel=mel,
+                 source_fps=source_fps, source_size=source_size, face_format=options.face_format, fps=FPS,
+                 has_audio=len(mel) > 0)
     return len(faces)
 
 
@@ -108,11 +99,6 @@ def _job(video: Path, stem: Path, options: Options) -> tuple[int, str | None]:
         return 0, error.problem
     except Exception as error:  # a bad file must not stop a long run: report it and go on
         return 0, f"unexpected {type(error).__name__}: {one_line(error)}"
-
-
-def find_videos(root: Path) -> list[Path]:
-    """Video files under root (recursive, sorted), by extension, case-insensitive."""
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
 
 
 def in_shard(relative: Path, shard: tuple[int, int]) -> bool:

@@ -9,14 +9,12 @@ override it (an unknown key is an error). The resolved config, checkpoints and T
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 import training
+from config import autocast
 from data.datasets import LandmarkWindows
 from data.landmarks import merge_pose_content
 from data.sketch import draw_sketch
@@ -53,9 +51,7 @@ def evaluate(model: torch.nn.Module, loader, device, batches: int, velocity_weig
 
 
 def train(config: dict, resume: str | None) -> int:
-    env = training.setup(config["device"])
-    run_dir = Path(config["run_dir"])
-    training.seed_everything(config["seed"])  # same initial weights on every rank (DDP also broadcasts them)
+    env = training.begin(config)
     data, sample, schedule = config["data"], config["sample"], config["schedule"]
     velocity_weight = config["loss"]["velocity_weight"]
     train_set = LandmarkWindows(training.record_list(data, "train"), sample["steps"], sample["refs"],
@@ -64,31 +60,19 @@ def train(config: dict, resume: str | None) -> int:
     val_stems = training.record_list(data, "val")
     val_set = (LandmarkWindows(val_stems, sample["steps"], sample["refs"], sample["min_face_frames"],
                                seed=config["seed"] + 1) if val_stems else None)
-    if env.main:
-        print(f"train: {len(train_set.stems)} videos ({len(train_set.skipped)} skipped with fewer than "
-              f"{sample['min_face_frames']} face frames, {len(train_set.missing)} missing)"
-              + (f"; val: {len(val_set.stems)} videos" if val_set else "; no val split"), file=sys.stderr)
+    training.report_data(env, train_set, val_set, sample["min_face_frames"])
 
     model_args = dict(config["model"])
     model = LandmarkGenerator(**model_args).to(env.device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config["optim"]["lr"])
-    step = 0
-    resumed = training.resume_state(resume, run_dir, warn=env.main)
-    if resumed is not None:
-        step = training.restore(resumed, model, {"model": optimiser})
-        if env.main:
-            print(f"resumed from {resumed[0]} at step {step}", file=sys.stderr)
-    ddp = DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None) \
-        if env.world > 1 else model
-    if env.main:
-        training.save_config(config, run_dir)
-    logger = training.Logger(run_dir, env.main)
-
-    guard = training.LossGuard(env, schedule["on_nonfinite"])
+    optimisers = {"model": optimiser}
+    step = training.resume_run(resume, config, env, model, optimisers)
+    ddp = training.distribute(model, env)
+    logger, guard = training.open_run(config, env)
 
     def train_step(batch: dict, epoch: int) -> dict:
         guard.begin(model)
-        with training.autocast(env.device, config["bf16"]):
+        with autocast(env.device, config["bf16"]):
             pred = ddp(batch["mels"], batch["pose"], batch["ref_pose"], batch["ref_content"])
         loss, parts = landmark_loss(pred.float(), batch["content"], velocity_weight)
         if not guard.ok(parts, model):
@@ -100,23 +84,13 @@ def train(config: dict, resume: str | None) -> int:
                 "lr": optimiser.param_groups[0]["lr"]}
 
     def run_eval(step: int) -> None:
-        if val_set is None:
-            return
-        loader = torch.utils.data.DataLoader(val_set, config["optim"]["batch_size"] // env.world, shuffle=False,
-                                             num_workers=data["num_workers"])
-        scores, grid = evaluate(model, loader, env.device, schedule["eval_batches"], velocity_weight)
-        logger.scalars(scores, step, "eval/")
-        if grid is not None:
-            logger.image("eval/sketches_true_vs_predicted", grid, step)
-        tqdm.write(f"step {step}: eval L1 {scores['l1']:.5f}, velocity {scores['velocity']:.5f}", file=sys.stderr)
+        if val_set is not None:
+            scores, grid = evaluate(model, training.eval_loader(val_set, config, env), env.device,
+                                    schedule["eval_batches"], velocity_weight)
+            training.log_eval(logger, step, scores, "eval/sketches_true_vs_predicted", grid,
+                              f"step {step}: eval L1 {scores['l1']:.5f}, velocity {scores['velocity']:.5f}")
 
-    def save(step: int) -> None:
-        if env.main:
-            training.check_finite_parameters({"landmark generator": model}, step)
-            state = training.training_state(model, {"model": optimiser}, step, config, "landmark_generator",
-                                            model_args)
-            training.save_checkpoint(run_dir, step, state, schedule["keep_last"])
-
+    save = training.checkpoint_saver(config, env, "landmark_generator", model, optimisers, model_args)
     model.train()
     training.fit(config, env, train_set, step, train_step, run_eval, save, logger, guard)
     training.finish(env, logger, [model])

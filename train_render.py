@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 import training
+from config import autocast
 from data.datasets import RenderFrames
 from data.errors import InputError
 from losses.gan import feature_matching_loss, lsgan_loss
 from losses.perceptual import PerceptualLoss, load_vgg19_features
-from metrics.image import psnr, ssim
+from metrics.image import PSNR_EPS, psnr, ssim
 from models.discriminator import MultiscaleDiscriminator
 from models.renderer import Renderer
 
@@ -107,7 +105,7 @@ def evaluate(model, loader, device, batches: int) -> tuple[dict, np.ndarray | No
     for batch in training.eval_batches(loader, device, batches):
         generated, warped = model(batch["face"], batch["sketches"], batch["ref_images"], batch["ref_sketches"],
                                   batch["mels"])
-        values = psnr(generated.float(), batch["face"]).clamp(max=100)
+        values = psnr(generated.float(), batch["face"], PSNR_EPS)  # evaluate.py's definition: 80 dB at most
         scores["psnr"] += values.sum().item()
         scores["ssim"] += ssim(generated.float(), batch["face"]).sum().item()
         count += len(values)
@@ -118,9 +116,7 @@ def evaluate(model, loader, device, batches: int) -> tuple[dict, np.ndarray | No
 
 
 def train(config: dict, resume: str | None) -> int:
-    env = training.setup(config["device"])
-    run_dir = Path(config["run_dir"])
-    training.seed_everything(config["seed"])
+    env = training.begin(config)
     data, sample, optim, schedule = config["data"], config["sample"], config["optim"], config["schedule"]
     if optim["batch_size"] // env.world < 2:
         raise InputError("optim.batch_size", "needs at least 2 samples per process (the audio encoder's BatchNorm "
@@ -130,10 +126,7 @@ def train(config: dict, resume: str | None) -> int:
     val_stems = training.record_list(data, "val")
     val_set = RenderFrames(val_stems, sample["refs"], sample["min_face_frames"], seed=config["seed"] + 1) \
         if val_stems else None
-    if env.main:
-        print(f"train: {len(train_set.stems)} videos ({len(train_set.skipped)} skipped, {len(train_set.missing)} "
-              f"missing)" + (f"; val: {len(val_set.stems)} videos" if val_set else "; no val split"),
-              file=sys.stderr)
+    training.report_data(env, train_set, val_set, sample["min_face_frames"])
 
     vgg = config["vgg19"]
     if vgg["allow_random"] and env.main:
@@ -145,50 +138,28 @@ def train(config: dict, resume: str | None) -> int:
     g_optimiser = torch.optim.Adam(generator.parameters(), lr=optim["lr"])
     d_optimiser = torch.optim.Adam(discriminator.parameters(), lr=optim["disc_lr"], betas=tuple(optim["disc_betas"]))
     optimisers = {"generator": g_optimiser, "discriminator": d_optimiser}
-    step = 0
-    resumed = training.resume_state(resume, run_dir, warn=env.main)
-    if resumed is not None:
-        step = training.restore(resumed, generator, optimisers, {"discriminator": discriminator})
-        if env.main:
-            print(f"resumed from {resumed[0]} at step {step}", file=sys.stderr)
-    if env.world > 1:
-        ids = [env.local_rank] if env.device.type == "cuda" else None
-        # During warm-up the translation module gets no gradient: let DDP expect unused parameters.
-        g_model = DistributedDataParallel(generator, device_ids=ids, find_unused_parameters=True)
-        d_model = DistributedDataParallel(discriminator, device_ids=ids)
-    else:
-        g_model, d_model = generator, discriminator
-    if env.main:
-        training.save_config(config, run_dir)
-    logger = training.Logger(run_dir, env.main)
+    others = {"discriminator": discriminator}
+    step = training.resume_run(resume, config, env, generator, optimisers, others)
+    # During warm-up the translation module gets no gradient: let DDP expect unused parameters.
+    g_model = training.distribute(generator, env, find_unused=True)
+    d_model = training.distribute(discriminator, env)
+    logger, guard = training.open_run(config, env)
     batches_per_epoch = (-(-len(train_set) // env.world)) // (optim["batch_size"] // env.world)
-
-    guard = training.LossGuard(env, schedule["on_nonfinite"])
 
     def train_step(batch: dict, epoch: int) -> dict:
         warm_up = epoch < schedule["warmup_epochs"]
         return gan_step(g_model, d_model, g_optimiser, d_optimiser, perceptual, batch, config["loss"], warm_up,
-                        lambda: training.autocast(env.device, config["bf16"]), guard)
+                        lambda: autocast(env.device, config["bf16"]), guard)
 
     def run_eval(step: int) -> None:
-        if val_set is None:
-            return
-        loader = torch.utils.data.DataLoader(val_set, optim["batch_size"] // env.world, shuffle=False,
-                                             num_workers=data["num_workers"])
-        scores, grid = evaluate(generator, loader, env.device, schedule["eval_batches"])
-        logger.scalars(scores, step, "eval/")
-        if grid is not None:
-            logger.image("eval/sketch_refs_warped_generated_target", grid, step)
-        tqdm.write(f"step {step} (epoch {step // batches_per_epoch}): eval PSNR {scores['psnr']:.2f} dB, "
-                   f"SSIM {scores['ssim']:.4f}", file=sys.stderr)
+        if val_set is not None:
+            scores, grid = evaluate(generator, training.eval_loader(val_set, config, env), env.device,
+                                    schedule["eval_batches"])
+            training.log_eval(logger, step, scores, "eval/sketch_refs_warped_generated_target", grid,
+                              f"step {step} (epoch {step // batches_per_epoch}): eval PSNR {scores['psnr']:.2f} dB, "
+                              f"SSIM {scores['ssim']:.4f}")
 
-    def save(step: int) -> None:
-        if env.main:
-            training.check_finite_parameters({"renderer": generator, "discriminator": discriminator}, step)
-            state = training.training_state(generator, optimisers, step, config, "renderer", {},
-                                            {"discriminator": discriminator})
-            training.save_checkpoint(run_dir, step, state, schedule["keep_last"])
-
+    save = training.checkpoint_saver(config, env, "renderer", generator, optimisers, {}, others)
     generator.train()
     discriminator.train()
     training.fit(config, env, train_set, step, train_step, run_eval, save, logger, guard)

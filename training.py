@@ -5,7 +5,6 @@ TensorBoard events. Single process on CPU or one GPU, or many with `torchrun` (D
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import random
@@ -18,9 +17,9 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from config import load_config, pick_device
 from data.errors import InputError, one_line
 
-REPO = Path(__file__).resolve().parent
 PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after writing a checkpoint; requeue with --resume auto
 DIVERGED = 3
 EXIT_STATUS = ("exit status: 0 when the run reached its last step; 2 for a user error (bad config or override, "
@@ -30,53 +29,6 @@ EXIT_STATUS = ("exit status: 0 when the run reached its last step; 2 for a user 
                "the step reached (requeue it with --resume auto); 130 when interrupted (Ctrl-C)")
 
 # ---------------------------------------------------------------- config
-def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
-    """The YAML file at path with `dotted.key=value` overrides applied; an unknown key is an error.
-
-    A relative path is read from the working directory, or else from this repository (so `configs/x.yaml` works
-    from any folder).
-    """
-    path = config_path(path)
-    if not path.is_file():
-        raise InputError(path, "no such config file")
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise InputError(path, f"not valid YAML ({' '.join(str(error).split())})") from None
-    for item in overrides:
-        if "=" not in item:
-            raise InputError(item, "overrides take the form dotted.key=value")
-        key, text = item.split("=", 1)
-        node, parts = config, key.split(".")
-        for depth, part in enumerate(parts):
-            if not isinstance(node, dict) or part not in node:
-                raise InputError(path, f"unknown config key '{'.'.join(parts[:depth + 1])}' (from '{item}')")
-            if depth < len(parts) - 1:
-                node = node[part]
-        node[parts[-1]] = parse_value(text)
-    return config
-
-
-def config_path(path: str | Path) -> Path:
-    """`path` as given when it exists or is absolute; else the same relative path inside this repository."""
-    path = Path(path).expanduser()
-    if path.is_absolute() or path.is_file():
-        return path
-    packaged = REPO / path
-    return packaged if packaged.is_file() else path
-
-
-def parse_value(text: str):
-    """A command-line value as YAML would read it, plus numbers YAML 1.1 leaves as strings (5e-5)."""
-    value = yaml.safe_load(text) if text else None
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
 def save_config(config: dict, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -96,17 +48,15 @@ class Distributed:
 
 
 def setup(device: str = "auto") -> Distributed:
-    """Device and process group: torchrun's environment when present, else a single process."""
-    wants_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("device=cuda", "CUDA was asked for but torch sees no GPU")
+    """Device and process group: torchrun's environment when present, else a single process. On CUDA each
+    process takes the GPU of its LOCAL_RANK."""
+    target = pick_device(device)
+    wants_cuda = target.type == "cuda"
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if wants_cuda:
-        torch.cuda.set_device(local_rank)
-        target = torch.device("cuda", local_rank)
-    else:
-        target = torch.device("cpu")
+        target = torch.device("cuda", local_rank if target.index is None else target.index)
+        torch.cuda.set_device(target)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if wants_cuda else "gloo")
     return Distributed(rank, world, local_rank, target)
@@ -121,13 +71,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002  (the global RNG that library code draws from)
     torch.manual_seed(seed)
-
-
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on CUDA when asked; a no-op elsewhere."""
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -255,8 +198,13 @@ def restore(resumed: tuple[Path, dict], model: torch.nn.Module, optimisers: dict
     """Load a training checkpoint (from `resume_state`) into the networks and optimisers, restore RNG states;
     returns its step. A checkpoint of another network or configuration is a one-line InputError."""
     path, state = resumed
+    weights = state["model"]
+    if state.get("kind") == "renderer":  # a run saved before the renderer's submodules got their current names
+        from models.checkpoints import renamed_renderer_state
+
+        weights = renamed_renderer_state(weights)
     try:
-        _bare(model).load_state_dict(state["model"])
+        _bare(model).load_state_dict(weights)
         for name, net in (others or {}).items():
             _bare(net).load_state_dict(state["others"][name])
         for name, optimiser in optimisers.items():
@@ -265,6 +213,90 @@ def restore(resumed: tuple[Path, dict], model: torch.nn.Module, optimisers: dict
         raise InputError(path, f"does not fit this network and config ({one_line(error)[:160]})") from None
     set_rng_state(state["rng"])
     return int(state["step"])
+
+
+# ---------------------------------------------------------------- a run's set-up, shared by both trainers
+def begin(config: dict) -> Distributed:
+    """The process's device and group, and the seeds (the same initial weights on every rank; DDP also broadcasts
+    them)."""
+    env = setup(config["device"])
+    seed_everything(config["seed"])
+    return env
+
+
+def report_data(env: Distributed, train_set, val_set, min_face_frames: int) -> None:
+    """One line on the main rank: how many videos each split holds and how many were left out."""
+    if env.main:
+        import sys
+
+        print(f"train: {len(train_set.stems)} videos ({len(train_set.skipped)} skipped with fewer than "
+              f"{min_face_frames} face frames or no full window, {len(train_set.missing)} missing)"
+              + (f"; val: {len(val_set.stems)} videos" if val_set else "; no val split"), file=sys.stderr)
+
+
+def resume_run(resume: str | None, config: dict, env: Distributed, model: torch.nn.Module, optimisers: dict,
+               others: dict | None = None) -> int:
+    """The step to start from: 0, or that of the checkpoint --resume names, restored into the networks."""
+    resumed = resume_state(resume, Path(config["run_dir"]), warn=env.main)
+    if resumed is None:
+        return 0
+    step = restore(resumed, model, optimisers, others)
+    if env.main:
+        import sys
+
+        print(f"resumed from {resumed[0]} at step {step}", file=sys.stderr)
+    return step
+
+
+def distribute(network: torch.nn.Module, env: Distributed, find_unused: bool = False) -> torch.nn.Module:
+    """The network under DDP when there are several processes; itself otherwise."""
+    if env.world == 1:
+        return network
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [env.local_rank] if env.device.type == "cuda" else None
+    return DistributedDataParallel(network, device_ids=ids, find_unused_parameters=find_unused)
+
+
+def open_run(config: dict, env: Distributed) -> tuple[Logger, LossGuard]:
+    """Write the resolved config into run_dir (main rank); the run's logger and loss guard."""
+    run_dir = Path(config["run_dir"])
+    if env.main:
+        save_config(config, run_dir)
+    return Logger(run_dir, env.main), LossGuard(env, config["schedule"]["on_nonfinite"])
+
+
+def eval_loader(val_set, config: dict, env: Distributed):
+    """Batches of the val split, in order, this process's share of the global batch size."""
+    return torch.utils.data.DataLoader(val_set, config["optim"]["batch_size"] // env.world, shuffle=False,
+                                       num_workers=config["data"]["num_workers"])
+
+
+def log_eval(logger: Logger, step: int, scores: dict, grid_name: str, grid: np.ndarray | None, line: str) -> None:
+    """Eval scores and image grid to TensorBoard, and one line to the console."""
+    import sys
+
+    from tqdm import tqdm
+
+    logger.scalars(scores, step, "eval/")
+    if grid is not None:
+        logger.image(grid_name, grid, step)
+    tqdm.write(line, file=sys.stderr)
+
+
+def checkpoint_saver(config: dict, env: Distributed, kind: str, model: torch.nn.Module, optimisers: dict,
+                     model_args: dict, others: dict | None = None):
+    """save(step) for fit: on the main rank, refuse non-finite parameters, then write step_<step>.pt atomically
+    and prune to schedule.keep_last."""
+    run_dir, keep = Path(config["run_dir"]), config["schedule"]["keep_last"]
+
+    def save(step: int) -> None:
+        if env.main:
+            check_finite_parameters({kind: model, **(others or {})}, step)
+            state = training_state(model, optimisers, step, config, kind, model_args, others)
+            save_checkpoint(run_dir, step, state, keep)
+
+    return save
 
 
 # ---------------------------------------------------------------- data

@@ -62,16 +62,16 @@ def random_checkpoints(folder: Path) -> tuple[Path, Path]:
     return landmark, renderer
 
 
-def per_reference_step(renderer, refs, faces, sketches, mels, ref_images, ref_sketches):
+def per_reference_step(renderer, refs, faces, sketches, mels):
     """The official formulation: every reference through the whole alignment network, for every frame."""
     from reference_renderer import per_reference_forward
 
     batch = faces.shape[0]
-    return per_reference_forward(renderer, faces, sketches, ref_images.expand(batch, -1, -1, -1, -1),
-                                 ref_sketches.expand(batch, -1, -1, -1, -1), mels)[0]
+    return per_reference_forward(renderer, faces, sketches, refs.images.expand(batch, -1, -1, -1, -1),
+                                 refs.sketches.expand(batch, -1, -1, -1, -1), mels)[0]
 
 
-def pass_through_step(renderer, refs, faces, sketches, mels, ref_images, ref_sketches):
+def pass_through_step(renderer, refs, faces, sketches, mels):
     return faces
 
 
@@ -113,6 +113,9 @@ def demo_speech(seconds: float) -> np.ndarray:
 
 
 def main() -> None:
+    from allocator import keep_freed_memory
+
+    keep_freed_memory()  # as inference.py does on CPU
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=1.0, help="speech length for the speed runs")
     parser.add_argument("--refs", default="3,25", help="comma-separated N values")

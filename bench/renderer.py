@@ -7,7 +7,7 @@ Per-frame forward at batch 1 for N = 3 and 25 references, eval mode, CPU threads
              SPADE gamma/beta recomputed for every reference; plus, as the official forward does, the VGG19
              perceptual and style losses it computes and discards (column 'official').
   ours       Renderer.render with the references encoded once (encode_references) and reused for every frame.
-All columns run after models.allocator.keep_freed_memory(), which load_renderer applies on CPU.
+All columns run after allocator.keep_freed_memory(), which inference.py applies on CPU.
 Multiply-accumulates per frame come from torch.utils.flop_counter (FLOPs / 2). The training step is timed at
 batch 4, N=3, full loss (random VGG19 weights: speed does not depend on them), against bench/README.md's official
 figure (49.0-53.3 s on this kind of machine).
@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference_renderer import per_reference_forward  # noqa: E402
 
 import train_render  # noqa: E402
+from allocator import keep_freed_memory  # noqa: E402
 from losses.perceptual import PerceptualLoss, load_vgg19_features  # noqa: E402
-from models.allocator import keep_freed_memory  # noqa: E402
 from models.discriminator import MultiscaleDiscriminator  # noqa: E402
 from models.renderer import Renderer  # noqa: E402
 
@@ -126,7 +126,7 @@ def main() -> None:
                         help="reference counts for the per-frame rows (none: skip them)")
     parser.add_argument("--skip-training", action="store_true")
     args = parser.parse_args()
-    keep_freed_memory()  # as load_renderer does on CPU; the same for every column
+    keep_freed_memory()  # as inference.py does on CPU; the same for every column
     torch.manual_seed(0)
     model = Renderer().eval()
     perceptual = PerceptualLoss(load_vgg19_features(allow_random=True))

@@ -14,6 +14,7 @@ import numpy as np
 from scipy.signal import lfilter
 
 from data.errors import InputError, one_line
+from data.video import FPS
 
 SAMPLE_RATE = 16000
 N_FFT, HOP, WIN = 800, 200, 800
@@ -22,7 +23,6 @@ PREEMPHASIS = 0.97
 MIN_LEVEL_DB, REF_LEVEL_DB, MAX_ABS = -100.0, 20.0, 4.0
 MEL_PER_SECOND = SAMPLE_RATE / HOP  # 80
 MEL_STEPS = 16  # mel frames in one video frame's window (0.2 s, frames t-2..t+2)
-VIDEO_FPS = 25
 
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -101,12 +101,12 @@ def melspectrogram(wav: np.ndarray) -> np.ndarray:
     return np.clip(normalised, -MAX_ABS, MAX_ABS).astype(np.float32)
 
 
-def window_start(frame: int | np.ndarray, fps: float = VIDEO_FPS) -> np.ndarray:
+def window_start(frame: int | np.ndarray, fps: float = FPS) -> np.ndarray:
     """First mel index of video frame t's window: int(80 * (t - 2) / fps), truncated toward zero as in Wav2Lip."""
     return np.trunc(MEL_PER_SECOND * (np.asarray(frame) - 2) / fps).astype(np.int64)
 
 
-def mel_windows(mel: np.ndarray, frames: int | np.ndarray, fps: float = VIDEO_FPS) -> np.ndarray:
+def mel_windows(mel: np.ndarray, frames: int | np.ndarray, fps: float = FPS) -> np.ndarray:
     """Audio windows of video frames: mel (M, 80) -> (len(frames), 80, 16) float32 (bands x time).
 
     Windows reaching past either end of the mel repeat its first or last frame, so every video frame has one.
@@ -119,6 +119,6 @@ def mel_windows(mel: np.ndarray, frames: int | np.ndarray, fps: float = VIDEO_FP
     return np.ascontiguousarray(windows.transpose(0, 2, 1))
 
 
-def frames_covered(num_samples: int, sample_rate: int = SAMPLE_RATE, fps: float = VIDEO_FPS) -> int:
+def frames_covered(num_samples: int, sample_rate: int = SAMPLE_RATE, fps: float = FPS) -> int:
     """Number of whole video frames that num_samples of audio last."""
     return int(num_samples * fps // sample_rate)

@@ -119,9 +119,10 @@ def _sketches(clip, frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.stack([sketch_tensor(clip.landmarks[t], box_size(clip.boxes[t])) for t in frames]))
 
 
-def _images(faces: np.ndarray) -> torch.Tensor:
-    """(k, 128, 128, 3) uint8 -> (k, 3, 128, 128) float in 0..1."""
-    return torch.from_numpy(faces).permute(0, 3, 1, 2).float().div_(255)
+def image_tensor(images: np.ndarray | list[np.ndarray], device: torch.device | str | None = None) -> torch.Tensor:
+    """RGB uint8 images (k, H, W, 3) (an array or a list) -> (k, 3, H, W) float32 in 0..1, on `device`."""
+    array = np.ascontiguousarray(np.stack(images) if isinstance(images, list) else images)
+    return torch.from_numpy(array).to(device).permute(0, 3, 1, 2).float().div_(255)
 
 
 class RenderFrames(RecordSamples):
@@ -140,9 +141,9 @@ class RenderFrames(RecordSamples):
         target = window[2]
         faces = clip.faces[np.concatenate([[target], refs])]
         return {
-            "face": _images(faces[:1])[0],  # (3, 128, 128)
+            "face": image_tensor(faces[:1])[0],  # (3, 128, 128)
             "sketches": _sketches(clip, window),  # (5, 3, 128, 128)
-            "ref_images": _images(faces[1:]),  # (N, 3, 128, 128)
+            "ref_images": image_tensor(faces[1:]),  # (N, 3, 128, 128)
             "ref_sketches": _sketches(clip, refs),  # (N, 3, 128, 128)
             "mels": torch.from_numpy(mel_windows(clip.mel, [target]))[0][None],  # (1, 80, 16)
         }

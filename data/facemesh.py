@@ -1,11 +1,18 @@
-"""MediaPipe FaceMesh (478 points, refine_landmarks=True): frames -> landmarks in source pixels."""
+"""MediaPipe FaceMesh (478 points, refine_landmarks=True): frames -> landmarks in source pixels; and the one rule
+that turns a video's frames into IP_LAP landmarks, crop boxes and face flags (`track_faces`), which
+preprocessing, dubbing and the landmark-based metrics all use."""
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from data.crop import crop_box, denormalise_from_box, normalise_to_box
+from data.landmarks import NUM_LANDMARKS, from_facemesh
 
 
 @contextlib.contextmanager
@@ -64,3 +71,62 @@ class FaceMesh:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@dataclass
+class FaceTrack:
+    """Per frame of a video: landmarks (T, 131, 2) float32 normalised to the crop box, boxes (T, 4) int32
+    (x0, y0, x1, y1 in source pixels), has_face (T,) bool; frames without a face hold zeros. size is the frames'
+    (width, height). points holds FaceMesh's raw (478, 2) pixel points per frame (None without a face) when
+    track_faces was asked to keep them."""
+
+    landmarks: np.ndarray
+    boxes: np.ndarray
+    has_face: np.ndarray
+    size: tuple[int, int]
+    points: list[np.ndarray | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.has_face)
+
+    def pixels(self) -> np.ndarray:
+        """(T, 131, 2) landmarks in source pixels (zeros where there is no face)."""
+        return np.where(self.has_face[:, None, None], denormalise_from_box(self.landmarks, self.boxes), 0)
+
+
+def find_face(mesh: FaceMesh, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(131 landmarks normalised to their crop box, the box, FaceMesh's 478 pixel points) of the face in an RGB
+    frame; None when FaceMesh finds none or the face lies (almost) outside the frame, so that its crop box would
+    be empty: both count as "no face" everywhere."""
+    points = mesh(frame)
+    if points is None:
+        return None
+    landmarks = from_facemesh(points)
+    try:
+        box = crop_box(landmarks, (frame.shape[1], frame.shape[0]))
+    except ValueError:
+        return None
+    return normalise_to_box(landmarks, box), box, points
+
+
+def track_faces(frames: Iterable[np.ndarray], mesh: FaceMesh, on_frame: Callable | None = None,
+                keep_points: bool = False) -> FaceTrack:
+    """FaceMesh over a video's frames (the mesh is reset first: a new video). on_frame(frame, box or None) is
+    called for every frame, for callers that need the pixels too (preprocessing crops the faces there)."""
+    mesh.reset()
+    landmarks, boxes, found, points, size = [], [], [], [], (0, 0)
+    for frame in frames:
+        size = size if size != (0, 0) else (frame.shape[1], frame.shape[0])
+        face = find_face(mesh, frame)
+        found.append(face is not None)
+        landmarks.append(face[0] if face else np.zeros((NUM_LANDMARKS, 2), np.float32))
+        boxes.append(face[1] if face else np.zeros(4, np.int32))
+        if keep_points:
+            points.append(face[2] if face else None)
+        if on_frame is not None:
+            on_frame(frame, face[1] if face else None)
+    if not found:
+        return FaceTrack(np.zeros((0, NUM_LANDMARKS, 2), np.float32), np.zeros((0, 4), np.int32),
+                         np.zeros(0, bool), size, points)
+    return FaceTrack(np.stack(landmarks).astype(np.float32), np.stack(boxes).astype(np.int32),
+                     np.array(found, dtype=bool), size, points)

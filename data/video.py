@@ -11,7 +11,7 @@ import numpy as np
 
 from data.errors import InputError, one_line
 
-FPS = 25
+FPS = 25  # the frame rate of everything this project reads, trains on and writes (the paper's)
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -106,6 +106,16 @@ class VideoReader:
         while emitted < total:
             yield previous
             emitted += 1
+
+
+def find_videos(root: str | Path) -> list[Path]:
+    """Video files under `root` (any depth, sorted), by extension, case-insensitive; hidden files (such as a
+    writer's partial output) are left out."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "no such folder")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith(".")
+                  and p.is_file())
 
 
 def read_frames(path: str | Path, fps: float = FPS) -> list[np.ndarray]:

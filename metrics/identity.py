@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from data.crop import crop_face
+from data.datasets import image_tensor
 from metrics.weights import ARCFACE_R100
 from models.weights import frozen, load_exactly, read_state, resolve
 
@@ -83,8 +84,7 @@ def load_arcface(path: str | Path | None = None, download: bool = True) -> IResN
 
 def face_batch(frames: list[np.ndarray], boxes: list[np.ndarray]) -> torch.Tensor:
     """(B, 3, 112, 112) float32 in [-1, 1]: each RGB uint8 frame cut by its box and resized to 112x112."""
-    crops = np.stack([crop_face(frame, box, FACE_SIZE) for frame, box in zip(frames, boxes)])
-    return torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5)
+    return image_tensor([crop_face(frame, box, FACE_SIZE) for frame, box in zip(frames, boxes)]).sub_(0.5).div_(0.5)
 
 
 @torch.no_grad()

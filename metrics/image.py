@@ -1,8 +1,8 @@
 """PSNR and SSIM on RGB images in 0..1, as the `piq` implementations define them (ViCo protocol).
 
-psnr: 10 * log10(1 / (MSE + eps)) per image, MSE over all pixels and channels. eps=0 (the default, used for the
-renderer's eval on 128x128 faces) gives +inf for identical images; evaluate.py uses piq's eps=1e-8
-(PSNR_EPS), which caps identical frames at 80 dB so that one copied frame does not make a video's mean infinite,
+psnr: 10 * log10(1 / (MSE + eps)) per image, MSE over all pixels and channels. eps=0 (the default) gives +inf
+for identical images; evaluate.py and the renderer's eval use piq's eps=1e-8 (PSNR_EPS), which caps identical
+frames at 80 dB so that one copied frame does not make a video's mean infinite,
 and moves PSNR by less than 5e-4 dB below 40 dB.
 ssim: Wang et al. (2004) with an 11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03, data range 1,
 computed per channel over the valid region (no padding) and averaged over channels and positions; the Gaussian

@@ -16,16 +16,31 @@ from __future__ import annotations
 import numpy as np
 
 from data.crop import crop_box, normalise_to_box
+from data.facemesh import FaceTrack
 from data.landmarks import LIP_POSITIONS, from_facemesh
+
+
+def lips_in_box(generated: np.ndarray, real: np.ndarray, box: np.ndarray) -> float:
+    """The definition: mean distance of the 40 lip points, (131, 2) landmarks of each frame in source pixels,
+    both expressed in the real face's crop box `box`."""
+    real_lips = normalise_to_box(real[LIP_POSITIONS], box).astype(np.float64)
+    generated_lips = normalise_to_box(generated[LIP_POSITIONS], box).astype(np.float64)
+    return float(np.linalg.norm(generated_lips - real_lips, axis=1).mean())
 
 
 def lip_distance(generated_points: np.ndarray, real_points: np.ndarray, frame_size: tuple[int, int]) -> float:
     """LipLMD of one frame pair from (478, 2) FaceMesh pixel points of each; frame_size is (width, height)."""
     real = from_facemesh(real_points)
-    box = crop_box(real, frame_size)
-    real_lips = normalise_to_box(real[LIP_POSITIONS], box).astype(np.float64)
-    generated_lips = normalise_to_box(from_facemesh(generated_points)[LIP_POSITIONS], box).astype(np.float64)
-    return float(np.linalg.norm(generated_lips - real_lips, axis=1).mean())
+    return lips_in_box(from_facemesh(generated_points), real, crop_box(real, frame_size))
+
+
+def track_lip_distances(generated: FaceTrack, real: FaceTrack) -> np.ndarray:
+    """Per-frame LipLMD (T,) float64 of two face tracks (data/facemesh.py) of equal length, NaN where either frame
+    has no face; the real frame's crop box is the track's (the one crop rule)."""
+    generated_pixels, real_pixels = generated.pixels(), real.pixels()
+    return np.array([lips_in_box(generated_pixels[t], real_pixels[t], real.boxes[t])
+                     if generated.has_face[t] and real.has_face[t] else np.nan for t in range(len(real))],
+                    dtype=np.float64)
 
 
 def lip_distances(generated_points: list[np.ndarray | None], real_points: list[np.ndarray | None],

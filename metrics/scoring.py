@@ -19,15 +19,15 @@ import torch
 from tqdm import tqdm
 
 from data.audio import load_audio
-from data.crop import crop_box
+from data.datasets import image_tensor
 from data.errors import InputError, one_line
-from data.landmarks import from_facemesh
+from data.facemesh import FaceTrack, track_faces
 from data.video import read_frames
 from metrics import weights
 from metrics.fid import fid, load_fid_features
 from metrics.identity import face_batch, identity_similarity, load_arcface
 from metrics.image import PSNR_EPS, psnr, ssim
-from metrics.landmarks import lip_distances
+from metrics.landmarks import track_lip_distances
 from metrics.lpips_alex import load_lpips, lpips_distance
 from metrics.sync import face_crop, face_track, load_syncnet, offset_distances, sync_features, sync_scores
 
@@ -56,7 +56,7 @@ def load_networks(metrics: tuple[str, ...], paths: dict[str, str | Path | None],
     for metric in metrics:
         if metric not in NETWORKS:
             continue
-        weight, loader = NETWORKS[metric]
+        _, loader = NETWORKS[metric]
         try:
             networks.models[metric] = loader(paths.get(metric), download=download).to(device)
         except InputError as error:
@@ -83,16 +83,6 @@ class Scores:
     per_video: list[dict]
     summary: dict[str, float | None]
     reasons: dict[str, str]
-
-
-def _tensor(frames: list[np.ndarray] | np.ndarray) -> torch.Tensor:
-    """RGB uint8 (B, H, W, 3) -> (B, 3, H, W) float32 in 0..1."""
-    return torch.from_numpy(np.ascontiguousarray(np.stack(frames))).permute(0, 3, 1, 2).float().div(255)
-
-
-def _landmarks(mesh, frames: list[np.ndarray]) -> list[np.ndarray | None]:
-    mesh.reset()
-    return [mesh(frame) for frame in frames]
 
 
 def _mean(values: np.ndarray) -> float | None:
@@ -164,6 +154,26 @@ def score_videos(pairs: list[Pair], networks: Networks, metrics: tuple[str, ...]
 @torch.no_grad()
 def _score_pair(pair: Pair, active: tuple[str, ...], networks: Networks, device, batch_size: int, mesh,
                 total: _Accumulator) -> dict:
+    """Every active metric of one pair: its row of per-video values (also added into `total`)."""
+    generated, real, row = _decode_pair(pair, active)
+    if real is not None:
+        row.update(_image_metrics(generated, real, active, networks, device, batch_size, total))
+    real_faces = track_faces(real, mesh) if real is not None and ("lip_lmd" in active or "csim" in active) \
+        else None
+    generated_faces = track_faces(generated, mesh, keep_points=True) \
+        if ("lip_lmd" in active and real is not None) or "sync" in active else None
+    if "lip_lmd" in active and real is not None:
+        row.update(_lip_distance(generated_faces, real_faces, total))
+    if "csim" in active and real is not None:
+        row.update(_identity(networks.models["csim"], generated, real, real_faces, device, batch_size, total))
+    if "sync" in active:
+        row.update(_sync(networks.models["sync"], pair, generated, generated_faces.points, device, batch_size))
+    return row
+
+
+def _decode_pair(pair: Pair, active: tuple[str, ...]) -> tuple[list[np.ndarray], list[np.ndarray] | None, dict]:
+    """Both videos' frames at 25 fps, cut to the shorter, the generated one resized to the real one's size; and
+    the row's first fields."""
     generated = read_frames(pair.generated)
     row: dict = {"name": pair.name, "generated": str(pair.generated),
                  "reference": None if pair.reference is None else str(pair.reference)}
@@ -181,53 +191,50 @@ def _score_pair(pair: Pair, active: tuple[str, ...], networks: Networks, device,
     elif NEEDS_REFERENCE & set(active):
         raise InputError(pair.generated, "no real video to compare with")
     row["frames"] = len(generated)
+    return generated, real, row
 
-    if real is not None:
-        per_frame: dict[str, list[torch.Tensor]] = {m: [] for m in ("psnr", "ssim", "lpips")}
-        for start in range(0, len(real), batch_size):
-            fake_batch = _tensor(generated[start:start + batch_size])
-            real_batch = _tensor(real[start:start + batch_size])
-            if "psnr" in active:
-                per_frame["psnr"].append(psnr(fake_batch, real_batch, PSNR_EPS))
-            if "ssim" in active:
-                per_frame["ssim"].append(ssim(fake_batch, real_batch, downsample=True))
-            if "lpips" in active:
-                per_frame["lpips"].append(lpips_distance(networks.models["lpips"], fake_batch.to(device),
-                                                         real_batch.to(device)).cpu())
-            if "fid" in active:
-                features = networks.models["fid"](torch.cat([real_batch, fake_batch]).to(device)).double().cpu()
-                total.real_features.append(features[: len(real_batch)].numpy())
-                total.generated_features.append(features[len(real_batch):].numpy())
-        for metric, values in per_frame.items():
-            if values:
-                values = torch.cat(values).numpy()
-                row[metric] = float(values.mean())
-                total.add(metric, values)
 
-    need_real_points = real is not None and ("lip_lmd" in active or "csim" in active)
-    real_points = _landmarks(mesh, real) if need_real_points else None
-    generated_points = _landmarks(mesh, generated) if ("lip_lmd" in active and real is not None) or "sync" in active \
-        else None
-    if "lip_lmd" in active and real is not None:
-        size = (real[0].shape[1], real[0].shape[0])
-        distances = lip_distances(generated_points, real_points, size)
-        row["lip_lmd"] = _mean(distances)
-        row["lip_frames"] = int(np.isfinite(distances).sum())
-        total.add("lip_lmd", distances)
-    if "csim" in active and real is not None:
-        row.update(_identity(networks.models["csim"], generated, real, real_points, device, batch_size, total))
-    if "sync" in active:
-        row.update(_sync(networks.models["sync"], pair, generated, generated_points, device, batch_size))
+def _image_metrics(generated, real, active, networks: Networks, device, batch_size: int, total: _Accumulator
+                   ) -> dict:
+    """PSNR, SSIM and LPIPS per frame (their video means), and the FID features of both videos."""
+    row = {}
+    per_frame: dict[str, list[torch.Tensor]] = {m: [] for m in ("psnr", "ssim", "lpips")}
+    for start in range(0, len(real), batch_size):
+        fake_batch = image_tensor(generated[start:start + batch_size])
+        real_batch = image_tensor(real[start:start + batch_size])
+        if "psnr" in active:
+            per_frame["psnr"].append(psnr(fake_batch, real_batch, PSNR_EPS))
+        if "ssim" in active:
+            per_frame["ssim"].append(ssim(fake_batch, real_batch, downsample=True))
+        if "lpips" in active:
+            per_frame["lpips"].append(lpips_distance(networks.models["lpips"], fake_batch.to(device),
+                                                     real_batch.to(device)).cpu())
+        if "fid" in active:
+            features = networks.models["fid"](torch.cat([real_batch, fake_batch]).to(device)).double().cpu()
+            total.real_features.append(features[: len(real_batch)].numpy())
+            total.generated_features.append(features[len(real_batch):].numpy())
+    for metric, values in per_frame.items():
+        if values:
+            values = torch.cat(values).numpy()
+            row[metric] = float(values.mean())
+            total.add(metric, values)
     return row
 
 
-def _identity(network, generated, real, real_points, device, batch_size: int, total: _Accumulator) -> dict:
-    size = (real[0].shape[1], real[0].shape[0])
-    found = [i for i, p in enumerate(real_points) if p is not None]
+def _lip_distance(generated: FaceTrack, real: FaceTrack, total: _Accumulator) -> dict:
+    distances = track_lip_distances(generated, real)
+    total.add("lip_lmd", distances)
+    return {"lip_lmd": _mean(distances), "lip_frames": int(np.isfinite(distances).sum())}
+
+
+def _identity(network, generated, real, real_faces: FaceTrack, device, batch_size: int, total: _Accumulator
+              ) -> dict:
+    """CSIM: ArcFace similarity of the generated and real faces, both cut by the real face's crop box."""
+    found = np.flatnonzero(real_faces.has_face)
     similarities = []
     for start in range(0, len(found), batch_size):
         chosen = found[start:start + batch_size]
-        boxes = [crop_box(from_facemesh(real_points[i]), size) for i in chosen]
+        boxes = [real_faces.boxes[i] for i in chosen]
         fake = face_batch([generated[i] for i in chosen], boxes).to(device)
         true = face_batch([real[i] for i in chosen], boxes).to(device)
         similarities.append(identity_similarity(network, fake, true).cpu())

@@ -7,12 +7,12 @@ CUDA models, keys possibly prefixed 'module.' (DataParallel). This project's fil
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
 
 from data.errors import InputError
-from models.allocator import keep_freed_memory
 from models.landmark_generator import LandmarkGenerator
 from models.layers import sinusoidal_encoding
 from models.renderer import Renderer
@@ -76,10 +76,49 @@ def load_landmark_generator(path: str | Path, device: str | torch.device = "cpu"
 
 # Official renderer tensors whose first 3 input channels (dim 1) or 3 output channels (dim 0) are BGR images:
 # flipped to RGB on load. Sketch channels are left alone (sketches are grey, the same in either order).
-BGR_INPUTS = {"flow_module.conv1.weight": 6, "translation.conv1.weight": 18,
+BGR_INPUTS = {"flow_module.conv1.weight": 6, "translation.conv1.weight": 18,  # official names
               "translation.spade_4.spade_layer_1.conv1.weight": 3, "translation.spade_4.spade_layer_2.conv1.weight": 3}
 BGR_OUTPUTS = ("translation.conv_last.weight",)
 VGG_PREFIX = "perceptual.model.network."
+# Official renderer tensor names (and this project's before it renamed them) -> this project's, applied in order.
+RENDERER_RENAMES = (
+    (r"^flow_module\.", "alignment."),
+    (r"^alignment\.spade_layer_([12])\.", r"alignment.spade_\1."),
+    (r"^alignment\.spade_layer_4\.", "alignment.spade_3."),
+    (r"^alignment\.conv_4\.", "alignment.flow."),
+    (r"^alignment\.conv_5\.", "alignment.weight_head."),
+    (r"^translation\.spade_4\.", "translation.spade_3."),
+    (r"\.(spade|adain)_layer_([12])\.", r".norm_\2."),  # the two normalisation layers inside every block
+)
+
+
+OFFICIAL_RENDERER_NAMES = (  # the inverse of RENDERER_RENAMES: this project's names -> the official ones
+    (r"^alignment\.flow\.", "flow_module.conv_4."),
+    (r"^alignment\.weight_head\.", "flow_module.conv_5."),
+    (r"^alignment\.spade_3\.", "flow_module.spade_layer_4."),
+    (r"^alignment\.spade_([12])\.", r"flow_module.spade_layer_\1."),
+    (r"^alignment\.", "flow_module."),
+    (r"^translation\.spade_3\.", "translation.spade_4."),
+    (r"^(translation\.adain_\d\.)norm_([12])\.", r"\1adain_layer_\2."),
+    (r"\.norm_([12])\.", r".spade_layer_\1."),
+)
+
+
+def official_renderer_name(name: str) -> str:
+    """The official checkpoint's name for one of this renderer's tensors."""
+    for pattern, replacement in OFFICIAL_RENDERER_NAMES:
+        name = re.sub(pattern, replacement, name)
+    return name
+
+
+def renamed_renderer_state(state: dict) -> dict:
+    """A renderer state dict under the official names -> this project's names (names already current are kept)."""
+    renamed = {}
+    for name, tensor in state.items():
+        for pattern, replacement in RENDERER_RENAMES:
+            name = re.sub(pattern, replacement, name)
+        renamed[name] = tensor
+    return renamed
 
 
 def _flip_first_three(weight: torch.Tensor, dim: int) -> torch.Tensor:
@@ -106,7 +145,7 @@ def official_renderer_state(state: dict, path: Path) -> tuple[dict, dict]:
         elif name in BGR_OUTPUTS and tensor.dim() == 4 and tensor.shape[0] == 3:
             tensor = _flip_first_three(tensor, 0)
         renderer[name] = tensor
-    return renderer, vgg
+    return renamed_renderer_state(renderer), vgg
 
 
 def load_renderer(path: str | Path, device: str | torch.device = "cpu") -> Renderer:
@@ -114,8 +153,7 @@ def load_renderer(path: str | Path, device: str | torch.device = "cpu") -> Rende
 
     An official file also carries the VGG19 weights of its perceptual loss (under 'perceptual.'); they are checked
     against VGG19's layout and left out here (`official_vgg19_features` hands them to the perceptual loss).
-    On a CPU device it also applies models.allocator.keep_freed_memory (process-wide), which the renderer's
-    per-frame speed depends on.
+    On CPU, the renderer runs faster after allocator.keep_freed_memory(), which entry points apply.
     """
     path = Path(path)
     checkpoint = read_checkpoint(path, "renderer")
@@ -123,14 +161,25 @@ def load_renderer(path: str | Path, device: str | torch.device = "cpu") -> Rende
     if "model" in checkpoint:
         if checkpoint.get("kind", "renderer") != "renderer":
             raise InputError(path, f"holds a {checkpoint.get('kind')}, not a renderer")
-        load_exactly(model, strip_module_prefix(checkpoint["model"]), path)
+        load_exactly(model, renamed_renderer_state(strip_module_prefix(checkpoint["model"])), path)
     else:
+        _check_official_names(checkpoint["state_dict"], model, path)
         state, vgg = official_renderer_state(checkpoint["state_dict"], path)
         _check_vgg19_features(vgg, path)
         load_exactly(model, state, path)
-    if torch.device(device).type == "cpu":
-        keep_freed_memory()
     return model.to(device).eval()
+
+
+def _check_official_names(state: dict, model: Renderer, path: Path) -> None:
+    """Missing or unexpected tensors of an official file, named as the file names them."""
+    present = {name for name in strip_module_prefix(state) if not name.startswith(VGG_PREFIX)}
+    expected = [official_renderer_name(name) for name in model.state_dict()]
+    missing = [name for name in expected if name not in present]
+    if missing:
+        raise InputError(path, f"tensor '{missing[0]}' is missing ({len(missing)} missing in all)")
+    unexpected = sorted(present - set(expected))
+    if unexpected:
+        raise InputError(path, f"unexpected tensor '{unexpected[0]}' for this network")
 
 
 def _check_vgg19_features(vgg: dict, path: Path) -> None:

@@ -53,8 +53,9 @@ def sinusoidal_encoding(length: int, dim: int) -> torch.Tensor:
 
 
 def _modulate(normalised: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """normalised * (1 + gamma) + beta in one pass (addcmul), where normalised may hold k samples per gamma
-    sample (k references of one frame, stored sample-major), in which case gamma and beta are shared by those k.
+    """Apply a modulation: normalised * (1 + gamma) + beta in one pass (addcmul), where normalised may hold k
+    samples per gamma sample (k references of one frame, stored sample-major), in which case gamma and beta are
+    shared by those k.
     (The official code writes normalised + normalised * gamma + beta: equal up to float rounding.)"""
     if normalised.shape[0] != gamma.shape[0]:
         groups = normalised.shape[0] // gamma.shape[0]
@@ -65,8 +66,7 @@ def _modulate(normalised: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor)
 
 def fused_conv(x: torch.Tensor, convs: list[nn.Conv2d]) -> tuple[torch.Tensor, ...]:
     """Several same-shaped convolutions of one input as a single convolution (their weights stacked), split
-    back per convolution. The same sums in one pass over the input; for the renderer's gamma/beta pairs the
-    generator's forward+backward at batch 4, N=3 was 1-5% faster on CPU (two A/B rounds in one process)."""
+    back per convolution: the same sums in one pass over the input (its effect: bench/README.md)."""
     first = convs[0]
     out = F.conv2d(x, torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]), first.stride,
                    first.padding, first.dilation)
@@ -74,78 +74,77 @@ def fused_conv(x: torch.Tensor, convs: list[nn.Conv2d]) -> tuple[torch.Tensor, .
 
 
 class SPADELayer(nn.Module):
-    """Spatially-adaptive normalisation (Park et al. 2019): InstanceNorm(x) * (1 + gamma) + beta, where gamma and
-    beta are 3x3 convolutions of a 3x3 convolution of the modulation map (no activation in between, as IP_LAP)."""
+    """Spatially-adaptive normalisation, what the SPADE paper (Park et al. 2019) calls SPADE:
+    InstanceNorm(x) * (1 + gamma) + beta, where the modulation (gamma, beta) is two 3x3 convolutions of a 3x3
+    convolution of the condition map (no activation in between, as IP_LAP)."""
 
-    def __init__(self, channels: int, modulation_channels: int, hidden: int = 256):
+    def __init__(self, channels: int, condition_channels: int, hidden: int = 256):
         super().__init__()
-        self.conv1 = nn.Conv2d(modulation_channels, hidden, 3, 1, 1)
+        self.conv1 = nn.Conv2d(condition_channels, hidden, 3, 1, 1)
         self.gamma = nn.Conv2d(hidden, channels, 3, 1, 1)
         self.beta = nn.Conv2d(hidden, channels, 3, 1, 1)
 
-    def modulation(self, modulation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(gamma, beta) for a modulation map; depends on nothing else, so it can be computed once and shared."""
-        return self.gamma_beta(self.conv1(modulation))
+    def modulation_of(self, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The modulation (gamma, beta) for a condition map; depends on nothing else, so it can be computed once
+        and shared."""
+        return fused_conv(self.conv1(condition), [self.gamma, self.beta])
 
-    def gamma_beta(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return fused_conv(hidden, [self.gamma, self.beta])
-
-    def forward(self, x: torch.Tensor, modulation: torch.Tensor | None = None,
-                gamma_beta: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        gamma, beta = gamma_beta if gamma_beta is not None else self.modulation(modulation)
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None,
+                modulation: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        gamma, beta = modulation if modulation is not None else self.modulation_of(condition)
         return _modulate(F.instance_norm(x, eps=1e-5), gamma, beta)
 
 
 class AdaINLayer(nn.Module):
-    """Adaptive instance normalisation: InstanceNorm(x) * (1 + gamma) + beta, gamma and beta from a vector
-    through Linear -> ReLU -> Linear (one head each)."""
+    """Adaptive instance normalisation: InstanceNorm(x) * (1 + gamma) + beta, the modulation (gamma, beta) from
+    a condition vector through Linear -> ReLU -> Linear (one head each)."""
 
-    def __init__(self, channels: int, modulation_features: int, hidden: int = 128):
+    def __init__(self, channels: int, condition_features: int, hidden: int = 128):
         super().__init__()
-        self.mlp_shared = nn.Sequential(nn.Linear(modulation_features, hidden), nn.ReLU())
+        self.mlp_shared = nn.Sequential(nn.Linear(condition_features, hidden), nn.ReLU())
         self.mlp_gamma = nn.Linear(hidden, channels)
         self.mlp_beta = nn.Linear(hidden, channels)
 
-    def forward(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
-        hidden = self.mlp_shared(modulation.flatten(1))
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        hidden = self.mlp_shared(condition.flatten(1))
         gamma = self.mlp_gamma(hidden)[:, :, None, None]
         beta = self.mlp_beta(hidden)[:, :, None, None]
         return _modulate(F.instance_norm(x, eps=1e-5), gamma, beta)
 
 
-class SPADE(nn.Module):
+class SPADEBlock(nn.Module):
     """Residual-free SPADE block: [SPADE layer, LeakyReLU(0.2), conv3x3] twice."""
 
-    def __init__(self, channels: int, modulation_channels: int, hidden: int = 256):
+    def __init__(self, channels: int, condition_channels: int, hidden: int = 256):
         super().__init__()
-        self.spade_layer_1 = SPADELayer(channels, modulation_channels, hidden)
-        self.spade_layer_2 = SPADELayer(channels, modulation_channels, hidden)
+        self.norm_1 = SPADELayer(channels, condition_channels, hidden)
+        self.norm_2 = SPADELayer(channels, condition_channels, hidden)
         self.conv_1 = nn.Conv2d(channels, channels, 3, 1, 1)
         self.conv_2 = nn.Conv2d(channels, channels, 3, 1, 1)
         self.act = nn.LeakyReLU(0.2)
 
-    def modulation(self, modulation: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Both layers' (gamma, beta) for a modulation map."""
-        return [self.spade_layer_1.modulation(modulation), self.spade_layer_2.modulation(modulation)]
+    def modulation_of(self, condition: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Both layers' modulation (gamma, beta) for a condition map."""
+        return [self.norm_1.modulation_of(condition), self.norm_2.modulation_of(condition)]
 
-    def forward(self, x: torch.Tensor, modulation: torch.Tensor | None = None,
-                gamma_beta: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
-        gamma_beta = gamma_beta if gamma_beta is not None else self.modulation(modulation)
-        x = self.conv_1(self.act(self.spade_layer_1(x, gamma_beta=gamma_beta[0])))
-        return self.conv_2(self.act(self.spade_layer_2(x, gamma_beta=gamma_beta[1])))
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None,
+                modulation: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        modulation = modulation if modulation is not None else self.modulation_of(condition)
+        x = self.conv_1(self.act(self.norm_1(x, modulation=modulation[0])))
+        return self.conv_2(self.act(self.norm_2(x, modulation=modulation[1])))
 
 
-class AdaIN(nn.Module):
+class AdaINBlock(nn.Module):
     """AdaIN block: [AdaIN layer, LeakyReLU(0.2), conv3x3] twice."""
 
-    def __init__(self, channels: int, modulation_features: int):
+    def __init__(self, channels: int, condition_features: int):
         super().__init__()
-        self.adain_layer_1 = AdaINLayer(channels, modulation_features)
-        self.adain_layer_2 = AdaINLayer(channels, modulation_features)
+        self.norm_1 = AdaINLayer(channels, condition_features)
+        self.norm_2 = AdaINLayer(channels, condition_features)
         self.conv_1 = nn.Conv2d(channels, channels, 3, 1, 1)
         self.conv_2 = nn.Conv2d(channels, channels, 3, 1, 1)
         self.act = nn.LeakyReLU(0.2)
 
-    def forward(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
-        x = self.conv_1(self.act(self.adain_layer_1(x, modulation)))
-        return self.conv_2(self.act(self.adain_layer_2(x, modulation)))
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        x = self.conv_1(self.act(self.norm_1(x, condition)))
+        return self.conv_2(self.act(self.norm_2(x, condition)))

@@ -18,31 +18,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import SPADE, AdaIN, audio_encoder
+from models.layers import AdaINBlock, SPADEBlock, audio_encoder
 
-FACE_SIZE = 128
 CPU_ROWS_PER_CHUNK = 3  # see reference_chunk
 
 
 @dataclass
 class References:
-    """Encoded references: images (B, N, 3, H, W), h1 (B, N, 32, H, W), h2 (B, N, 256, H/2, W/2).
-    B may be 1 and then serves every frame of a batch."""
+    """Encoded references: images (B, N, 3, H, W), h1 (B, N, 32, H, W), h2 (B, N, 256, H/2, W/2), and the
+    sketches (B, N, 3, H, W) they were encoded with. B may be 1 and then serves every frame of a batch."""
 
     images: torch.Tensor
     h1: torch.Tensor
     h2: torch.Tensor
+    sketches: torch.Tensor
+
+    def _tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.images, self.h1, self.h2, self.sketches
 
     def for_batch(self, batch: int) -> References:
         if self.images.shape[0] == batch:
             return self
         if self.images.shape[0] != 1:
             raise ValueError(f"references for {self.images.shape[0]} samples cannot serve a batch of {batch}")
-        return References(*(t.expand(batch, *t.shape[1:]) for t in (self.images, self.h1, self.h2)))
+        return References(*(t.expand(batch, *t.shape[1:]) for t in self._tensors()))
 
     def chunk(self, start: int, stop: int) -> References:
         """References start..stop-1 of every sample."""
-        return References(self.images[:, start:stop], self.h1[:, start:stop], self.h2[:, start:stop])
+        return References(*(t[:, start:stop] for t in self._tensors()))
 
 
 def flow_to_grid(flow: torch.Tensor) -> torch.Tensor:
@@ -76,19 +79,19 @@ class Alignment(nn.Module):
         self.conv1_bn = nn.BatchNorm2d(32)
         self.conv2 = nn.Conv2d(32, 256, 3, 2, 1)
         self.conv2_bn = nn.BatchNorm2d(256)
-        self.spade_layer_1 = SPADE(256, 15, hidden)
-        self.spade_layer_2 = SPADE(256, 15, hidden)
+        self.spade_1 = SPADEBlock(256, 15, hidden)
+        self.spade_2 = SPADEBlock(256, 15, hidden)
         self.pixel_shuffle = nn.PixelShuffle(2)
-        self.spade_layer_4 = SPADE(64, 15, hidden)
-        self.conv_4 = nn.Conv2d(64, 2, 7, 1, 3)  # motion field, in pixels
-        self.conv_5 = nn.Sequential(nn.Conv2d(64, 32, 7, 1, 3), nn.ReLU(), nn.Conv2d(32, 1, 7, 1, 3), nn.Sigmoid())
+        self.spade_3 = SPADEBlock(64, 15, hidden)
+        self.flow = nn.Conv2d(64, 2, 7, 1, 3)  # motion field, in pixels
+        self.weight_head = nn.Sequential(nn.Conv2d(64, 32, 7, 1, 3), nn.ReLU(), nn.Conv2d(32, 1, 7, 1, 3), nn.Sigmoid())
 
     def encode_references(self, images: torch.Tensor, sketches: torch.Tensor) -> References:
         """(B, N, 3, H, W) images and sketches -> References. BatchNorm runs over all B*N references at once."""
         batch, count = images.shape[:2]
         h1 = F.relu(self.conv1_bn(self.conv1(torch.cat([images, sketches], dim=2).flatten(0, 1))))
         h2 = F.relu(self.conv2_bn(self.conv2(h1)))
-        return References(images, h1.unflatten(0, (batch, count)), h2.unflatten(0, (batch, count)))
+        return References(images, h1.unflatten(0, (batch, count)), h2.unflatten(0, (batch, count)), sketches)
 
     def forward(self, refs: References, target_sketches: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -99,8 +102,8 @@ class Alignment(nn.Module):
         driving = target_sketches.flatten(1, 2)  # (B, 15, H, W)
         small = F.interpolate(driving, size=refs.h2.shape[-2:], mode="nearest")
         # Shared by the N references of each frame: computed once per frame.
-        modulation = (self.spade_layer_1.modulation(small), self.spade_layer_2.modulation(small),
-                      self.spade_layer_4.modulation(driving))
+        modulation = (self.spade_1.modulation_of(small), self.spade_2.modulation_of(small),
+                      self.spade_3.modulation_of(driving))
         step = reference_chunk(batch, count, target_sketches.device)
         sums = None
         for start in range(0, count, step):
@@ -114,11 +117,11 @@ class Alignment(nn.Module):
     def _weighted(self, refs: References, modulation) -> tuple[torch.Tensor, ...]:
         """For a chunk of n references: sum_i w_i x_i for h1, h2 and the image, and sum_i w_i (all (B, C, h, w))."""
         batch, count = refs.h1.shape[:2]
-        x = self.spade_layer_1(refs.h2.flatten(0, 1), gamma_beta=modulation[0])
-        x = self.spade_layer_2(x, gamma_beta=modulation[1])
-        x = self.spade_layer_4(self.pixel_shuffle(x), gamma_beta=modulation[2])
-        grid = flow_to_grid(self.conv_4(x))  # (B*n, H, W, 2)
-        weight = self.conv_5(x)  # (B*n, 1, H, W)
+        x = self.spade_1(refs.h2.flatten(0, 1), modulation=modulation[0])
+        x = self.spade_2(x, modulation=modulation[1])
+        x = self.spade_3(self.pixel_shuffle(x), modulation=modulation[2])
+        grid = flow_to_grid(self.flow(x))  # (B*n, H, W, 2)
+        weight = self.weight_head(x)  # (B*n, 1, H, W)
         small_weight = F.interpolate(weight, size=refs.h2.shape[-2:], mode="nearest")
         terms = (warp(refs.h1.flatten(0, 1), grid) * weight, warp(refs.h2.flatten(0, 1), grid) * small_weight,
                  warp(refs.images.flatten(0, 1), grid) * weight, weight)
@@ -129,8 +132,8 @@ def reference_chunk(batch: int, count: int, device: torch.device) -> int:
     """References per alignment pass. On CPU, at most CPU_ROWS_PER_CHUNK (frame, reference) pairs at a time:
     every per-reference tensor is then a few MB, which glibc serves from its heap instead of fresh zeroed pages
     (a 25-reference pass allocates 100 MB tensors, and page faults cost more than the arithmetic beside the
-    convolutions) and which stays in cache between layers. Measured: the alignment module at 25 references,
-    9.0 s in one pass, 6.7 s in chunks of 3. Elsewhere (CUDA's caching allocator) all references go in one pass."""
+    convolutions) and which stays in cache between layers (timings: bench/README.md). Elsewhere (CUDA's caching
+    allocator) all references go in one pass."""
     if device.type != "cpu":
         return count
     return max(1, min(count, CPU_ROWS_PER_CHUNK // batch))
@@ -147,12 +150,12 @@ class Translation(nn.Module):
         self.conv1_bn = nn.BatchNorm2d(32)
         self.conv2 = nn.Conv2d(32, 256, 3, 2, 1, bias=False)
         self.conv2_bn = nn.BatchNorm2d(256)
-        self.spade_1 = SPADE(256, 256)
-        self.adain_1 = AdaIN(256, 512)
+        self.spade_1 = SPADEBlock(256, 256)
+        self.adain_1 = AdaINBlock(256, 512)
         self.pixel_shuffle = nn.PixelShuffle(2)
-        self.spade_2 = SPADE(64, 32)
-        self.adain_2 = AdaIN(64, 512)
-        self.spade_4 = SPADE(64, 3)
+        self.spade_2 = SPADEBlock(64, 32)
+        self.adain_2 = AdaINBlock(64, 512)
+        self.spade_3 = SPADEBlock(64, 3)
         self.conv_last = nn.Conv2d(64, 3, 7, 1, 3, bias=False)
 
     def forward(self, masked_and_sketches: torch.Tensor, warped_image: torch.Tensor, warped_h1: torch.Tensor,
@@ -162,7 +165,7 @@ class Translation(nn.Module):
         audio = self.audio_encoder(mels).flatten(1)  # (B, 512)
         x = self.adain_1(self.spade_1(x, warped_h2), audio)
         x = self.adain_2(self.spade_2(self.pixel_shuffle(x), warped_h1), audio)
-        x = self.spade_4(x, warped_image)
+        x = self.spade_3(x, warped_image)
         return torch.sigmoid(self.conv_last(F.leaky_relu(x, 0.01)))  # slope 0.01 here, as the official
 
 
@@ -182,15 +185,15 @@ class Renderer(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.flow_module = Alignment()
+        self.alignment = Alignment()
         self.translation = Translation()
 
     def encode_references(self, ref_images: torch.Tensor, ref_sketches: torch.Tensor) -> References:
-        return self.flow_module.encode_references(ref_images, ref_sketches)
+        return self.alignment.encode_references(ref_images, ref_sketches)
 
     def render(self, face: torch.Tensor, target_sketches: torch.Tensor, refs: References, mels: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        warped_h1, warped_h2, warped_image = self.flow_module(refs, target_sketches)
+        warped_h1, warped_h2, warped_image = self.alignment(refs, target_sketches)
         inputs = torch.cat([mask_lower_half(face), target_sketches.flatten(1, 2)], dim=1)  # (B, 18, H, W)
         return self.translation(inputs, warped_image, warped_h1, warped_h2, mels), warped_image
 
@@ -200,5 +203,5 @@ class Renderer(nn.Module):
         """warp_only: run the alignment module alone and return (None, warped) (the warm-up epochs need no more)."""
         refs = self.encode_references(ref_images, ref_sketches)
         if warp_only:
-            return None, self.flow_module(refs, target_sketches)[2]
+            return None, self.alignment(refs, target_sketches)[2]
         return self.render(face, target_sketches, refs, mels)

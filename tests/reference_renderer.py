@@ -11,7 +11,7 @@ from models.renderer import Renderer, flow_to_grid, mask_lower_half
 def per_reference_forward(model: Renderer, face, target_sketches, ref_images, ref_sketches, mels):
     """The alignment network run once per reference, SPADE gamma/beta recomputed every time, the weighted sums
     accumulated reference by reference; then the translation module. Returns (generated, warped image)."""
-    flow = model.flow_module
+    flow = model.alignment
     driving = target_sketches.flatten(1, 2)
     small = F.interpolate(driving, size=(64, 64), mode="nearest")
     sums, denominator = [0.0, 0.0, 0.0], 0.0
@@ -19,9 +19,9 @@ def per_reference_forward(model: Renderer, face, target_sketches, ref_images, re
         image = ref_images[:, i]
         h1 = F.relu(flow.conv1_bn(flow.conv1(torch.cat([image, ref_sketches[:, i]], dim=1))))
         h2 = F.relu(flow.conv2_bn(flow.conv2(h1)))
-        x = flow.spade_layer_2(flow.spade_layer_1(h2, small), small)
-        x = flow.spade_layer_4(flow.pixel_shuffle(x), driving)
-        grid, weight = flow_to_grid(flow.conv_4(x)), flow.conv_5(x)
+        x = flow.spade_2(flow.spade_1(h2, small), small)
+        x = flow.spade_3(flow.pixel_shuffle(x), driving)
+        grid, weight = flow_to_grid(flow.flow(x)), flow.weight_head(x)
         small_grid = F.interpolate(grid.permute(0, 3, 1, 2), size=(64, 64), mode="bilinear").permute(0, 2, 3, 1)
         warped = [F.grid_sample(v, g, align_corners=False) for v, g in ((h1, grid), (h2, small_grid), (image, grid))]
         weights = [weight, F.interpolate(weight, size=(64, 64), mode="nearest"), weight]

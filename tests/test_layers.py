@@ -2,7 +2,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import SPADE, AdaINLayer, SPADELayer, fused_conv
+from models.layers import AdaINLayer, SPADEBlock, SPADELayer, fused_conv
 
 
 def _slow_instance_norm(x):
@@ -34,22 +34,22 @@ def test_fused_convolutions_equal_separate_ones_with_gradients():
 def test_spade_layer_against_its_formula():
     torch.manual_seed(0)
     layer = SPADELayer(6, 4, hidden=16)
-    x, modulation = torch.randn(2, 6, 10, 10) * 3 + 1, torch.rand(2, 4, 10, 10)
-    hidden = F.conv2d(modulation, layer.conv1.weight, layer.conv1.bias, padding=1)
+    x, condition = torch.randn(2, 6, 10, 10) * 3 + 1, torch.rand(2, 4, 10, 10)
+    hidden = F.conv2d(condition, layer.conv1.weight, layer.conv1.bias, padding=1)
     gamma = F.conv2d(hidden, layer.gamma.weight, layer.gamma.bias, padding=1)
     beta = F.conv2d(hidden, layer.beta.weight, layer.beta.bias, padding=1)
     expected = _slow_instance_norm(x) * (1 + gamma) + beta
-    torch.testing.assert_close(layer(x, modulation), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(layer(x, condition), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_shared_modulation_serves_every_reference_of_a_frame():
     """x holds k references per frame (sample-major); gamma/beta of one frame modulate all k."""
     torch.manual_seed(0)
-    block = SPADE(6, 4, hidden=16)
+    block = SPADEBlock(6, 4, hidden=16)
     frames, refs = 2, 3
-    x, modulation = torch.randn(frames * refs, 6, 10, 10), torch.rand(frames, 4, 10, 10)
-    shared = block(x, gamma_beta=block.modulation(modulation))
-    repeated = block(x, modulation.repeat_interleave(refs, dim=0))
+    x, condition = torch.randn(frames * refs, 6, 10, 10), torch.rand(frames, 4, 10, 10)
+    shared = block(x, modulation=block.modulation_of(condition))
+    repeated = block(x, condition.repeat_interleave(refs, dim=0))
     torch.testing.assert_close(shared, repeated, rtol=1e-5, atol=1e-6)
 
 

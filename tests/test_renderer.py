@@ -5,12 +5,13 @@ import torch
 import torch.nn.functional as F
 from reference_renderer import per_reference_forward
 
+from allocator import keep_freed_memory
 from conftest import official_tensors
 from data.errors import InputError
 from losses.gan import feature_matching_loss, lsgan_loss
 from losses.perceptual import PerceptualLoss, gram, load_vgg19_features
 from models import Renderer, load_renderer
-from models.allocator import keep_freed_memory
+from models.checkpoints import official_renderer_name, renamed_renderer_state
 from models.discriminator import MultiscaleDiscriminator
 from models.renderer import flow_to_grid, reference_chunk
 
@@ -94,9 +95,25 @@ def test_zero_flow_is_the_identity_grid():
 
 
 def _official_file(state, path, prefix="module."):
-    torch.save({"state_dict": {prefix + k: v for k, v in state.items()}, "optimizer": None, "global_step": 0,
-                "global_epoch": 0}, path)
+    """`state` saved as the official release saves a renderer (official tensor names, under 'module.')."""
+    torch.save({"state_dict": {prefix + official_renderer_name(k): v for k, v in state.items()}, "optimizer": None,
+                "global_step": 0, "global_epoch": 0}, path)
     return path
+
+
+def test_official_names_round_trip_through_the_rename_table():
+    official = [e["name"] for e in official_tensors("renderer") if not e["name"].startswith("perceptual.")]
+    ours = renamed_renderer_state(dict.fromkeys(official))
+    assert sorted(ours) == sorted(Renderer().state_dict())  # every official tensor has a place here
+    assert [official_renderer_name(name) for name in ours] == official
+
+
+def test_a_checkpoint_with_the_old_submodule_names_still_loads(renderer, tmp_path):
+    old = {official_renderer_name(k): v for k, v in renderer.state_dict().items()}
+    torch.save({"kind": "renderer", "model": old, "model_args": {}}, tmp_path / "old.pt")
+    loaded = load_renderer(tmp_path / "old.pt")
+    for name, tensor in renderer.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
 
 
 def test_schema_state_loads_completely_vgg_is_routed(tmp_path):

@@ -6,6 +6,7 @@ import torch
 
 import train_landmark
 import training
+from config import load_config
 from conftest import REPO
 from data.errors import InputError
 
@@ -18,22 +19,22 @@ def _overrides(records, run_dir, steps, *extra):
 
 
 def test_config_overrides_and_unknown_keys(tmp_path):
-    config = training.load_config(REPO / "configs" / "landmark.yaml", ["optim.lr=5e-5", "data.val_list=null",
+    config = load_config(REPO / "configs" / "landmark.yaml", ["optim.lr=5e-5", "data.val_list=null",
                                                                        "schedule.max_steps=10"])
     assert config["optim"]["lr"] == 5e-5 and config["data"]["val_list"] is None
     assert config["schedule"]["max_steps"] == 10 and config["model"]["d_model"] == 512
     with pytest.raises(InputError, match="unknown config key 'optim.learning_rate'"):
-        training.load_config(REPO / "configs" / "landmark.yaml", ["optim.learning_rate=1"])
+        load_config(REPO / "configs" / "landmark.yaml", ["optim.learning_rate=1"])
     with pytest.raises(InputError, match="no such config file"):
-        training.load_config(tmp_path / "none.yaml")
+        load_config(tmp_path / "none.yaml")
 
 
 def test_a_repository_config_is_found_from_another_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert training.load_config("configs/landmark.yaml")["model"]["d_model"] == 512
+    assert load_config("configs/landmark.yaml")["model"]["d_model"] == 512
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "landmark.yaml").write_text("model: {d_model: 8}\n")  # the working directory's wins
-    assert training.load_config("configs/landmark.yaml")["model"]["d_model"] == 8
+    assert load_config("configs/landmark.yaml")["model"]["d_model"] == 8
 
 
 def test_epoch_sampler_shards_are_disjoint_and_resumable():
@@ -71,7 +72,7 @@ def test_eval_runs_and_logs(records, tmp_path, capsys):
     assert code == 0
     assert "step 2: eval L1" in capsys.readouterr().err
     assert list((tmp_path / "run").glob("events.out.tfevents.*"))
-    config_dict = training.load_config(config, [f"data.val_list={records}"])
+    config_dict = load_config(config, [f"data.val_list={records}"])
     assert len(training.record_list(config_dict["data"], "val")) == 2  # a folder of records works too
 
 

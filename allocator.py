@@ -1,4 +1,8 @@
-"""glibc allocator setting for CPU inference with the renderer."""
+"""A process-wide glibc allocator setting that the renderer's CPU speed depends on.
+
+Not a model's business: the entry points that run the renderer on CPU apply it (inference.py, evaluate.py's
+generation mode, bench/). Its measured effect is in bench/README.md.
+"""
 from __future__ import annotations
 
 import ctypes
@@ -11,10 +15,9 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
     top, instead of mapping fresh pages for large tensors and handing them back on free.
 
     The renderer's CPU pass allocates and frees 12 MB tensors for every layer of every chunk of references; with
-    glibc's adaptive defaults some of them land on fresh pages, whose zero-fill faults cost about 0.5 ms per MB
-    on the 2-core machine, more than the elementwise work on them. bench/renderer.py, N=25, after the N=3 rows:
-    8.43 s per frame by default, 7.34 s with this setting (one run each). Process-wide, as LD_PRELOAD-ing
-    jemalloc would be; returns False where there is no glibc or it refuses the values.
+    glibc's adaptive defaults some of them land on fresh pages, whose zero-fill faults cost more than the
+    elementwise work on them. Process-wide, as LD_PRELOAD-ing jemalloc would be; returns False where there is no
+    glibc or it refuses the values.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -1,0 +1,120 @@
+"""Settings for every script: YAML files with dotted `key=value` overrides, the device, mixed precision.
+
+Every default lives in a YAML file under configs/; the scripts read it through `load_config`, which refuses keys
+the file does not have, so a typo on the command line is an error rather than a silently ignored setting.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+import yaml
+
+from data.errors import InputError
+
+REPO = Path(__file__).resolve().parent
+CONFIGS = REPO / "configs"
+
+
+def config_path(path: str | Path) -> Path:
+    """`path` as given when it exists or is absolute; else the same relative path inside this repository (so
+    `configs/x.yaml` works from any folder)."""
+    path = Path(path).expanduser()
+    if path.is_absolute() or path.is_file():
+        return path
+    packaged = REPO / path
+    return packaged if packaged.is_file() else path
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping from a file (see `config_path`), with one-line errors."""
+    path = config_path(path)
+    if not path.is_file():
+        raise InputError(path, "no such config file")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise InputError(path, f"not valid YAML ({' '.join(str(error).split())})") from None
+    if not isinstance(config, dict):
+        raise InputError(path, "a config file holds a mapping of keys to values")
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), base: str | Path | None = None
+                ) -> dict:
+    """The YAML file at `path` with `dotted.key=value` overrides applied; an override of a key the file does not
+    have is a one-line InputError. With `base` (the repository's file for this script), `path` may hold only
+    some keys: it is laid over `base`, and a key that `base` does not have is refused."""
+    config = read_yaml(path)
+    if base is not None and config_path(base).resolve() != config_path(path).resolve():
+        defaults = read_yaml(base)
+        check_keys(config, defaults, config_path(path))
+        config = _merged(defaults, config)
+    path = config_path(path)
+    for item in overrides:
+        if "=" not in item:
+            raise InputError(item, "overrides take the form dotted.key=value")
+        key, text = item.split("=", 1)
+        node, parts = config, key.split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                raise InputError(path, f"unknown config key '{'.'.join(parts[:depth + 1])}' (from '{item}')")
+            if depth < len(parts) - 1:
+                node = node[part]
+        node[parts[-1]] = parse_value(text)
+    return config
+
+
+def check_keys(config: dict, defaults: dict, path: str | Path, prefix: str = "") -> None:
+    """Every key of `config` must be one of `defaults` (the repository's file), at every depth."""
+    for key, value in config.items():
+        if key not in defaults:
+            raise InputError(path, f"unknown config key '{prefix}{key}' (known: {', '.join(defaults)})")
+        if isinstance(value, dict) and isinstance(defaults[key], dict):
+            check_keys(value, defaults[key], path, f"{prefix}{key}.")
+
+
+def _merged(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base[key], dict) else value
+    return merged
+
+
+def parse_value(text: str):
+    """A command-line value as YAML would read it, plus numbers YAML 1.1 leaves as strings (5e-5)."""
+    value = yaml.safe_load(text) if text else None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """'auto' (or nothing): CUDA when present, else the CPU; otherwise the named device ('cpu', 'cuda', 'cuda:1'),
+    with a one-line error for CUDA on a machine without it."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"device={name}", "not a device (cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={name}", "CUDA was asked for but torch sees no GPU")
+    return device
+
+
+def autocast(device: torch.device, bf16: bool | str):
+    """The mixed-precision context for a config's `bf16` setting: true, bf16 on CUDA (float32 elsewhere);
+    'always', bf16 on the CPU too (slow on most CPUs: it exists to run the mixed-precision path anywhere);
+    false, float32 everywhere."""
+    if bf16 not in (True, False, "always"):
+        raise InputError(f"bf16={bf16}", "bf16 takes true (on CUDA), always (on CPU too) or false")
+    if device.type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and bf16 == "always":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
