@@ -14,6 +14,7 @@ nearest face frame, so their neighbours still render.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -27,10 +28,10 @@ from tqdm import tqdm
 
 from config import autocast, load_config, pick_device
 from data.audio import MEL_STEPS, SAMPLE_RATE, frames_covered, load_audio, mel_windows, melspectrogram
-from data.crop import box_size, crop_face, denormalise_from_box
+from data.crop import box_size, crop_face, denormalise_from_box, normalise_to_box, smooth_boxes
 from data.datasets import image_tensor
 from data.errors import InputError
-from data.facemesh import track_faces
+from data.facemesh import FaceTrack, track_faces
 from data.landmarks import (
     JAW_POSITIONS,
     OUTLINE_POSITIONS,
@@ -46,6 +47,8 @@ from models.landmark_generator import LandmarkGenerator
 from models.renderer import References, Renderer
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "inference.yaml"
+TEMPLATE_CACHE_ENV = "IPLAP_TEMPLATES"  # where prepared templates are cached when the config does not say
+SMOOTH_BOXES = 5  # the config's default (configs/inference.yaml, smooth_boxes)
 WINDOW = 5  # frames t-2..t+2 per landmark-generator call
 MIN_AUDIO_SECONDS = MEL_STEPS / 80  # one audio window, 0.2 s
 
@@ -97,20 +100,105 @@ def nearest_face(has_face: np.ndarray) -> np.ndarray:
     return np.where(np.abs(index - left) <= np.abs(right - index), left, right)
 
 
-def analyse_template(path: str | Path, detect_every_frame: bool = False, progress: bool = True) -> Template:
-    """Pass 1: FaceMesh once per 25 fps frame of a video or image."""
-    from data.facemesh import FaceMesh
-
+def analyse_template(path: str | Path, detect_every_frame: bool = False, progress: bool = True,
+                     smooth: int = SMOOTH_BOXES, cache_dir: str | Path | None = None) -> Template:
+    """Pass 1: FaceMesh once per 25 fps frame of a video or image (or, with `cache_dir`, the result of an earlier
+    pass over the same file with the same settings); then no-face frames filled from their nearest face frame and
+    the crop boxes smoothed over `smooth` frames (data/crop.smooth_boxes; landmarks follow their box)."""
     path = Path(path)
-    with VideoReader(path) as reader, FaceMesh(video=not detect_every_frame) as mesh:
-        track = track_faces(tqdm(reader, desc="face landmarks", unit="frame", disable=not progress, leave=False),
-                            mesh)
+    entry = cache_entry(path, detect_every_frame, cache_dir) if cache_dir is not None else None
+    track = read_cached_track(*entry) if entry is not None else None
+    if track is None:
+        from data.facemesh import FaceMesh
+
+        with VideoReader(path) as reader, FaceMesh(video=not detect_every_frame) as mesh:
+            frames = tqdm(reader, desc="face landmarks", unit="frame", disable=not progress, leave=False)
+            track = track_faces(frames, mesh)
+        if entry is not None:
+            write_cached_track(*entry, track)
     if not track.has_face.any():
         raise InputError(path, f"no face found in any of its {len(track)} frames")
     nearest = nearest_face(track.has_face)
     landmarks, boxes = track.landmarks[nearest], track.boxes[nearest]
     pixels = denormalise_from_box(landmarks, boxes)
+    if smooth > 1:
+        boxes = smooth_boxes(boxes, track.has_face, smooth, track.size)
+        landmarks = normalise_to_box(pixels, boxes)
     return Template(path, track.size, landmarks, boxes, track.has_face, lip_openness(pixels))
+
+
+# ---------------------------------------------------------------- prepared templates (the pass-1 cache)
+CACHE_FORMAT = 1  # raise when what the cache holds, or how FaceMesh is run, changes
+
+
+def cache_folder(config: dict) -> Path | None:
+    """Where prepared templates are kept: the config's cache.dir, else $IPLAP_TEMPLATES, else the per-user cache;
+    None when the cache is off."""
+    if not config["cache"]["enabled"]:
+        return None
+    if config["cache"]["dir"]:
+        return Path(config["cache"]["dir"]).expanduser()
+    if os.environ.get(TEMPLATE_CACHE_ENV):
+        return Path(os.environ[TEMPLATE_CACHE_ENV]).expanduser()
+    from data.samples import user_cache
+
+    return user_cache("templates")
+
+
+def cache_entry(path: Path, detect_every_frame: bool, cache_dir: str | Path) -> tuple[Path, dict]:
+    """The entry's file, named by the template's content and the settings that change pass 1, and the facts that
+    must still hold when it is read (the file's size and modification time: a touched file is analysed again)."""
+    import hashlib
+
+    from data.samples import sha256
+
+    stat = path.stat()
+    settings = f"format={CACHE_FORMAT};detect_every_frame={bool(detect_every_frame)};mediapipe={_mediapipe()}"
+    key = hashlib.sha256(f"{sha256(path)};{settings}".encode()).hexdigest()[:32]
+    return Path(cache_dir) / f"{key}.npz", {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _mediapipe() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("mediapipe")
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+def read_cached_track(entry: Path, facts: dict) -> FaceTrack | None:
+    """The pass-1 result in a cache entry (`cache_entry`); None when there is none, it is stale, or it does not
+    read back whole (a damaged entry is recomputed, never trusted)."""
+    if not entry.is_file():
+        return None
+    try:
+        with np.load(entry, allow_pickle=False) as arrays:
+            if int(arrays["bytes"]) != facts["bytes"] or int(arrays["mtime_ns"]) != facts["mtime_ns"]:
+                return None
+            track = FaceTrack(arrays["landmarks"], arrays["boxes"], arrays["has_face"],
+                              tuple(int(v) for v in arrays["size"]))
+    except Exception:  # a cut-short or foreign file: analyse again
+        return None
+    frames = len(track.has_face)
+    if track.landmarks.shape != (frames, 131, 2) or track.boxes.shape != (frames, 4):
+        return None
+    return track
+
+
+def write_cached_track(entry: Path, facts: dict, track: FaceTrack) -> None:
+    """Store a pass-1 result atomically (a temporary file renamed into place); a cache that cannot be written is
+    skipped, not an error."""
+    temp = entry.with_name(f"{entry.stem}.tmp-{os.getpid()}.npz")
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        with open(temp, "wb") as handle:
+            np.savez(handle, landmarks=track.landmarks, boxes=track.boxes, has_face=track.has_face,
+                     size=np.asarray(track.size, np.int64), bytes=np.int64(facts["bytes"]),
+                     mtime_ns=np.int64(facts["mtime_ns"]))
+        os.replace(temp, entry)
+    except OSError:
+        temp.unlink(missing_ok=True)
 
 
 def reference_count(refs: int | str, template: Template) -> int:
@@ -245,6 +333,7 @@ class DubResult:
     frames: int
     rendered: int  # frames with a face, generated
     seconds: float
+    setup_seconds: float = 0.0  # the work before the first frame is rendered (for `dub`, the template's too)
 
 
 def _check_config(config: dict) -> None:
@@ -274,6 +363,83 @@ def load_driving_audio(path: str | Path) -> np.ndarray:
     return wav
 
 
+@dataclass
+class Prepared:
+    """A template ready for any number of audios: pass 1's analysis and the encoded references (Nl landmark sets
+    for the landmark generator, N distinct reference images for the renderer). `seconds`: what preparing cost."""
+
+    template: Template
+    ref_tokens: torch.Tensor
+    refs: References
+    seconds: float
+    spool: FrameSpool | None = None
+
+    def frame_spool(self, directory: Path) -> FrameSpool:
+        """The template's frames on disk, written on first use (an audio that outlasts the template loops it)."""
+        if self.spool is None:
+            self.spool = FrameSpool(directory)
+            for frame in template_frames(self.template, np.arange(len(self.template)), None):
+                self.spool.append(frame)
+        return self.spool
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
+
+def prepare_template(video: str | Path, models: Models, config: dict, progress: bool = True) -> Prepared:
+    """Pass 1 (or its cached result) and the references, encoded once for every audio this template is dubbed
+    with. Raises InputError for a missing or unusable template."""
+    started = time.perf_counter()
+    _check_config(config)
+    video = Path(video)
+    if not video.is_file():
+        raise InputError(video, "no such file")
+    template = analyse_template(video, config["detect_every_frame"], progress, int(config["smooth_boxes"]),
+                                cache_folder(config))
+    device = models.device
+    landmark_refs = choose_references(template, int(config["landmark_refs"]))
+    ref_pose = torch.from_numpy(pose_of(template.landmarks[landmark_refs]))[None].to(device)  # (1, Nl, 2, 74)
+    ref_content = torch.from_numpy(content_of(template.landmarks[landmark_refs]))[None].to(device)
+    # Distinct frames only: a repeated reference image would add cost and nothing else.
+    image_refs = np.unique(choose_references(template, reference_count(config["refs"], template)))
+    frames = read_selected(template.path, image_refs, None)
+    ref_images = image_tensor([crop_face(frames[i], template.boxes[i]) for i in image_refs], device)[None]
+    ref_sketches = torch.from_numpy(np.stack([sketch_tensor(template.landmarks[i], box_size(template.boxes[i]))
+                                              for i in image_refs]))[None].to(device)
+    with torch.inference_mode(), autocast(device, config["bf16"]):
+        ref_tokens = models.landmark.encode_references(ref_pose, ref_content)
+        refs = models.renderer.encode_references(ref_images, ref_sketches)
+    return Prepared(template, ref_tokens, refs, time.perf_counter() - started)
+
+
+@dataclass
+class _Audio:
+    """The driving audio of one dub: the 16 kHz mel, the output frame count, the samples to mux."""
+
+    path: Path
+    mel: np.ndarray
+    count: int
+    muxed: np.ndarray
+    rate: int
+
+
+def _driving_audio(audio: str | Path, config: dict) -> _Audio:
+    audio = Path(audio)
+    wav = load_driving_audio(audio)
+    if config.get("audio_seconds"):
+        wav = wav[:max(int(float(config["audio_seconds"]) * SAMPLE_RATE), int(MIN_AUDIO_SECONDS * SAMPLE_RATE))]
+    rate = int(config["output"]["audio_rate"])
+    muxed = load_audio(audio, rate)[:int(round(len(wav) * rate / SAMPLE_RATE))]
+    return _Audio(audio, melspectrogram(wav), frames_covered(len(wav)), muxed, rate)
+
+
+def _check_output(output: Path, *inputs: Path) -> None:
+    if output.resolve() in tuple(path.resolve() for path in inputs):
+        raise InputError(output, "the output would overwrite an input")
+
+
 def dub(video: str | Path, audio: str | Path, output: str | Path, models: Models, config: dict | None = None,
         sketch_output: str | Path | None = None, progress: bool = True,
         render_step: RenderStep = render_faces) -> DubResult:
@@ -282,34 +448,29 @@ def dub(video: str | Path, audio: str | Path, output: str | Path, models: Models
     started = time.perf_counter()
     config = default_config() if config is None else config
     _check_config(config)
-    video, audio, output = Path(video), Path(audio), Path(output)
+    video, output = Path(video), Path(output)
     if not video.is_file():
         raise InputError(video, "no such file")
-    if output.resolve() in (video.resolve(), audio.resolve()):
-        raise InputError(output, "the output would overwrite an input")
-    wav = load_driving_audio(audio)
-    if config.get("audio_seconds"):
-        wav = wav[:max(int(float(config["audio_seconds"]) * SAMPLE_RATE), int(MIN_AUDIO_SECONDS * SAMPLE_RATE))]
-    count = frames_covered(len(wav))
-    mel = melspectrogram(wav)
-    output.parent.mkdir(parents=True, exist_ok=True)
-
-    spool = None
+    _check_output(output, video, Path(audio))
+    driving = _driving_audio(audio, config)  # a bad audio file fails before the template's FaceMesh pass
+    prepared = prepare_template(video, models, config, progress)
     try:
-        template = analyse_template(video, config["detect_every_frame"], progress=progress)
-        if count > len(template):  # the template loops: keep its frames on disk for the backward runs
-            spool = FrameSpool(output.parent)
-            for frame in template_frames(template, np.arange(len(template)), None):
-                spool.append(frame)
-        rate = int(config["output"]["audio_rate"])
-        driving = load_audio(audio, rate)[:int(round(len(wav) * rate / SAMPLE_RATE))]
-        result = _render_video(template, driving, rate, mel, count, output, models, config, spool, sketch_output,
-                               progress, render_step)
+        result = _dub(prepared, driving, output, models, config, sketch_output, progress, render_step, started)
     finally:
-        if spool is not None:
-            spool.close()
-    result.seconds = time.perf_counter() - started
+        prepared.close()
     return result
+
+
+def dub_prepared(prepared: Prepared, audio: str | Path, output: str | Path, models: Models, config: dict,
+                 sketch_output: str | Path | None = None, progress: bool = True,
+                 render_step: RenderStep = render_faces) -> DubResult:
+    """Dub a prepared template (`prepare_template`) with one more audio: nothing of the template is analysed or
+    encoded again. The same output as `dub` with the same inputs and settings, frame for frame."""
+    started = time.perf_counter()
+    output = Path(output)
+    _check_output(output, prepared.template.path, Path(audio))
+    return _dub(prepared, _driving_audio(audio, config), output, models, config, sketch_output, progress,
+                render_step, started)
 
 
 @dataclass
@@ -330,37 +491,20 @@ class _Video:
         return autocast(self.models.device, self.config["bf16"])
 
 
-def _prepare(template: Template, mel: np.ndarray, count: int, models: Models, config: dict,
-             spool: FrameSpool | None, render_step: RenderStep) -> _Video:
-    """Choose and encode the references: Nl landmark sets and N distinct reference images (a repeated image
-    would add cost and nothing else)."""
-    device = models.device
-    landmark_refs = choose_references(template, int(config["landmark_refs"]))
-    ref_pose = torch.from_numpy(pose_of(template.landmarks[landmark_refs]))[None].to(device)  # (1, Nl, 2, 74)
-    ref_content = torch.from_numpy(content_of(template.landmarks[landmark_refs]))[None].to(device)
-    image_refs = np.unique(choose_references(template, reference_count(config["refs"], template)))
-    frames = read_selected(template.path, image_refs, spool)
-    ref_images = image_tensor([crop_face(frames[i], template.boxes[i]) for i in image_refs], device)[None]
-    ref_sketches = torch.from_numpy(np.stack([sketch_tensor(template.landmarks[i], box_size(template.boxes[i]))
-                                              for i in image_refs]))[None].to(device)
-    video = _Video(template, ping_pong(np.arange(count), len(template)), mel, models, None, None, config,
-                   render_step)
-    with torch.inference_mode(), video.autocast():
-        video.ref_tokens = models.landmark.encode_references(ref_pose, ref_content)
-        video.refs = models.renderer.encode_references(ref_images, ref_sketches)
-    return video
-
-
-def _render_video(template: Template, driving: np.ndarray, audio_rate: int, mel: np.ndarray, count: int,
-                  output: Path, models: Models, config: dict, spool: FrameSpool | None,
-                  sketch_output: str | Path | None, progress: bool, render_step: RenderStep) -> DubResult:
-    """Pass 2: render, paste and encode every output frame; `driving` is the audio to mux, at audio_rate."""
-    video = _prepare(template, mel, count, models, config, spool, render_step)
+def _dub(prepared: Prepared, driving: _Audio, output: Path, models: Models, config: dict,
+         sketch_output: str | Path | None, progress: bool, render_step: RenderStep, started: float) -> DubResult:
+    """Pass 2: render, paste and encode every output frame."""
+    template, count = prepared.template, driving.count
+    output.parent.mkdir(parents=True, exist_ok=True)
+    spool = prepared.frame_spool(output.parent) if count > len(template) else None  # a looping template
+    video = _Video(template, ping_pong(np.arange(count), len(template)), driving.mel, models, prepared.ref_tokens,
+                   prepared.refs, config, render_step)
     source = template_frames(template, video.order, spool)
     crf = int(config["output"]["crf"])
-    writer = VideoWriter(output, FPS, driving, audio_rate, crf)
-    sketch_writer = VideoWriter(sketch_output, FPS, driving, audio_rate, crf) if sketch_output else None
+    writer = VideoWriter(output, FPS, driving.muxed, driving.rate, crf)
+    sketch_writer = VideoWriter(sketch_output, FPS, driving.muxed, driving.rate, crf) if sketch_output else None
     batch_size, rendered = batch_size_for(config, models.device), 0
+    setup = time.perf_counter() - started
     try:
         bar = tqdm(total=count, desc="dubbing", unit="frame", disable=not progress)
         for start in range(0, count, batch_size):
@@ -381,7 +525,7 @@ def _render_video(template: Template, driving: np.ndarray, audio_rate: int, mel:
         if sketch_writer is not None:
             sketch_writer.abort()
         raise
-    return DubResult(output, count, rendered, 0.0)
+    return DubResult(output, count, rendered, time.perf_counter() - started, setup)
 
 
 def _dub_batch(video: _Video, steps: np.ndarray, batch: list[np.ndarray], want_sketches: bool

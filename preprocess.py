@@ -19,13 +19,13 @@ import multiprocessing
 import os
 import sys
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from config import in_shard, parse_shard
 from data.audio import load_audio, melspectrogram
 from data.crop import crop_face
 from data.errors import InputError, one_line
@@ -99,22 +99,6 @@ def _job(video: Path, stem: Path, options: Options) -> tuple[int, str | None]:
         return 0, error.problem
     except Exception as error:  # a bad file must not stop a long run: report it and go on
         return 0, f"unexpected {type(error).__name__}: {one_line(error)}"
-
-
-def in_shard(relative: Path, shard: tuple[int, int]) -> bool:
-    """Stable assignment of a video to one of N shards by a hash of its relative path (no coordination)."""
-    index, count = shard
-    return zlib.crc32(relative.as_posix().encode()) % count == index
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard takes I/N, e.g. 0/4; got {text!r}") from None
-    if not (count >= 1 and 0 <= index < count):
-        raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N; got {text!r}")
-    return index, count
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

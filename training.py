@@ -491,7 +491,8 @@ def fit(config: dict, env: Distributed, dataset, step: int, train_step, evaluate
                     if guard is not None:
                         means["skipped_steps"] = guard.skipped
                     logger.scalars(means, step, "train/")
-                    bar.set_postfix({name: f"{value:.4f}" for name, value in means.items() if name != "lr"})
+                    bar.set_postfix({name: f"{value:.4f}" for name, value in means.items()
+                                     if name != "lr" and not (name == "skipped_steps" and value == 0)})
                     running, counted = {}, {}
                 if step % schedule["eval_every"] == 0:
                     if env.main:

@@ -1,6 +1,6 @@
 """Dubbing speed and memory on the official demo (template_129.mp4 + speech_audio2.wav), CPU or CUDA.
 
-  python bench/inference.py [--seconds 1] [--refs 3,25] [--skip-memory] [--device cpu]
+  python bench/inference.py [--seconds 1] [--refs 3,25] [--skip-speed] [--skip-many] [--skip-memory] [--device cpu]
 
 Speed: output frames per second of the whole pipeline (inference.py's `dubbing.dub`: FaceMesh pass, landmark
 generator, sketches, renderer, paste-back, H.264/AAC encoding) on the first --seconds of the demo speech (1 s, as
@@ -9,6 +9,11 @@ bench/README.md), for each N in --refs, against the same pipeline with the offic
 frame per call. Both run in this process, one after the other; the ratio is what counts. The official script's
 figures from bench/README.md (0.41 frames/s at N=3, about 0.08 at N=25, measured on this kind of machine) are
 printed beside them.
+
+Many audios (one template): the work before the first rendered frame (template analysis, reference choice and
+encoding, the audio's mel) for a first dub, for the second audio of a multi-audio run, and for a separate run
+on a prepared (cached) template, at each N; interpreter start-up and network loading reported apart. Then the
+total time of one inference.py run with 5 audios against 5 runs, at N=3.
 
 Memory: peak resident memory of a fresh process dubbing 5 s and 60 s of the demo speech (the template loops).
 A minute of output is 1500 renderer calls, about an hour on two CPU cores, so on the CPU the memory runs replace
@@ -125,6 +130,7 @@ def main() -> None:
     parser.add_argument("--renderer-ckpt")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-many", action="store_true", help="skip the prepared-template and 5-audio runs")
     parser.add_argument("--real-memory", action="store_true", help="memory runs with the real renderer")
     parser.add_argument("--memory-child", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -137,8 +143,67 @@ def main() -> None:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
         if not args.skip_speed:
             speed(args, folder)
+        if not args.skip_many:
+            many(args, folder)
         if not args.skip_memory:
             memory(args)
+
+
+def many(args, folder: Path) -> None:
+    """One template, many audios: the work before the first rendered frame for a first dub, for the second audio
+    of a run, and for a separate run on a prepared (cached) template; then 5 audios in one run of inference.py
+    against 5 runs, each a fresh process (start-up and network loading included), at N=3."""
+    import time
+
+    seconds = args.seconds
+    speech = demo_speech(5 * seconds)
+    step = int(seconds * SAMPLE_RATE)
+    audios = [write_wav(folder / f"take{i}.wav", speech[i * step:(i + 1) * step]) for i in range(5)]
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import dubbing, torch"], cwd=ROOT, check=True)
+    startup = time.perf_counter() - started
+    started = time.perf_counter()
+    models = dubbing.load_models(args.landmark_ckpt, args.renderer_ckpt, args.device)
+    loading = time.perf_counter() - started
+    print(f"\nmany audios: interpreter start-up with the imports {startup:.2f} s, network loading {loading:.2f} s "
+          "(neither counted below)")
+    print("| N | first dub (FaceMesh pass, references) | second audio of the run | separate run, prepared template "
+          "| second / first | separate / first |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    template = sample("template_129.mp4")
+    for refs in (int(n) for n in args.refs.split(",")):
+        config = dubbing.default_config()
+        config.update(refs=refs, batch_size=args.batch or "auto", audio_seconds=0.2)  # a few frames are enough
+        config["cache"] = {"enabled": True, "dir": str(folder / f"cache_{refs}")}
+        prepared = dubbing.prepare_template(template, models, config, progress=False)
+        first = dubbing.dub_prepared(prepared, audios[0], folder / "first.mp4", models, config, progress=False)
+        second = dubbing.dub_prepared(prepared, audios[1], folder / "second.mp4", models, config, progress=False)
+        prepared.close()
+        again = dubbing.prepare_template(template, models, config, progress=False)  # a later run: cache hit
+        separate = dubbing.dub_prepared(again, audios[2], folder / "separate.mp4", models, config, progress=False)
+        again.close()
+        a, b, c = prepared.seconds + first.setup_seconds, second.setup_seconds, again.seconds + separate.setup_seconds
+        print(f"| {refs} | {a:.2f} s | {b:.3f} s | {c:.2f} s | {b / a:.3f}x | {c / a:.3f}x |")
+
+    common = ["--video", str(template), "--landmark-ckpt", str(args.landmark_ckpt), "--renderer-ckpt",
+              str(args.renderer_ckpt), "--device", args.device, "--quiet", "refs=3"]
+    script = str(ROOT / "inference.py")
+    started = time.perf_counter()
+    subprocess.run([sys.executable, script, *common, *[x for a in audios for x in ("--audio", str(a))], "--output",
+                    str(folder / "one_run"), "--cache-dir", str(folder / "cache_one")], check=True,
+                   capture_output=True)
+    together = time.perf_counter() - started
+    apart = {}
+    for label, cache in (("the template cache on (the default)", ["--cache-dir", str(folder / "cache_runs")]),
+                         ("no cache (every run analyses the template)", ["--no-cache"])):
+        started = time.perf_counter()
+        for audio in audios:  # with the cache, runs 2-5 find the template prepared, as a user's would
+            subprocess.run([sys.executable, script, *common, "--audio", str(audio), "--output",
+                            str(folder / "runs" / f"{audio.stem}.mp4"), *cache], check=True, capture_output=True)
+        apart[label] = time.perf_counter() - started
+    for label, value in apart.items():
+        print(f"5 audios of {seconds:g} s at N=3: one run {together:.1f} s; 5 runs, {label}, {value:.1f} s: "
+              f"{together / value:.2f}x")
 
 
 def speed(args, folder: Path) -> None:

@@ -50,12 +50,18 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def cache_folder() -> Path:
-    """Where downloaded samples are kept: $IPLAP_CACHE/samples, else the per-user cache of this OS."""
+def user_cache(kind: str) -> Path:
+    """This project's per-user cache folder for `kind` (samples, templates): $IPLAP_CACHE/<kind>, else the OS's
+    cache folder (~/.cache/iplap/<kind> on Linux)."""
     import pooch
 
     root = os.environ.get(CACHE_ENV)
-    return (Path(root).expanduser() if root else Path(pooch.os_cache("iplap"))) / "samples"
+    return (Path(root).expanduser() if root else Path(pooch.os_cache("iplap"))) / kind
+
+
+def cache_folder() -> Path:
+    """Where downloaded samples are kept."""
+    return user_cache("samples")
 
 
 def _checked(folder: Path, names: tuple[str, ...], origin: str) -> Path:

@@ -1,6 +1,10 @@
 """Shared fixtures: the sample media (found by data/samples.py), test data, and synthetic media made on the fly."""
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +12,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = REPO / "tests" / "data"
+# Prepared templates (dubbing's pass-1 cache) go to a folder of this session's, never the user's cache; set in
+# the environment so that the scripts the tests start use it too.
+os.environ["IPLAP_TEMPLATES"] = tempfile.mkdtemp(prefix="iplap-templates-")
+atexit.register(shutil.rmtree, os.environ["IPLAP_TEMPLATES"], True)
 
 
 @pytest.fixture(scope="session")
