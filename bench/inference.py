@@ -30,7 +30,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -41,19 +40,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import dubbing  # noqa: E402
-from data.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from data.audio import SAMPLE_RATE, load_audio, write_wav  # noqa: E402
 from data.samples import sample  # noqa: E402
 
 OFFICIAL_FPS = {3: 0.41, 25: 0.08}  # bench/README.md (official reference figures): whole official script, CPU
-
-
-def write_wav(path: Path, samples: np.ndarray) -> Path:
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
-        out.writeframes((np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes())
-    return path
 
 
 def random_checkpoints(folder: Path) -> tuple[Path, Path]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import wave
 from pathlib import Path
 
 import av
@@ -15,20 +14,10 @@ import pytest
 import dubbing
 import inference
 from conftest import REPO, numbered_frames
-from data.audio import SAMPLE_RATE, frames_covered, load_audio
+from data.audio import SAMPLE_RATE, frames_covered, load_audio, write_wav
 from data.video import VideoWriter, read_frames
 
 FAST = ["refs=1", "batch_size=4"]  # one reference image keeps a frame near a second on CPU
-
-
-def write_wav(path: Path, samples: np.ndarray, rate: int = SAMPLE_RATE, channels: int = 1) -> Path:
-    data = np.repeat(samples[:, None], channels, axis=1) if channels > 1 else samples
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(channels)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes((np.clip(data, -1, 1) * 32767).astype(np.int16).tobytes())
-    return path
 
 
 @pytest.fixture(scope="session")

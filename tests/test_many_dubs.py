@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import wave
 from pathlib import Path
 
 import cv2
@@ -13,21 +12,12 @@ import pytest
 
 import dubbing
 import inference
-from data.audio import SAMPLE_RATE, frames_covered, load_audio
+from data.audio import SAMPLE_RATE, frames_covered, load_audio, write_wav
 from data.crop import smooth_boxes
 from data.facemesh import FaceMesh
 from data.video import VideoReader, VideoWriter, read_frames
 
 FAST = ["refs=1", "batch_size=4"]
-
-
-def _wav(path: Path, samples: np.ndarray) -> Path:
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
-        out.writeframes((np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes())
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +31,7 @@ def media(samples, tmp_path_factory):
         for frame in frames:
             writer.write(frame)
     speech = load_audio(samples / "talk_b.mp4")
-    audios = [_wav(folder / f"take{i}.wav", speech[i * 4000:i * 4000 + int(0.32 * SAMPLE_RATE)]) for i in range(3)]
+    audios = [write_wav(folder / f"take{i}.wav", speech[i * 4000:i * 4000 + int(0.32 * SAMPLE_RATE)]) for i in range(3)]
     return template, audios
 
 
