@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole pipeline in about ten minutes on a CPU, with no weights to download: preprocess the two sample
+# The whole pipeline in a few minutes on a CPU, with no weights to download: preprocess the two sample
 # videos, train both stages for about a minute each with the smoke configs, and dub the official demo template
 # with the first seconds of the demo speech. The networks are barely trained, so the face is a blur; the point
 # is that every step runs and the output is a real video.
