@@ -16,7 +16,6 @@ import yaml
 from data.errors import InputError
 
 REPO = Path(__file__).resolve().parent
-CONFIGS = REPO / "configs"
 
 
 def config_path(path: str | Path) -> Path:
@@ -48,12 +47,12 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), b
     """The YAML file at `path` with `dotted.key=value` overrides applied; an override of a key the file does not
     have is a one-line InputError. With `base` (the repository's file for this script), `path` may hold only
     some keys: it is laid over `base`, and a key that `base` does not have is refused."""
-    config = read_yaml(path)
-    if base is not None and config_path(base).resolve() != config_path(path).resolve():
-        defaults = read_yaml(base)
-        check_keys(config, defaults, config_path(path))
-        config = _merged(defaults, config)
     path = config_path(path)
+    config = read_yaml(path)
+    if base is not None and config_path(base).resolve() != path.resolve():
+        defaults = read_yaml(base)
+        check_keys(config, defaults, path)
+        config = _merged(defaults, config)
     for item in overrides:
         if "=" not in item:
             raise InputError(item, "overrides take the form dotted.key=value")

@@ -34,6 +34,7 @@ from data.errors import InputError
 from data.facemesh import FaceTrack, track_faces
 from data.landmarks import (
     JAW_POSITIONS,
+    NUM_LANDMARKS,
     OUTLINE_POSITIONS,
     content_of,
     lip_openness,
@@ -131,7 +132,7 @@ def analyse_template(path: str | Path, detect_every_frame: bool = False, progres
 CACHE_FORMAT = 1  # raise when what the cache holds, or how FaceMesh is run, changes
 
 
-def cache_folder(config: dict) -> Path | None:
+def template_cache_dir(config: dict) -> Path | None:
     """Where prepared templates are kept: the config's cache.dir, else $IPLAP_TEMPLATES, else the per-user cache;
     None when the cache is off."""
     if not config["cache"]["enabled"]:
@@ -181,7 +182,7 @@ def read_cached_track(entry: Path, facts: dict) -> FaceTrack | None:
     except Exception:  # a cut-short or foreign file: analyse again
         return None
     frames = len(track.has_face)
-    if track.landmarks.shape != (frames, 131, 2) or track.boxes.shape != (frames, 4):
+    if track.landmarks.shape != (frames, NUM_LANDMARKS, 2) or track.boxes.shape != (frames, 4):
         return None
     return track
 
@@ -397,7 +398,7 @@ def prepare_template(video: str | Path, models: Models, config: dict, progress: 
     if not video.is_file():
         raise InputError(video, "no such file")
     template = analyse_template(video, config["detect_every_frame"], progress, int(config["smooth_boxes"]),
-                                cache_folder(config))
+                                template_cache_dir(config))
     device = models.device
     landmark_refs = choose_references(template, int(config["landmark_refs"]))
     ref_pose = torch.from_numpy(pose_of(template.landmarks[landmark_refs]))[None].to(device)  # (1, Nl, 2, 74)
@@ -418,7 +419,6 @@ def prepare_template(video: str | Path, models: Models, config: dict, progress: 
 class _Audio:
     """The driving audio of one dub: the 16 kHz mel, the output frame count, the samples to mux."""
 
-    path: Path
     mel: np.ndarray
     count: int
     muxed: np.ndarray
@@ -432,7 +432,7 @@ def _driving_audio(audio: str | Path, config: dict) -> _Audio:
         wav = wav[:max(int(float(config["audio_seconds"]) * SAMPLE_RATE), int(MIN_AUDIO_SECONDS * SAMPLE_RATE))]
     rate = int(config["output"]["audio_rate"])
     muxed = load_audio(audio, rate)[:int(round(len(wav) * rate / SAMPLE_RATE))]
-    return _Audio(audio, melspectrogram(wav), frames_covered(len(wav)), muxed, rate)
+    return _Audio(melspectrogram(wav), frames_covered(len(wav)), muxed, rate)
 
 
 def _check_output(output: Path, *inputs: Path) -> None:

@@ -201,8 +201,9 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     args.device = str(pick_device(args.device))
     paths = {metric: getattr(args, f"{key}_weights") or config["weights"][key] for key, metric in WEIGHT_KEYS.items()}
-    job = Job(config, paths, args.batch_size or config["batch_size"], config["download"] and not args.no_download,
-              {"device": args.device, "batch_size": args.batch_size or config["batch_size"],
+    batch_size = args.batch_size or config["batch_size"]
+    job = Job(config, paths, batch_size, config["download"] and not args.no_download,
+              {"device": args.device, "batch_size": batch_size,
                "skip_missing": args.skip_missing, "config": str(args.config),
                "weights": {m: None if p is None else str(p) for m, p in paths.items()}})
     if args.generated is not None:

@@ -147,9 +147,9 @@ def run(tasks: list[Task], args: argparse.Namespace, config: dict) -> list[tuple
     """Dub every task, grouped by template so that each template is prepared once; returns the failures."""
     import dubbing
 
-    for task in tasks:  # the cheap checks first, before the checkpoints load
-        for path in (task.video, task.audio):
-            if not path.is_file() and len(tasks) == 1:
+    if len(tasks) == 1:  # the cheap checks first, before the checkpoints load (several dubs: each fails alone)
+        for path in (tasks[0].video, tasks[0].audio):
+            if not path.is_file():
                 raise InputError(path, "no such file")
     models = dubbing.load_models(args.landmark_ckpt or config["checkpoints"]["landmark"],
                                  args.renderer_ckpt or config["checkpoints"]["renderer"], args.device)

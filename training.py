@@ -464,55 +464,56 @@ def fit(config: dict, env: Distributed, dataset, step: int, train_step, evaluate
     skipped = guard.skipped if guard is not None else 0
     epoch, offset = step // batches_per_epoch, (step % batches_per_epoch) * per_rank
     with StopSignals() as signals:
-        while step < schedule["max_steps"]:
-            sampler.set_epoch(epoch, offset)
-            dataset.set_epoch(epoch)
-            for batch in loader:
-                batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
-                try:
-                    values = train_step(batch, epoch)
-                except Diverged as error:
-                    bar.close()
-                    logger.close()
-                    raise Diverged(f"step {step + 1}: {error}; no checkpoint of it was written, and --resume auto "
-                                   "restarts from the last good one") from None
-                for name, value in values.items():  # a step the LossGuard skipped returns fewer parts (or none)
-                    running[name] = running.get(name, 0.0) + value
-                    counted[name] = counted.get(name, 0) + 1
-                step += 1
-                bar.update(1)
-                if guard is not None and guard.skipped > skipped:
-                    skipped = guard.skipped
-                    if env.main:
-                        tqdm.write(f"warning: step {step}: a loss part is not finite; step skipped ({skipped} so far)",
-                                   file=sys.stderr)
-                if step % schedule["log_every"] == 0:
-                    means = {name: value / counted[name] for name, value in running.items()}
-                    if guard is not None:
-                        means["skipped_steps"] = guard.skipped
-                    logger.scalars(means, step, "train/")
-                    bar.set_postfix({name: f"{value:.4f}" for name, value in means.items()
-                                     if name != "lr" and not (name == "skipped_steps" and value == 0)})
-                    running, counted = {}, {}
-                if step % schedule["eval_every"] == 0:
-                    if env.main:
-                        evaluate(step)
-                    if env.world > 1:
-                        dist.barrier()
-                saved = step % schedule["save_every"] == 0 or step == schedule["max_steps"]
-                if saved:
-                    save(step)
-                if signals.requested(env):
-                    if not saved:
+        try:
+            while step < schedule["max_steps"]:
+                sampler.set_epoch(epoch, offset)
+                dataset.set_epoch(epoch)
+                for batch in loader:
+                    batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
+                    try:
+                        values = train_step(batch, epoch)
+                    except Diverged as error:
+                        raise Diverged(f"step {step + 1}: {error}; no checkpoint of it was written, and --resume auto "
+                                       "restarts from the last good one") from None
+                    for name, value in values.items():  # a step the LossGuard skipped returns fewer parts (or none)
+                        running[name] = running.get(name, 0.0) + value
+                        counted[name] = counted.get(name, 0) + 1
+                    step += 1
+                    bar.update(1)
+                    if guard is not None and guard.skipped > skipped:
+                        skipped = guard.skipped
+                        if env.main:
+                            tqdm.write(f"warning: step {step}: a loss part is not finite; step skipped "
+                                       f"({skipped} so far)", file=sys.stderr)
+                    if step % schedule["log_every"] == 0:
+                        means = {name: value / counted[name] for name, value in running.items()}
+                        if guard is not None:
+                            means["skipped_steps"] = guard.skipped
+                        logger.scalars(means, step, "train/")
+                        bar.set_postfix({name: f"{value:.4f}" for name, value in means.items()
+                                         if name != "lr" and not (name == "skipped_steps" and value == 0)})
+                        running, counted = {}, {}
+                    if step % schedule["eval_every"] == 0:
+                        if env.main:
+                            evaluate(step)
+                        if env.world > 1:
+                            dist.barrier()
+                    saved = step % schedule["save_every"] == 0 or step == schedule["max_steps"]
+                    if saved:
                         save(step)
-                    if env.world > 1:
-                        dist.barrier()  # the main rank's checkpoint is on disk before any rank exits
-                    bar.close()
-                    logger.close()
-                    raise Preempted(step, signals.received or "a signal on another rank", env.main)
-                if step >= schedule["max_steps"]:
-                    break
-            epoch, offset = epoch + 1, 0
+                    if signals.requested(env):
+                        if not saved:
+                            save(step)
+                        if env.world > 1:
+                            dist.barrier()  # the main rank's checkpoint is on disk before any rank exits
+                        raise Preempted(step, signals.received or "a signal on another rank", env.main)
+                    if step >= schedule["max_steps"]:
+                        break
+                epoch, offset = epoch + 1, 0
+        except (Diverged, Preempted):
+            bar.close()  # before the caller's one-line message, which would otherwise share the bar's line
+            logger.close()
+            raise
     bar.close()
     return step
 

@@ -43,8 +43,6 @@ def record_paths(stem: str | Path) -> tuple[Path, Path]:
 
 def is_complete(stem: str | Path) -> bool:
     """True when the record exists and reads back whole (see `verify_record`); a damaged one counts as unfinished."""
-    if not record_paths(stem)[0].is_file():
-        return False
     try:
         verify_record(stem)
     except InputError:

@@ -7,6 +7,7 @@ CUDA models, keys possibly prefixed 'module.' (DataParallel). This project's fil
 """
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -80,19 +81,9 @@ BGR_INPUTS = {"flow_module.conv1.weight": 6, "translation.conv1.weight": 18,  # 
               "translation.spade_4.spade_layer_1.conv1.weight": 3, "translation.spade_4.spade_layer_2.conv1.weight": 3}
 BGR_OUTPUTS = ("translation.conv_last.weight",)
 VGG_PREFIX = "perceptual.model.network."
-# Official renderer tensor names (and this project's before it renamed them) -> this project's, applied in order.
-RENDERER_RENAMES = (
-    (r"^flow_module\.", "alignment."),
-    (r"^alignment\.spade_layer_([12])\.", r"alignment.spade_\1."),
-    (r"^alignment\.spade_layer_4\.", "alignment.spade_3."),
-    (r"^alignment\.conv_4\.", "alignment.flow."),
-    (r"^alignment\.conv_5\.", "alignment.weight_head."),
-    (r"^translation\.spade_4\.", "translation.spade_3."),
-    (r"\.(spade|adain)_layer_([12])\.", r".norm_\2."),  # the two normalisation layers inside every block
-)
-
-
-OFFICIAL_RENDERER_NAMES = (  # the inverse of RENDERER_RENAMES: this project's names -> the official ones
+# This renderer's tensor names -> the official checkpoint's (which this project also used before it renamed the
+# submodules), applied in order. The other direction is derived from it (`renamed_renderer_state`).
+OFFICIAL_RENDERER_NAMES = (
     (r"^alignment\.flow\.", "flow_module.conv_4."),
     (r"^alignment\.weight_head\.", "flow_module.conv_5."),
     (r"^alignment\.spade_3\.", "flow_module.spade_layer_4."),
@@ -111,14 +102,19 @@ def official_renderer_name(name: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=1)
+def _current_renderer_names() -> dict[str, str]:
+    """Official (or older) name -> this project's, for every tensor of the renderer."""
+    with torch.device("meta"):  # names only: no memory for the weights
+        names = list(Renderer().state_dict())
+    return {official_renderer_name(name): name for name in names}
+
+
 def renamed_renderer_state(state: dict) -> dict:
-    """A renderer state dict under the official names -> this project's names (names already current are kept)."""
-    renamed = {}
-    for name, tensor in state.items():
-        for pattern, replacement in RENDERER_RENAMES:
-            name = re.sub(pattern, replacement, name)
-        renamed[name] = tensor
-    return renamed
+    """A renderer state dict under the official names -> this project's names (current names, and names this
+    renderer does not have, are kept as they are)."""
+    current = _current_renderer_names()
+    return {current.get(name, name): tensor for name, tensor in state.items()}
 
 
 def _flip_first_three(weight: torch.Tensor, dim: int) -> torch.Tensor:

@@ -5,7 +5,7 @@
 # is that every step runs and the output is a real video.
 #   bash scripts/smoke.sh [OUT_DIR]
 # Runs from any folder. OUT_DIR (default runs/smoke) is relative to the folder it is run from. The sample media
-# come from data/samples.py: $IPLAP_SAMPLES, ../shared/samples beside the checkout, or a checked download.
+# are found by data/samples.py ($IPLAP_SAMPLES, its fallback folder, or a sha256-checked download).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${PYTHON:-python}

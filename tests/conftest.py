@@ -20,7 +20,7 @@ atexit.register(shutil.rmtree, os.environ["IPLAP_TEMPLATES"], True)
 
 @pytest.fixture(scope="session")
 def samples() -> Path:
-    """The folder of real sample media: IPLAP_SAMPLES, ../shared/samples, or the download cache (data/samples.py)."""
+    """The folder of real sample media, found by data/samples.py (its docstring gives the lookup order)."""
     from data.samples import samples_folder
 
     return samples_folder()

@@ -42,7 +42,7 @@ def _closed_port() -> int:
 
 @pytest.fixture
 def no_local_samples(tmp_path, monkeypatch):
-    """No IPLAP_SAMPLES, no ../shared: the cache (in tmp_path) is the only place left."""
+    """No IPLAP_SAMPLES and no fallback folder (data/samples.py's SHARED): the cache in tmp_path is all that is left."""
     monkeypatch.delenv(sample_media.FOLDER_ENV, raising=False)
     monkeypatch.setattr(sample_media, "SHARED", tmp_path / "no-shared")
     monkeypatch.setenv(sample_media.CACHE_ENV, str(tmp_path / "cache"))
