@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
+import warnings
 import zlib
 from pathlib import Path
 
 import torch
 import yaml
 
-from data.errors import InputError
+from data.errors import InputError, one_line
 
 REPO = Path(__file__).resolve().parent
 
@@ -95,17 +97,70 @@ def parse_value(text: str):
 
 
 def pick_device(name: str | None = None) -> torch.device:
-    """'auto' (or nothing): CUDA when present, else the CPU; otherwise the named device ('cpu', 'cuda', 'cuda:1'),
-    with a one-line error for CUDA on a machine without it."""
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"device={name}", "not a device (cpu, cuda, cuda:N or auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device={name}", "CUDA was asked for but torch sees no GPU")
+    """'auto' (or nothing): CUDA when torch can use a GPU, the CPU when the machine has none; otherwise the named
+    device ('cpu', 'cuda', 'cuda:1'). A GPU that this torch build cannot drive (a driver older than its CUDA, a
+    GPU it was not compiled for, a CPU-only build on a GPU machine) is a one-line error, never a silent CPU run."""
+    if name not in (None, "", "auto"):
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise InputError(f"device={name}", "not a device (cpu, cuda, cuda:N or auto)") from None
+        if device.type != "cuda":
+            return device
+    with warnings.catch_warnings(record=True) as caught:  # torch says why CUDA failed only in a warning
+        warnings.simplefilter("always")
+        available = torch.cuda.is_available()
+    setting = f"device={name or 'auto'}"
+    if not available:
+        if name in (None, "", "auto") and not gpu_present():
+            return torch.device("cpu")
+        reason = one_line(caught[-1].message) if caught else ""
+        if name in (None, "", "auto"):
+            build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
+            raise InputError(setting, f"this machine has an NVIDIA GPU but this torch ({build}) cannot use it"
+                                      f"{': ' + reason if reason else ''}; install a torch build for its driver, "
+                                      "or set device=cpu")
+        raise InputError(setting, f"CUDA was asked for but torch sees no GPU{': ' + reason if reason else ''}")
+    device = torch.device("cuda") if name in (None, "", "auto") else torch.device(name)
+    index = device.index or 0
+    if index >= torch.cuda.device_count():
+        raise InputError(setting, f"there are only {torch.cuda.device_count()} GPUs")
+    problem = unsupported_gpu(torch.cuda.get_device_capability(index), torch.cuda.get_arch_list())
+    if problem:
+        raise InputError(setting, f"{torch.cuda.get_device_name(index)}: {problem}")
     return device
+
+
+def gpu_present() -> bool:
+    """True when the machine has an NVIDIA driver and a GPU device node, whatever torch makes of them."""
+    return Path("/proc/driver/nvidia/version").is_file() or Path("/dev/nvidia0").exists()
+
+
+def unsupported_gpu(capability: tuple[int, int], arch_list: list[str]) -> str | None:
+    """Why a GPU of this compute capability cannot run this torch build's kernels (None when it can): it runs
+    sm_XY binaries of its own major version and minor at most its own, and compute_XY (PTX) of XY at most its own."""
+    major, minor = capability
+    for arch in arch_list:
+        kind, _, number = arch.partition("_")
+        arch_major, arch_minor = int(number[:-1]), int(number[-1])
+        if kind == "sm" and arch_major == major and arch_minor <= minor:
+            return None
+        if kind == "compute" and (arch_major, arch_minor) <= (major, minor):
+            return None
+    return (f"compute capability {major}.{minor} is not among this torch build's ({', '.join(arch_list)}); "
+            "install a torch build that supports it")
+
+
+def usable_bf16(device: torch.device, bf16: bool | str, warn: bool = True) -> bool | str:
+    """The `bf16` setting this device can honour: on a GPU without native bf16 (before capability 8.0, a T4 or
+    V100) bf16 becomes False with one warning, since emulated bf16 is slower than float32 there."""
+    if device.type == "cuda" and bf16 and not torch.cuda.is_bf16_supported(including_emulation=False):
+        if warn:
+            major, minor = torch.cuda.get_device_capability(device)
+            print(f"warning: bf16={bf16} but {torch.cuda.get_device_name(device)} (capability {major}.{minor}) has no "
+                  "native bf16; running in float32", file=sys.stderr)
+        return False
+    return bf16
 
 
 def autocast(device: torch.device, bf16: bool | str):

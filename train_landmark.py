@@ -9,21 +9,23 @@ override it (an unknown key is an error). The resolved config, checkpoints and T
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-import training
 from config import autocast
-from data.datasets import LandmarkWindows
 from data.landmarks import merge_pose_content
-from data.sketch import draw_sketch
 from losses.landmark import landmark_loss
 from models.landmark_generator import LandmarkGenerator
+from training import checkpoints, cli, distributed, loop
+from training.stopping import LossGuard
 
 
 def sketch_grid(pose: torch.Tensor, true: torch.Tensor, pred: torch.Tensor, count: int = 4) -> np.ndarray:
     """Rows of [true | predicted] sketches of the centre frame of the first samples: (rows*128, 256, 3) uint8."""
+    from data.sketch import draw_sketch
+
     rows = []
     centre = pose.shape[1] // 2
     for i in range(min(count, pose.shape[0])):
@@ -38,7 +40,7 @@ def evaluate(model: torch.nn.Module, loader, device, batches: int, velocity_weig
     """Mean eval L1 and velocity loss over `batches` batches, and a sketch grid of the first batch."""
     model.eval()
     totals, count, grid = {"l1": 0.0, "velocity": 0.0}, 0, None
-    for batch in training.eval_batches(loader, device, batches):
+    for batch in loop.eval_batches(loader, device, batches):
         pred = model(batch["mels"], batch["pose"], batch["ref_pose"], batch["ref_content"]).float()
         _, parts = landmark_loss(pred, batch["content"], velocity_weight)
         for name in totals:
@@ -50,55 +52,67 @@ def evaluate(model: torch.nn.Module, loader, device, batches: int, velocity_weig
     return {name: value / max(count, 1) for name, value in totals.items()}, grid
 
 
+def landmark_step(model, optimiser, guard: LossGuard, batch: dict, velocity_weight: float, device_autocast
+                  ) -> dict[str, torch.Tensor]:
+    """One optimisation step; the loss parts come back as device tensors (the loop reads them at sync steps).
+    `model` may be the DDP wrapper; `guard` checks the parts before the optimiser uses them."""
+    guard.begin(model)
+    with device_autocast():
+        pred = model(batch["mels"], batch["pose"], batch["ref_pose"], batch["ref_content"])
+    loss, parts = landmark_loss(pred.float(), batch["content"], velocity_weight)
+    if not guard.ok(parts, model):
+        return {}
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    return {"l1": parts["l1"].detach(), "velocity": parts["velocity"].detach(), "lr": optimiser.param_groups[0]["lr"]}
+
+
 def train(config: dict, resume: str | None) -> int:
-    env = training.begin(config)
+    from data.datasets import LandmarkWindows  # here, so that the step above imports without OpenCV (bench/gpu.py)
+
+    env = distributed.begin(config)
     data, sample, schedule = config["data"], config["sample"], config["schedule"]
     velocity_weight = config["loss"]["velocity_weight"]
-    train_set = LandmarkWindows(training.record_list(data, "train"), sample["steps"], sample["refs"],
+    train_set = LandmarkWindows(loop.record_list(data, "train"), sample["steps"], sample["refs"],
                                 sample["min_face_frames"], seed=config["seed"], repeats=sample["epoch_repeats"],
                                 progress=env.main)
-    val_stems = training.record_list(data, "val")
+    val_stems = loop.record_list(data, "val")
     val_set = (LandmarkWindows(val_stems, sample["steps"], sample["refs"], sample["min_face_frames"],
                                seed=config["seed"] + 1) if val_stems else None)
-    training.report_data(env, train_set, val_set, sample["min_face_frames"])
+    loop.report_data(env, train_set, val_set, sample["min_face_frames"])
 
     model_args = dict(config["model"])
     model = LandmarkGenerator(**model_args).to(env.device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config["optim"]["lr"])
     optimisers = {"model": optimiser}
-    step = training.resume_run(resume, config, env, model, optimisers)
-    ddp = training.distribute(model, env)
-    logger, guard = training.open_run(config, env)
+    step = checkpoints.resume(resume, config, env, model, optimisers)
+    ddp = distributed.wrap(model, env)
+    if env.main:
+        checkpoints.save_config(config, Path(config["run_dir"]))
+    logger = loop.Logger(Path(config["run_dir"]), env.main)
+    guard = LossGuard(env, schedule["on_nonfinite"])
 
     def train_step(batch: dict, epoch: int) -> dict:
-        guard.begin(model)
-        with autocast(env.device, config["bf16"]):
-            pred = ddp(batch["mels"], batch["pose"], batch["ref_pose"], batch["ref_content"])
-        loss, parts = landmark_loss(pred.float(), batch["content"], velocity_weight)
-        if not guard.ok(parts, model):
-            return {}
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        return {"l1": parts["l1"].item(), "velocity": parts["velocity"].item(),
-                "lr": optimiser.param_groups[0]["lr"]}
+        return landmark_step(ddp, optimiser, guard, batch, velocity_weight,
+                             lambda: autocast(env.device, config["bf16"]))
 
     def run_eval(step: int) -> None:
         if val_set is not None:
-            scores, grid = evaluate(model, training.eval_loader(val_set, config, env), env.device,
+            scores, grid = evaluate(model, loop.eval_loader(val_set, config, env), env.device,
                                     schedule["eval_batches"], velocity_weight)
-            training.log_eval(logger, step, scores, "eval/sketches_true_vs_predicted", grid,
-                              f"step {step}: eval L1 {scores['l1']:.5f}, velocity {scores['velocity']:.5f}")
+            loop.log_eval(logger, step, scores, "eval/sketches_true_vs_predicted", grid,
+                          f"step {step}: eval L1 {scores['l1']:.5f}, velocity {scores['velocity']:.5f}")
 
-    save = training.checkpoint_saver(config, env, "landmark_generator", model, optimisers, model_args)
+    save = checkpoints.Saver(config, env, "landmark_generator", model, optimisers, model_args)
     model.train()
-    training.fit(config, env, train_set, step, train_step, run_eval, save, logger, guard)
-    training.finish(env, logger, [model])
+    loop.fit(config, env, train_set, step, train_step, run_eval, save, logger, guard)
+    loop.finish(env, logger, [model])
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return training.main(__doc__, train, argv)
+    return cli.main(__doc__, train, argv)
 
 
 if __name__ == "__main__":

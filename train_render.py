@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-import training
 from config import autocast
-from data.datasets import RenderFrames
 from data.errors import InputError
 from losses.gan import feature_matching_loss, lsgan_loss
 from losses.perceptual import PerceptualLoss, load_vgg19_features
 from metrics.image import PSNR_EPS, psnr, ssim
 from models.discriminator import MultiscaleDiscriminator
 from models.renderer import Renderer
+from training import checkpoints, cli, distributed, loop
+from training.stopping import LossGuard
 
 
 def generator_loss(weights: dict, warm_up: bool, perceptual: PerceptualLoss, discriminator, face, generated, warped
@@ -55,9 +56,10 @@ def discriminator_loss(discriminator, face, generated) -> torch.Tensor:
 
 
 def gan_step(generator, discriminator, g_optimiser, d_optimiser, perceptual, batch, weights, warm_up,
-             device_autocast, guard: training.LossGuard | None = None) -> dict[str, float]:
+             device_autocast, guard: LossGuard | None = None) -> dict[str, torch.Tensor]:
     """One training step: the generator's update, then (after warm-up) the discriminator's on its own loss.
-    `guard` checks each loss before its optimiser uses it (a skipped update leaves its parts out)."""
+    `guard` checks each loss before its optimiser uses it (a skipped update leaves its parts out). The parts come
+    back as detached tensors on the device: reading them is the loop's business, at its sync steps."""
     if guard is not None:
         guard.begin(generator, discriminator)
     with device_autocast():
@@ -76,7 +78,7 @@ def gan_step(generator, discriminator, g_optimiser, d_optimiser, perceptual, bat
         g_optimiser.zero_grad(set_to_none=True)
         loss.backward()
     g_optimiser.step()
-    parts = {name: value.item() for name, value in parts.items()}
+    parts = {name: value.detach() for name, value in parts.items()}
     if not warm_up:
         d_optimiser.zero_grad(set_to_none=True)  # drop what the generator's loss left in the discriminator
         d_loss = discriminator_loss(discriminator, batch["face"], generated)
@@ -84,7 +86,7 @@ def gan_step(generator, discriminator, g_optimiser, d_optimiser, perceptual, bat
             return parts
         d_loss.backward()
         d_optimiser.step()
-        parts["discriminator"] = d_loss.item()
+        parts["discriminator"] = d_loss.detach()
     return parts
 
 
@@ -102,7 +104,7 @@ def evaluate(model, loader, device, batches: int) -> tuple[dict, np.ndarray | No
     """Mean PSNR and SSIM of generated vs target faces over `batches` batches, and an image grid."""
     model.eval()
     scores, count, grid = {"psnr": 0.0, "ssim": 0.0}, 0, None
-    for batch in training.eval_batches(loader, device, batches):
+    for batch in loop.eval_batches(loader, device, batches):
         generated, warped = model(batch["face"], batch["sketches"], batch["ref_images"], batch["ref_sketches"],
                                   batch["mels"])
         values = psnr(generated.float(), batch["face"], PSNR_EPS)  # evaluate.py's definition: 80 dB at most
@@ -116,17 +118,19 @@ def evaluate(model, loader, device, batches: int) -> tuple[dict, np.ndarray | No
 
 
 def train(config: dict, resume: str | None) -> int:
-    env = training.begin(config)
+    from data.datasets import RenderFrames  # here, so that the step above imports without OpenCV (bench/gpu.py)
+
+    env = distributed.begin(config)
     data, sample, optim, schedule = config["data"], config["sample"], config["optim"], config["schedule"]
-    if optim["batch_size"] // env.world < 2:
+    if loop.batch_per_rank(config, env) < 2:
         raise InputError("optim.batch_size", "needs at least 2 samples per process (the audio encoder's BatchNorm "
                                              "sees one value per channel)")
-    train_set = RenderFrames(training.record_list(data, "train"), sample["refs"], sample["min_face_frames"],
+    train_set = RenderFrames(loop.record_list(data, "train"), sample["refs"], sample["min_face_frames"],
                              seed=config["seed"], repeats=sample["epoch_repeats"], progress=env.main)
-    val_stems = training.record_list(data, "val")
+    val_stems = loop.record_list(data, "val")
     val_set = RenderFrames(val_stems, sample["refs"], sample["min_face_frames"], seed=config["seed"] + 1) \
         if val_stems else None
-    training.report_data(env, train_set, val_set, sample["min_face_frames"])
+    loop.report_data(env, train_set, val_set, sample["min_face_frames"])
 
     vgg = config["vgg19"]
     if vgg["allow_random"] and env.main:
@@ -139,36 +143,44 @@ def train(config: dict, resume: str | None) -> int:
     d_optimiser = torch.optim.Adam(discriminator.parameters(), lr=optim["disc_lr"], betas=tuple(optim["disc_betas"]))
     optimisers = {"generator": g_optimiser, "discriminator": d_optimiser}
     others = {"discriminator": discriminator}
-    step = training.resume_run(resume, config, env, generator, optimisers, others)
-    # During warm-up the translation module gets no gradient: let DDP expect unused parameters.
-    g_model = training.distribute(generator, env, find_unused=True)
-    d_model = training.distribute(discriminator, env)
-    logger, guard = training.open_run(config, env)
-    batches_per_epoch = (-(-len(train_set) // env.world)) // (optim["batch_size"] // env.world)
+    step = checkpoints.resume(resume, config, env, generator, optimisers, others)
+    d_model = distributed.wrap(discriminator, env)
+    if env.main:
+        checkpoints.save_config(config, Path(config["run_dir"]))
+    logger = loop.Logger(Path(config["run_dir"]), env.main)
+    guard = LossGuard(env, schedule["on_nonfinite"])
+    batches_per_epoch = (-(-len(train_set) // env.world)) // loop.batch_per_rank(config, env)
+    wrapped = {}  # warm-up -> the generator under DDP for that phase
 
     def train_step(batch: dict, epoch: int) -> dict:
         warm_up = epoch < schedule["warmup_epochs"]
-        return gan_step(g_model, d_model, g_optimiser, d_optimiser, perceptual, batch, config["loss"], warm_up,
-                        lambda: autocast(env.device, config["bf16"]), guard)
+        if warm_up not in wrapped:
+            # During warm-up the translation module gets no gradient, so DDP must look for unused parameters;
+            # after it, that search would cost a graph traversal every step: wrap again at the switch (and on a
+            # resume, for the phase the run is in).
+            wrapped.clear()
+            wrapped[warm_up] = distributed.wrap(generator, env, find_unused=warm_up)
+        return gan_step(wrapped[warm_up], d_model, g_optimiser, d_optimiser, perceptual, batch, config["loss"],
+                        warm_up, lambda: autocast(env.device, config["bf16"]), guard)
 
     def run_eval(step: int) -> None:
         if val_set is not None:
-            scores, grid = evaluate(generator, training.eval_loader(val_set, config, env), env.device,
+            scores, grid = evaluate(generator, loop.eval_loader(val_set, config, env), env.device,
                                     schedule["eval_batches"])
-            training.log_eval(logger, step, scores, "eval/sketch_refs_warped_generated_target", grid,
-                              f"step {step} (epoch {step // batches_per_epoch}): eval PSNR {scores['psnr']:.2f} dB, "
-                              f"SSIM {scores['ssim']:.4f}")
+            loop.log_eval(logger, step, scores, "eval/sketch_refs_warped_generated_target", grid,
+                          f"step {step} (epoch {step // batches_per_epoch}): eval PSNR {scores['psnr']:.2f} dB, "
+                          f"SSIM {scores['ssim']:.4f}")
 
-    save = training.checkpoint_saver(config, env, "renderer", generator, optimisers, {}, others)
+    save = checkpoints.Saver(config, env, "renderer", generator, optimisers, {}, others)
     generator.train()
     discriminator.train()
-    training.fit(config, env, train_set, step, train_step, run_eval, save, logger, guard)
-    training.finish(env, logger, [generator, discriminator])
+    loop.fit(config, env, train_set, step, train_step, run_eval, save, logger, guard)
+    loop.finish(env, logger, [generator, discriminator])
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return training.main(__doc__, train, argv)
+    return cli.main(__doc__, train, argv)
 
 
 if __name__ == "__main__":

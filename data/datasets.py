@@ -81,9 +81,15 @@ class RecordSamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.stems) * self.repeats
 
-    def _draw(self, index: int):
-        """(rng, clip, window, others): a random valid window of the item's video and its other face frames."""
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+    def to_device(self, batch: dict, device: torch.device) -> dict:
+        """A collated batch on `device` (copies that need not wait, from pinned memory on CUDA)."""
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+    def _draw(self, index: int | tuple[int, int]):
+        """(rng, clip, window, others): a random valid window of the item's video and its other face frames.
+        `index` is an item, or (epoch, item) as training's sampler gives it."""
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
+        rng = np.random.default_rng([self.seed, epoch, index])
         clip = load_clip(self.stems[index % len(self.stems)])
         start = rng.choice(_valid_starts(clip.has_face, len(clip.mel), self.steps))
         window = np.arange(start, start + self.steps)

@@ -50,6 +50,8 @@ class FusionTransformer(nn.Module):
     def __init__(self, d_model: int, layers: int, heads: int, feed_forward: int, dropout: float, max_len: int = 512):
         super().__init__()
         self.register_buffer("temporal", sinusoidal_encoding(max_len, d_model), persistent=False)
+        # A buffer, not a tensor made in forward: building one on the GPU each call is a host-device copy.
+        self.register_buffer("kinds", torch.tensor([REFERENCE, AUDIO, POSE]), persistent=False)
         self.modality = nn.Embedding(4, d_model, padding_idx=0)
         self.dropout = nn.Dropout(dropout)
         layer = nn.TransformerEncoderLayer(d_model, heads, feed_forward, dropout, batch_first=True)
@@ -58,10 +60,9 @@ class FusionTransformer(nn.Module):
     def forward(self, ref: torch.Tensor, audio: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
         """(B, Nl, d), (B, T, d), (B, T, d) -> (B, Nl + 2T, d)."""
         steps = audio.shape[1]
-        kinds = torch.tensor([REFERENCE, AUDIO, POSE], device=ref.device)
-        ref = ref + self.modality(kinds[0])
-        audio = audio + self.temporal[:steps] + self.modality(kinds[1])
-        pose = pose + self.temporal[:steps] + self.modality(kinds[2])
+        ref = ref + self.modality(self.kinds[0])
+        audio = audio + self.temporal[:steps] + self.modality(self.kinds[1])
+        pose = pose + self.temporal[:steps] + self.modality(self.kinds[2])
         return self.transformer_encoder(self.dropout(torch.cat([ref, audio, pose], dim=1)))
 
 

@@ -120,12 +120,32 @@ class Alignment(nn.Module):
         x = self.spade_1(refs.h2.flatten(0, 1), modulation=modulation[0])
         x = self.spade_2(x, modulation=modulation[1])
         x = self.spade_3(self.pixel_shuffle(x), modulation=modulation[2])
-        grid = flow_to_grid(self.flow(x))  # (B*n, H, W, 2)
-        weight = self.weight_head(x)  # (B*n, 1, H, W)
+        flow = self.flow(x)  # (B*n, 2, H, W), in pixels
+        h1, h2, image = warp_in_float32(flow, (refs.h1.flatten(0, 1), refs.h2.flatten(0, 1),
+                                               refs.images.flatten(0, 1)))
+        weight = self.weight_head(x).float()  # (B*n, 1, H, W)
         small_weight = F.interpolate(weight, size=refs.h2.shape[-2:], mode="nearest")
-        terms = (warp(refs.h1.flatten(0, 1), grid) * weight, warp(refs.h2.flatten(0, 1), grid) * small_weight,
-                 warp(refs.images.flatten(0, 1), grid) * weight, weight)
+        terms = (h1 * weight, h2 * small_weight, image * weight, weight)
         return tuple(t.unflatten(0, (batch, count)).sum(dim=1) for t in terms)
+
+
+def warp_in_float32(flow: torch.Tensor, sources: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """Each source (B, C, h, w) warped by the flow (B, 2, H, W) in pixels, in float32 whatever autocast is on:
+    the grid and the sampling run in `full_precision`, so the result is float32 (sums over references too)."""
+    with full_precision(flow.device):
+        grid = flow_to_grid(flow.float())  # (B, H, W, 2)
+        return [warp(source.float(), grid) for source in sources]
+
+
+def full_precision(device: torch.device):
+    """A region where autocast is off: the motion field's grid and every warp run in float32 under bf16 too.
+
+    A bf16 grid holds positions in [-1, 1] with 8 bits of mantissa, about 0.25 px at 128 px, so each warp would
+    sample a quarter pixel off (docs/method.md, 'Mixed precision'). The official network runs in float32. Autocast's own
+    rule for grid_sample differs by device (CPU casts it to float32, CUDA promotes to the widest input), so the
+    inputs are cast here instead of relying on either.
+    """
+    return torch.autocast(device.type, enabled=False)
 
 
 def reference_chunk(batch: int, count: int, device: torch.device) -> int:

@@ -14,10 +14,11 @@ import torch
 
 import train_landmark
 import train_render
-import training
 from conftest import REPO
 from data.records import is_complete, record_paths
 from losses.landmark import landmark_loss
+from training.distributed import Distributed
+from training.stopping import DIVERGED, PREEMPTED, Diverged, LossGuard
 
 CONFIG = str(REPO / "configs" / "landmark_smoke.yaml")
 TINY = ["data.val_list=null", "model.layers=1", "model.feed_forward=64", "optim.batch_size=4", "sample.epoch_repeats=4",
@@ -157,7 +158,7 @@ def test_sigterm_mid_run_saves_the_step_reached_and_resuming_equals_an_uninterru
     run = tmp_path / "run"
     with monkeypatch.context() as patch:
         _signal_at_call(patch, train_landmark, 4, signal.SIGTERM)
-        assert _train(records, run, 7, "schedule.save_every=100") == training.PREEMPTED
+        assert _train(records, run, 7, "schedule.save_every=100") == PREEMPTED
     assert sorted(p.name for p in run.glob("step_*.pt")) == ["step_000000004.pt"]
     assert "stopped by SIGTERM at step 4" in capsys.readouterr().err
     assert (run / "last_exit").read_text() == "75\n"  # for job scripts behind torchrun
@@ -180,7 +181,7 @@ def test_sigusr1_to_a_running_trainer_process_exits_75_with_a_checkpoint(records
     time.sleep(3)
     process.send_signal(signal.SIGUSR1)
     _, err = process.communicate(timeout=240)
-    assert process.returncode == training.PREEMPTED, err[-2000:]
+    assert process.returncode == PREEMPTED, err[-2000:]
     saved = list(run.glob("step_*.pt"))
     assert len(saved) == 1 and "Traceback" not in err
     step = torch.load(saved[0], weights_only=True)["step"]
@@ -205,7 +206,7 @@ def test_a_nan_loss_stops_the_run_without_a_nan_checkpoint_and_resume_goes_on(re
     run = tmp_path / "run"
     with monkeypatch.context() as patch:
         _poison_at_call(patch, 5)
-        assert _train(records, run, 8, "schedule.save_every=2") == training.DIVERGED
+        assert _train(records, run, 8, "schedule.save_every=2") == DIVERGED
     errors = _error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and errors[0].startswith("error: step 5: loss part 'l1' is nan"), errors
     assert sorted(p.name for p in run.glob("step_*.pt")) == ["step_000000002.pt", "step_000000004.pt"]
@@ -238,16 +239,18 @@ def test_the_renderer_step_checks_both_losses_before_their_updates(records):
     batch["face"][0, 0, 0, 0] = float("nan")  # a poisoned target: every loss that sees it is NaN
     g_opt, d_opt = torch.optim.Adam(generator.parameters()), torch.optim.Adam(discriminator.parameters())
     before = {k: v.clone() for k, v in generator.state_dict().items()}
-    env = training.Distributed(0, 1, 0, torch.device("cpu"))
-    guard = training.LossGuard(env, "skip")
+    env = Distributed(0, 1, 0, torch.device("cpu"))
+    guard = LossGuard(env, "skip")
     weights = {"warp": 2.5, "reconstruction": 4.0, "style": 1000.0, "gan": 0.25, "feature_matching": 2.5}
     parts = train_render.gan_step(generator, discriminator, g_opt, d_opt, perceptual, batch, weights, False,
                                   lambda: torch.autocast("cpu", enabled=False), guard)
     assert parts == {} and guard.skipped == 1
     _assert_same(before, generator.state_dict())
-    with pytest.raises(training.Diverged, match="loss part 'generator warp' is nan"):
-        train_render.gan_step(generator, discriminator, g_opt, d_opt, perceptual, batch, weights, False,
-                              lambda: torch.autocast("cpu", enabled=False), training.LossGuard(env, "stop"))
+    stop = LossGuard(env, "stop")  # notes the bad part on the device; the loop's next sync step reads it
+    train_render.gan_step(generator, discriminator, g_opt, d_opt, perceptual, batch, weights, False,
+                          lambda: torch.autocast("cpu", enabled=False), stop)
+    with pytest.raises(Diverged, match="loss part 'generator warp' is nan"):
+        stop.check()
 
 
 # ---------------------------------------------------------------- evaluation reruns

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import train_landmark
-import training
 from config import load_config
 from conftest import REPO
 from data.errors import InputError
+from training.loop import EpochSampler, record_list
 
 TINY = ["data.val_list=null", "model.layers=1", "model.feed_forward=64", "optim.batch_size=4", "sample.epoch_repeats=4",
         "schedule.log_every=1", "schedule.save_every=3", "schedule.keep_last=5", "schedule.eval_every=1000"]
@@ -38,9 +38,9 @@ def test_a_repository_config_is_found_from_another_folder(tmp_path, monkeypatch)
 
 
 def test_epoch_sampler_shards_are_disjoint_and_resumable():
-    shards = [list(training.EpochSampler(10, rank, 3, seed=1)) for rank in range(3)]
+    shards = [[index for _, index in EpochSampler(10, rank, 3, seed=1)] for rank in range(3)]
     assert all(len(s) == 4 for s in shards) and set(sum(shards, [])) == set(range(10))
-    sampler = training.EpochSampler(10, 0, 1, seed=1)
+    sampler = EpochSampler(10, 0, 1, seed=1)
     sampler.set_epoch(2)
     full = list(sampler)
     sampler.set_epoch(2, offset=4)
@@ -73,7 +73,7 @@ def test_eval_runs_and_logs(records, tmp_path, capsys):
     assert "step 2: eval L1" in capsys.readouterr().err
     assert list((tmp_path / "run").glob("events.out.tfevents.*"))
     config_dict = load_config(config, [f"data.val_list={records}"])
-    assert len(training.record_list(config_dict["data"], "val")) == 2  # a folder of records works too
+    assert len(record_list(config_dict["data"], "val")) == 2  # a folder of records works too
 
 
 def test_bad_config_is_a_one_line_error(tmp_path):

@@ -1,0 +1,53 @@
+"""The trainers' command line: --config, --resume, dotted overrides; each way a run ends has its exit status."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from config import load_config
+from data.errors import InputError
+from training.distributed import teardown
+from training.stopping import DIVERGED, EXIT_STATUS, PREEMPTED, Diverged, Preempted
+
+
+def main(doc: str, train, argv: list[str] | None = None) -> int:
+    """Parse, run train(config, resume) and turn how it ended into one line and an exit status."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=EXIT_STATUS)
+    parser.add_argument("--config", required=True,
+                        help="YAML settings (a relative path not found here is looked up in the repository)")
+    parser.add_argument("--resume", help="'auto' (newest checkpoint in run_dir, if any) or a checkpoint path")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. optim.lr=5e-5 run_dir=runs/x")
+    args = parser.parse_intermixed_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+        status = train(config, args.resume)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Preempted as stop:
+        teardown()
+        if stop.main:
+            print(f"stopped by {stop.signal_name} at step {stop.step} after writing its checkpoint; rerun with "
+                  "--resume auto to continue", file=sys.stderr)
+        status = PREEMPTED
+    except Diverged as error:
+        teardown()
+        print(f"error: {error}", file=sys.stderr)
+        status = DIVERGED
+    except KeyboardInterrupt:
+        print("interrupted; the newest step_*.pt in run_dir is where --resume auto continues", file=sys.stderr)
+        return 130
+    if int(os.environ.get("RANK", 0)) == 0:
+        write_last_exit(Path(config["run_dir"]), status)
+    return status
+
+
+def write_last_exit(run_dir: Path, status: int) -> None:
+    """run_dir/last_exit: the main rank's exit status, for job scripts that see only torchrun's own status."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    temp = run_dir / "last_exit.tmp"
+    temp.write_text(f"{status}\n")
+    os.replace(temp, run_dir / "last_exit")
