@@ -9,8 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# Equivalence tests compare float32 with float32: where the suite runs on a GPU, TF32 would shift them by ~1e-3.
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
 TEST_DATA = REPO / "tests" / "data"
 # Prepared templates (dubbing's pass-1 cache) go to a folder of this session's, never the user's cache; set in
 # the environment so that the scripts the tests start use it too.

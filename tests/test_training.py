@@ -2,6 +2,7 @@
 devices, the device line and the GPU checks, the loss guard's deferred stop."""
 from __future__ import annotations
 
+import errno
 import random
 import sys
 
@@ -14,7 +15,7 @@ import train_landmark
 import train_render
 from conftest import REPO
 from data.datasets import LandmarkWindows
-from data.errors import InputError
+from data.errors import DISK_STATUS, InputError
 from training import checkpoints, loop
 from training.distributed import Distributed, device_line
 from training.stopping import Diverged, LossGuard
@@ -217,3 +218,62 @@ def test_the_first_line_of_a_run_names_the_device(records, tmp_path, capsys):
             "optim.batch_size=4", "sample.epoch_repeats=4", "schedule.max_steps=1"]
     assert train_landmark.main(args) == 0
     assert capsys.readouterr().err.splitlines()[0] == line
+
+
+# ---------------------------------------------------------------- a full disk, errors from loader workers
+class _FullDisk:
+    """open() for checkpoints on a disk that fills up: the `allowed`-th file opened and later ones take 1000 bytes,
+    then writing raises OSError(ENOSPC), as a full volume does."""
+
+    def __init__(self, allowed: int):
+        self.opened, self.allowed = 0, allowed
+
+    def __call__(self, path, mode="r", *args, **kwargs):
+        file = open(path, mode, *args, **kwargs)
+        self.opened += 1
+        if self.opened < self.allowed:
+            return file
+        write, written = file.write, [0]
+
+        def full_write(data):
+            written[0] += len(data)
+            if written[0] > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return write(data)
+
+        file.write = full_write
+        return file
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_exit_74_with_the_older_one_intact(records, tmp_path,
+                                                                                      monkeypatch, capsys):
+    monkeypatch.setattr(checkpoints, "open", _FullDisk(allowed=2), raising=False)
+    args = ["--config", str(REPO / "configs" / "landmark_smoke.yaml"), f"data.records={records}",
+            f"run_dir={tmp_path}", "data.val_list=null", "model.layers=1", "model.feed_forward=64",
+            "optim.batch_size=4", "sample.epoch_repeats=4", "schedule.max_steps=4", "schedule.save_every=2",
+            "schedule.keep_last=1"]
+    assert train_landmark.main(args) == DISK_STATUS
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {tmp_path / 'step_000000004.pt'}: no space left on device (checkpoint not written; "
+                      "step_000000002.pt is the newest complete one)"] and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_000000002.pt"]  # no .tmp, the older one kept
+    assert checkpoints.read_checkpoint(tmp_path / "step_000000002.pt")["step"] == 2
+
+
+class _Damaged(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index):
+        if index == 2:
+            raise InputError("records/a/b.npz", "damaged record: landmarks has shape (3,), expected (9, 131, 2)")
+        return torch.zeros(1)
+
+
+def test_an_input_error_in_a_loader_worker_reaches_the_main_process_as_itself():
+    loader = torch.utils.data.DataLoader(_Damaged(), batch_size=1, num_workers=2)
+    with pytest.raises(InputError) as caught:
+        list(loader)
+    assert str(caught.value) == "records/a/b.npz: damaged record: landmarks has shape (3,), expected (9, 131, 2)"
+    assert caught.value.path == "records/a/b.npz"

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from data.errors import InputError, one_line
+from data.errors import DiskError, InputError, disk_problem, one_line
 from training.distributed import Distributed, bare
 from training.stopping import check_finite_parameters
 
@@ -87,17 +87,23 @@ def training_state(model: torch.nn.Module, optimisers: dict, step: int, config: 
 
 def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int) -> Path:
     """Write step_<step>.pt atomically (temporary name, then rename; the temporary file is removed on any
-    failure), then keep only the newest `keep`: an older checkpoint is removed only once the new one is whole."""
+    failure), then keep only the newest `keep`: an older checkpoint is removed only once the new one is whole.
+    A full, read-only or failing disk is a DiskError naming the file and the newest complete checkpoint."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / f"step_{step:09d}.pt"
     temp = path.with_suffix(".pt.tmp")
     try:
-        with open(temp, "wb") as file:
+        with open(temp, "wb") as file:  # a file of ours, so that a full disk's OSError reaches us through torch's
             torch.save(state, file)
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as error:
         temp.unlink(missing_ok=True)
-        raise
+        problem = disk_problem(error)
+        if problem is None:
+            raise
+        newest = list_checkpoints(run_dir)
+        kept = f"{newest[-1].name} is the newest complete one" if newest else "the run has no complete one yet"
+        raise DiskError(path, f"{problem} (checkpoint not written; {kept})") from None
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from config import load_config
-from data.errors import InputError
+from data.errors import DISK_STATUS, DiskError, InputError
 from training.distributed import teardown
 from training.stopping import DIVERGED, EXIT_STATUS, PREEMPTED, Diverged, Preempted
 
@@ -27,6 +27,10 @@ def main(doc: str, train, argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except DiskError as error:
+        teardown()
+        print(f"error: {error}", file=sys.stderr)
+        return DISK_STATUS
     except Preempted as stop:
         teardown()
         if stop.main:

@@ -20,8 +20,10 @@ DIVERGED = 3
 EXIT_STATUS = ("exit status: 0 when the run reached its last step; 2 for a user error (bad config or override, "
                "missing or damaged data or checkpoint), reported in one line; 3 when a loss became NaN or inf "
                "(nothing after the last finite check saved; --resume auto restarts from the last good checkpoint); "
-               "75 when SIGTERM or SIGUSR1 (a scheduler's preemption notice) stopped the run after it wrote a "
-               "checkpoint at the step reached (requeue it with --resume auto); 130 when interrupted (Ctrl-C)")
+               "74 when a checkpoint could not be written (full, read-only or failing disk; named in one line, nothing "
+               "partial left, earlier checkpoints intact); 75 when SIGTERM or SIGUSR1 (a scheduler's preemption "
+               "notice) stopped the run after it wrote a checkpoint at the step reached (requeue it with --resume "
+               "auto); 130 when interrupted (Ctrl-C)")
 
 
 class Preempted(Exception):
