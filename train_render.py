@@ -103,6 +103,7 @@ def evaluate(model, loader, device, batches: int) -> tuple[dict, np.ndarray | No
     model.eval()
     scores, count, grid = {"psnr": 0.0, "ssim": 0.0}, 0, None
     for batch in training.eval_batches(loader, device, batches):
+        batch = loader.dataset.to_device(batch, device)  # uint8 images and 1-channel sketches -> the renderer's
         generated, warped = model(batch["face"], batch["sketches"], batch["ref_images"], batch["ref_sketches"],
                                   batch["mels"])
         values = psnr(generated.float(), batch["face"], PSNR_EPS)  # evaluate.py's definition: 80 dB at most
@@ -148,6 +149,7 @@ def train(config: dict, resume: str | None) -> int:
     batches_per_epoch = (-(-len(train_set) // env.world)) // (optim["batch_size"] // env.world)
 
     def train_step(batch: dict, epoch: int) -> dict:
+        batch = train_set.to_device(batch, env.device)  # the uint8 batch as the renderer takes it, on the device
         warm_up = epoch < schedule["warmup_epochs"]
         return gan_step(g_model, d_model, g_optimiser, d_optimiser, perceptual, batch, config["loss"], warm_up,
                         lambda: autocast(env.device, config["bf16"]), guard)

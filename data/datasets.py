@@ -10,8 +10,8 @@ from data.audio import window_start
 from data.crop import FACE_SIZE, box_size
 from data.errors import InputError
 from data.packs import Video, open_pack
-from data.records import decode_face
-from data.sketch import sketch_tensor
+from data.records import decode_face_planes
+from data.sketch import draw_sketch
 
 
 def read_filelist(path: str | Path, root: str | Path) -> list[Path]:
@@ -35,6 +35,10 @@ def records_under(root: str | Path) -> list[Path]:
     if not root.is_dir():
         raise InputError(root, "no such records folder")
     return sorted(p.with_suffix("") for p in root.rglob("*.npz"))
+
+
+RENDER_IMAGES = ("face", "ref_images")
+RENDER_SKETCHES = ("sketches", "ref_sketches")
 
 
 class RecordSamples(torch.utils.data.Dataset):
@@ -117,31 +121,27 @@ def _mel_windows(video: Video, frames: np.ndarray) -> np.ndarray:
 
 
 def _sketches(video: Video, frames: np.ndarray) -> torch.Tensor:
-    """(k, 3, 128, 128) float sketches of the given frames, drawn from their stored landmarks and box shapes."""
-    return torch.from_numpy(np.stack([sketch_tensor(video.landmarks[t], box_size(video.boxes[t])) for t in frames]))
+    """(k, 1, 128, 128) uint8 sketches of the given frames, drawn from their stored landmarks and box shapes."""
+    return torch.from_numpy(np.stack([draw_sketch(video.landmarks[t], box_size(video.boxes[t])) for t in frames]
+                                     )[:, None])
 
 
 def _faces(video: Video, frames: np.ndarray) -> np.ndarray:
-    """(k, 128, 128, 3) uint8 RGB faces of the given frames, decoded from the video's .faces file."""
-    out = np.empty((len(frames), FACE_SIZE, FACE_SIZE, 3), np.uint8)
+    """(k, 3, 128, 128) uint8 RGB faces of the given frames, decoded from the video's .faces file."""
+    out = np.empty((len(frames), 3, FACE_SIZE, FACE_SIZE), np.uint8)
     with open(video.faces_path, "rb") as handle:
         for slot, t in enumerate(frames):
             start, end = video.face_bytes[t]
             handle.seek(int(start))
-            out[slot] = decode_face(handle.read(int(end - start)))
+            decode_face_planes(handle.read(int(end - start)), out[slot])
     return out
-
-
-def image_tensor(images: np.ndarray | list[np.ndarray], device: torch.device | str | None = None) -> torch.Tensor:
-    """RGB uint8 images (k, H, W, 3) (an array or a list) -> (k, 3, H, W) float32 in 0..1, on `device`."""
-    array = np.ascontiguousarray(np.stack(images) if isinstance(images, list) else images)
-    return torch.from_numpy(array).to(device).permute(0, 3, 1, 2).float().div_(255)
 
 
 class RenderFrames(RecordSamples):
     """Samples for the renderer: the centre frame of a random window of 5 face frames (the target), the sketches
     of the window, `refs` reference faces and their sketches drawn from the video's other face frames, and the
-    target's audio window. Images are RGB in 0..1."""
+    target's audio window. Images are RGB uint8 (3, 128, 128) and sketches one uint8 channel (1, 128, 128), a
+    quarter of the float bytes to collate and copy; `to_device` turns a batch into what the renderer takes."""
 
     def __init__(self, stems: list[Path], refs: int = 3, min_face_frames: int = 25, seed: int = 0,
                  repeats: int = 1, progress: bool = False, pack_dir: str | Path | None = None):
@@ -152,11 +152,25 @@ class RenderFrames(RecordSamples):
         rng, video, window, others = self._draw(key)
         refs = rng.choice(others, self.refs, replace=len(others) < self.refs)
         target = window[2]
-        faces = _faces(video, np.concatenate([[target], refs]))
+        faces = torch.from_numpy(_faces(video, np.concatenate([[target], refs])))
         return {
-            "face": image_tensor(faces[:1])[0],  # (3, 128, 128)
-            "sketches": _sketches(video, window),  # (5, 3, 128, 128)
-            "ref_images": image_tensor(faces[1:]),  # (N, 3, 128, 128)
-            "ref_sketches": _sketches(video, refs),  # (N, 3, 128, 128)
-            "mels": torch.from_numpy(_mel_windows(video, window[2:3])),  # (1, 80, 16)
+            "face": faces[0],  # (3, 128, 128) uint8
+            "sketches": _sketches(video, window),  # (5, 1, 128, 128) uint8
+            "ref_images": faces[1:],  # (N, 3, 128, 128) uint8
+            "ref_sketches": _sketches(video, refs),  # (N, 1, 128, 128) uint8
+            "mels": torch.from_numpy(_mel_windows(video, window[2:3])),  # (1, 80, 16) float32
         }
+
+    def to_device(self, batch: dict, device: torch.device) -> dict:
+        """The batch on `device` as the renderer takes it: images and sketches float32 in 0..1, sketches with 3
+        equal channels ((B, k, 3, 128, 128)); converted after the copy, on the device. A batch already converted
+        is returned as it is."""
+        batch = super().to_device(batch, device)
+        for name in RENDER_IMAGES + RENDER_SKETCHES:
+            value = batch[name]
+            if value.dtype == torch.uint8:
+                value = value.float().div_(255)  # the same float32 division as image_tensor and sketch_tensor
+            if name in RENDER_SKETCHES and value.shape[-3] == 1:
+                value = value.expand(*value.shape[:-3], 3, *value.shape[-2:]).contiguous()
+            batch[name] = value
+        return batch

@@ -61,7 +61,8 @@ def test_render_frames_sample(records):
     from data.sketch import sketch_tensor
 
     dataset = RenderFrames(records_under(records), refs=3, seed=1)
-    sample = dataset[1]
+    batch = dataset.to_device({k: v[None] for k, v in dataset[1].items()}, torch.device("cpu"))
+    sample = {k: v[0] for k, v in batch.items()}  # as the renderer takes it: float32 in 0..1, 3-channel sketches
     assert sample["face"].shape == (3, 128, 128) and sample["sketches"].shape == (5, 3, 128, 128)
     assert sample["ref_images"].shape == (3, 3, 128, 128) and sample["ref_sketches"].shape == (3, 3, 128, 128)
     assert sample["mels"].shape == (1, 80, 16)

@@ -2,11 +2,12 @@
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import default_collate
 
-from data.datasets import LandmarkWindows
+from data.datasets import LandmarkWindows, RenderFrames
 from data.errors import InputError
 from data.records import encode_face, write_record
-from data.reference_samples import landmark_sample
+from data.reference_samples import landmark_sample, render_sample
 
 
 def write_records(folder, count: int = 2, frames: int = 36, seed: int = 0) -> list:
@@ -81,3 +82,30 @@ def test_skipped_missing_and_unwritable(tiny, tmp_path):
     with pytest.raises(InputError, match="cannot write the records' pack here") as error:
         LandmarkWindows(tiny, min_face_frames=20, pack_dir=tmp_path / "file" / "packs")
     assert "\n" not in str(error.value) and str(tmp_path / "file" / "packs") in str(error.value)
+
+
+def test_render_frames_are_uint8_and_equal_the_float_draw_on_the_device(tiny):
+    dataset = RenderFrames(tiny, refs=3, min_face_frames=20, seed=2, repeats=2)
+    keys = [(0, 0), (0, 3), (5, 1), (5, 2)]
+    samples = [dataset[key] for key in keys]
+    shapes = {"face": (3, 128, 128), "sketches": (5, 1, 128, 128), "ref_images": (3, 3, 128, 128),
+              "ref_sketches": (3, 1, 128, 128), "mels": (1, 80, 16)}
+    for sample in samples:
+        assert {name: tuple(value.shape) for name, value in sample.items()} == shapes
+        assert all(sample[name].dtype == torch.uint8 for name in shapes if name != "mels")
+        assert sum(value.numel() * value.element_size() for value in sample.values()) <= 0.35e6
+    expected = default_collate([render_sample(tiny, 2, epoch, index, refs=3) for epoch, index in keys])
+    # Today's sketches are uint8 drawings divided by 255 in float32, so exact equality is the bar.
+    assert torch.equal(expected["sketches"], (expected["sketches"] * 255).round() / 255)
+    converted = dataset.to_device(default_collate(samples), torch.device("cpu"))
+    _equal(converted, expected)
+    _equal(dataset.to_device(converted, torch.device("cpu")), expected)  # a converted batch stays as it is
+    dataset.set_epoch(5)
+    _equal(dataset.to_device(default_collate([dataset[1]]), torch.device("cpu")),
+           default_collate([render_sample(tiny, 2, 5, 1, refs=3)]))
+
+
+def test_every_byte_value_divides_as_numpy_divides():
+    values = np.arange(256, dtype=np.uint8)
+    assert torch.equal(torch.from_numpy(values).float().div_(255), torch.from_numpy(values.astype(np.float32) / 255.0))
+
