@@ -109,3 +109,32 @@ def test_every_byte_value_divides_as_numpy_divides():
     values = np.arange(256, dtype=np.uint8)
     assert torch.equal(torch.from_numpy(values).float().div_(255), torch.from_numpy(values.astype(np.float32) / 255.0))
 
+
+class EpochIndices(torch.utils.data.Sampler):
+    """(epoch, index) for every index, the epoch set from outside: the shape of the trainers' epoch sampler."""
+
+    def __init__(self, count: int):
+        self.epoch, self.count = 0, count
+
+    def __iter__(self):
+        return iter([(self.epoch, index) for index in range(self.count)])
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def test_persistent_workers_draw_the_epoch_the_sampler_carries(tiny):
+    dataset = LandmarkWindows(tiny, min_face_frames=20, seed=4, repeats=2)
+    sampler = EpochIndices(len(dataset))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, sampler=sampler, num_workers=2,
+                                         persistent_workers=True)
+    contents = []
+    for epoch in (0, 1, 2):
+        sampler.epoch = epoch
+        batches = list(loader)
+        assert len(batches) == 2
+        for first, batch in zip((0, 2), batches):
+            _equal(batch, default_collate([dataset[(epoch, index)] for index in (first, first + 1)]))
+        contents.append(torch.cat([batch["content"] for batch in batches]))
+    assert dataset.epoch == 0  # nothing but the sampler told the workers the epoch
+    assert not torch.equal(contents[0], contents[1]) and not torch.equal(contents[1], contents[2])
