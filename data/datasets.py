@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.audio import window_start
 from data.crop import FACE_SIZE, box_size
 from data.errors import InputError
 from data.packs import Video, open_pack
@@ -117,7 +116,7 @@ class LandmarkWindows(RecordSamples):
 def _mel_windows(video: Video, frames: np.ndarray) -> np.ndarray:
     """(k, 80, 16) audio windows of frames whose windows lie inside the mel (valid windows): mel_windows' values,
     gathered from the pack's window view in one step (no clipping needed)."""
-    return video.mel_windows[window_start(frames)]
+    return video.mel_windows[video.mel_starts[frames]]
 
 
 def _sketches(video: Video, frames: np.ndarray) -> torch.Tensor:

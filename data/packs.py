@@ -3,9 +3,10 @@ every data-loader worker memory-maps (the operating system shares the pages), so
 
 A pack is a folder `<pack_dir>/<key>/` holding one raw little-endian file per array and `meta.json` (the arrays'
 dtypes and shapes, the usable stems, the skipped and missing ones). The key hashes the pack version, the window
-length, the face-frame threshold and every record's path, size and modification time, so a changed, added or
-removed record gives a new pack. A pack is written under a temporary name and renamed into place, so a reader
-sees a whole pack or none; concurrent writers (DDP ranks) each write their own and the first rename wins.
+length, the face-frame threshold and every record's path and its files' sizes and modification times, so a changed,
+added or removed record gives a new pack (old packs stay until deleted). A pack is written under a temporary name
+and renamed into place, so a reader sees a whole pack or none; concurrent writers (DDP ranks) each write their own
+and the first rename wins.
 
 Per frame, over all usable videos in order: landmarks (F, 131, 2) float32, and the same split as the landmark
 generator takes them, pose (F, 2, 74) and content (F, 2, 57) float32 (so a sample is one gather, not three);
@@ -60,6 +61,7 @@ class Video:
     face_bytes: np.ndarray  # (T, 2) int64
     mel: np.ndarray  # (M, 80) float32
     mel_windows: np.ndarray  # (M - 15, 80, 16) view: mel_windows[m] is mel[m:m + 16].T
+    mel_starts: np.ndarray  # (T,) int64: window_start of each frame, where its audio window begins
     starts: np.ndarray  # valid window starts, sorted
     face_frames: np.ndarray  # frames with a face, sorted
 
@@ -81,6 +83,8 @@ class Pack:
             self.arrays[name] = np.array(self.arrays[name])
         self._faces_paths = [record_paths(stem)[1] for stem in self.stems]
         self._videos: dict[int, Video] = {}
+        longest = int(np.diff(self.arrays["frames"]).max(initial=0))
+        self._mel_starts = window_start(np.arange(longest))  # the same for every video: computed once
 
     def __getstate__(self) -> dict:
         # A worker started by spawn maps the files again instead of receiving a copy of every array.
@@ -102,6 +106,7 @@ class Pack:
                 self._faces_paths[v], *(a[name][frames] for name in ("landmarks", "pose", "content", "boxes",
                                                                      "face_bytes")),
                 mel, np.lib.stride_tricks.sliding_window_view(mel, MEL_STEPS, axis=0),
+                self._mel_starts[:frames.stop - frames.start],
                 a["starts"][a["start_offsets"][v]:a["start_offsets"][v + 1]],
                 a["face_frames"][a["face_frame_offsets"][v]:a["face_frame_offsets"][v + 1]])
         return self._videos[v]
@@ -113,15 +118,18 @@ def _map(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def pack_key(stems: list[Path], steps: int, min_face_frames: int) -> str:
-    """The hash naming a split's pack: version, settings, and each record's path, size and mtime (absent: None)."""
+    """The hash naming a split's pack: version, settings, and each record's path and its two files' sizes and
+    modification times (None for an absent file)."""
     entries = []
     for stem in stems:
-        npz = record_paths(stem)[0]
-        try:
-            stat = npz.stat()
-            entries.append([os.path.abspath(stem), stat.st_size, stat.st_mtime_ns])
-        except FileNotFoundError:
-            entries.append([os.path.abspath(stem), None, None])
+        entry = [os.path.abspath(stem)]
+        for path in record_paths(stem):  # the .faces too: a face file cut short after packing is noticed
+            try:
+                stat = path.stat()
+                entry += [stat.st_size, stat.st_mtime_ns]
+            except FileNotFoundError:
+                entry += [None, None]
+        entries.append(entry)
     text = json.dumps([PACK_VERSION, steps, min_face_frames, entries])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -160,7 +168,7 @@ def _write_pack(stems: list[Path], steps: int, min_face_frames: int, folder: Pat
                                  "folder in data.pack_dir") from None
     try:
         meta = _fill(temp, stems, steps, min_face_frames, progress)
-        (temp / "meta.json").write_text(json.dumps(meta))
+        _write_synced(temp / "meta.json", json.dumps(meta).encode())
         try:
             os.rename(temp, final)
         except OSError:
@@ -168,6 +176,13 @@ def _write_pack(stems: list[Path], steps: int, min_face_frames: int, folder: Pat
                 raise
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _fill(temp: Path, stems: list[Path], steps: int, min_face_frames: int, progress: bool) -> dict:
@@ -201,6 +216,9 @@ def _fill(temp: Path, stems: list[Path], steps: int, min_face_frames: int, progr
             for name, source in (("frames", "landmarks"), ("mels", "mel"), ("start_offsets", "starts"),
                                  ("face_frame_offsets", "face_frames")):
                 offsets[name].append(rows[source])
+        for handle in files.values():  # on disk before the rename, so that a crash leaves no pack of zeros
+            handle.flush()
+            os.fsync(handle.fileno())
     finally:
         for handle in files.values():
             handle.close()
@@ -211,7 +229,7 @@ def _fill(temp: Path, stems: list[Path], steps: int, min_face_frames: int, progr
               "mel": ("<f4", (rows["mel"], 80)), "starts": ("<i8", (rows["starts"],)),
               "face_frames": ("<i8", (rows["face_frames"],))}
     for name, values in offsets.items():
-        np.asarray(values, "<i8").tofile(temp / f"{name}.bin")
+        _write_synced(temp / f"{name}.bin", np.asarray(values, "<i8").tobytes())
         shapes[name] = ("<i8", (len(values),))
     return {"version": PACK_VERSION, "arrays": {name: [dtype, list(shape)] for name, (dtype, shape) in shapes.items()},
             "stems": [str(stem) for stem in usable], "skipped": [str(stem) for stem in skipped],

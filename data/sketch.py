@@ -48,8 +48,9 @@ def _chains(edges: np.ndarray) -> list[np.ndarray]:
 # One polyline per run draws each segment in its own direction with the same 1-pixel line as a two-point
 # polyline would (the same pixels), at a fraction of OpenCV's per-contour cost: 125 edges in 15 runs.
 CHAINS = _chains(EDGES)
-CHAIN_POINTS = np.concatenate(CHAINS)  # the runs' points back to back, split again at CHAIN_SPLITS
-CHAIN_SPLITS = np.cumsum([len(chain) for chain in CHAINS])[:-1]
+CHAIN_POINTS = np.concatenate(CHAINS)  # the runs' points back to back, cut again at CHAIN_SLICES
+_ENDS = np.cumsum([len(chain) for chain in CHAINS]).tolist()
+CHAIN_SLICES = [slice(start, end) for start, end in zip([0] + _ENDS[:-1], _ENDS)]
 
 SKETCH_VALUE = 224
 SKETCH_SIZE = 128
@@ -72,7 +73,7 @@ def draw_edges(canvas: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     pixels = np.floor(landmarks[CHAIN_POINTS] * (width, height)).astype(np.int64)
     pixels = np.clip(pixels, 0, (width - 1, height - 1)).astype(np.int32)
     colour = (SKETCH_VALUE,) * (canvas.shape[2] if canvas.ndim == 3 else 1)
-    cv2.polylines(canvas, np.split(pixels, CHAIN_SPLITS), isClosed=False, color=colour, thickness=1,
+    cv2.polylines(canvas, [pixels[run] for run in CHAIN_SLICES], isClosed=False, color=colour, thickness=1,
                   lineType=cv2.LINE_8)
     return canvas
 
