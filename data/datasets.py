@@ -140,7 +140,7 @@ class RenderFrames(RecordSamples):
     """Samples for the renderer: the centre frame of a random window of 5 face frames (the target), the sketches
     of the window, `refs` reference faces and their sketches drawn from the video's other face frames, and the
     target's audio window. Images are RGB uint8 (3, 128, 128) and sketches one uint8 channel (1, 128, 128), a
-    quarter of the float bytes to collate and copy; `to_device` turns a batch into what the renderer takes."""
+    seventh of the float bytes to collate and copy; `to_device` turns a batch into what the renderer takes."""
 
     def __init__(self, stems: list[Path], refs: int = 3, min_face_frames: int = 25, seed: int = 0,
                  repeats: int = 1, progress: bool = False, pack_dir: str | Path | None = None):
