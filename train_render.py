@@ -126,10 +126,11 @@ def train(config: dict, resume: str | None) -> int:
         raise InputError("optim.batch_size", "needs at least 2 samples per process (the audio encoder's BatchNorm "
                                              "sees one value per channel)")
     train_set = RenderFrames(loop.record_list(data, "train"), sample["refs"], sample["min_face_frames"],
-                             seed=config["seed"], repeats=sample["epoch_repeats"], progress=env.main)
+                             seed=config["seed"], repeats=sample["epoch_repeats"], progress=env.main,
+                             pack_dir=data["pack_dir"])
     val_stems = loop.record_list(data, "val")
-    val_set = RenderFrames(val_stems, sample["refs"], sample["min_face_frames"], seed=config["seed"] + 1) \
-        if val_stems else None
+    val_set = RenderFrames(val_stems, sample["refs"], sample["min_face_frames"], seed=config["seed"] + 1,
+                           pack_dir=data["pack_dir"]) if val_stems else None
     loop.report_data(env, train_set, val_set, sample["min_face_frames"])
 
     vgg = config["vgg19"]

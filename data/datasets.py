@@ -5,14 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from data.audio import MEL_STEPS, mel_windows, window_start
-from data.crop import box_size
+from data.crop import FACE_SIZE, box_size
 from data.errors import InputError
-from data.landmarks import content_of, pose_of
-from data.records import load_clip, record_paths, verify_record
-from data.sketch import sketch_tensor
+from data.packs import Video, open_pack
+from data.records import decode_face_planes
+from data.sketch import draw_sketch
 
 
 def read_filelist(path: str | Path, root: str | Path) -> list[Path]:
@@ -38,15 +36,8 @@ def records_under(root: str | Path) -> list[Path]:
     return sorted(p.with_suffix("") for p in root.rglob("*.npz"))
 
 
-def _valid_starts(has_face: np.ndarray, mel_length: int, steps: int) -> np.ndarray:
-    """Window starts t whose frames t..t+steps-1 all have a face and whose audio windows lie inside the mel."""
-    count = len(has_face) - steps + 1
-    if count <= 0:
-        return np.zeros(0, np.int64)
-    starts = np.arange(count)
-    faces = np.lib.stride_tricks.sliding_window_view(has_face, steps).all(axis=1)
-    audio = (window_start(starts) >= 0) & (window_start(starts + steps - 1) + MEL_STEPS <= mel_length)
-    return starts[faces & audio]
+RENDER_IMAGES = ("face", "ref_images")
+RENDER_SKETCHES = ("sketches", "ref_sketches")
 
 
 class RecordSamples(torch.utils.data.Dataset):
@@ -55,46 +46,46 @@ class RecordSamples(torch.utils.data.Dataset):
 
     A video is usable when it has at least `min_face_frames` face frames and some window of `steps` face
     frames whose audio windows lie inside the mel; the others are listed in `skipped` (and absent records in
-    `missing`).
+    `missing`). Samples are drawn from the split's pack (data/packs.py: made once, memory-mapped by every
+    worker), in `pack_dir` or, when None, in a `.packs` folder beside the records.
     """
 
     def __init__(self, stems: list[Path], steps: int = 5, min_face_frames: int = 25, seed: int = 0,
-                 repeats: int = 1, progress: bool = False):
+                 repeats: int = 1, progress: bool = False, pack_dir: str | Path | None = None):
         self.steps, self.seed, self.epoch, self.repeats = steps, seed, 0, repeats
-        self.stems, self.skipped, self.missing = [], [], []
-        for stem in tqdm(stems, desc="scanning records", unit="record", disable=not progress):
-            if not record_paths(stem)[0].is_file():
-                self.missing.append(stem)
-                continue
-            clip = verify_record(stem)  # a damaged record stops the run here, before training, naming the file
-            if clip.has_face.sum() < min_face_frames or len(_valid_starts(clip.has_face, len(clip.mel), steps)) == 0:
-                self.skipped.append(stem)
-            else:
-                self.stems.append(stem)
-        if not self.stems:
-            raise InputError(stems[0].parent if stems else "records", f"no usable records among {len(stems)} "
-                             f"({len(self.skipped)} with too few face frames, {len(self.missing)} missing)")
+        self.pack = open_pack(stems, steps, min_face_frames, pack_dir, progress)
+        self.stems, self.skipped, self.missing = self.pack.stems, self.pack.skipped, self.pack.missing
 
     def set_epoch(self, epoch: int) -> None:
+        """The epoch an int index draws from (eval loaders, workers started anew each epoch)."""
         self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.stems) * self.repeats
 
-    def to_device(self, batch: dict, device: torch.device) -> dict:
-        """A collated batch on `device` (copies that need not wait, from pinned memory on CUDA)."""
-        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    def _draw(self, key: int | tuple[int, int]) -> tuple[np.random.Generator, Video, np.ndarray, np.ndarray]:
+        """(rng, video, window, others): a random valid window of the item's video and its other face frames.
 
-    def _draw(self, index: int | tuple[int, int]):
-        """(rng, clip, window, others): a random valid window of the item's video and its other face frames.
-        `index` is an item, or (epoch, item) as training's sampler gives it."""
-        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
+        key is an index (drawn in self.epoch) or (epoch, index), as a sampler that carries the epoch yields it:
+        persistent workers hold their own copy of the dataset, which set_epoch in the main process never reaches.
+        """
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         rng = np.random.default_rng([self.seed, epoch, index])
-        clip = load_clip(self.stems[index % len(self.stems)])
-        start = rng.choice(_valid_starts(clip.has_face, len(clip.mel), self.steps))
+        video = self.pack.video(index % len(self.stems))
+        # The draw rng.choice(video.starts) makes, from the same stream, without its argument checks.
+        start = int(video.starts[rng.integers(0, len(video.starts))])
         window = np.arange(start, start + self.steps)
-        others = np.setdiff1d(clip.face_frames, window)
-        return rng, clip, window, others
+        # Every window frame has a face, so the window is `steps` consecutive entries of the sorted face frames:
+        # cutting them out gives np.setdiff1d's result without its sort.
+        faces = video.face_frames
+        first = int(np.searchsorted(faces, start))
+        others = np.concatenate([faces[:first], faces[first + self.steps:]])
+        return rng, video, window, others
+
+    def to_device(self, batch: dict, device: torch.device) -> dict:
+        """The collated batch on `device`: every tensor moved with non_blocking=True."""
+        return {name: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+                for name, value in batch.items()}
 
 
 class LandmarkWindows(RecordSamples):
@@ -103,53 +94,82 @@ class LandmarkWindows(RecordSamples):
     are read; face images are never decoded."""
 
     def __init__(self, stems: list[Path], steps: int = 5, refs: int = 15, min_face_frames: int = 25,
-                 seed: int = 0, repeats: int = 1, progress: bool = False):
-        super().__init__(stems, steps, min_face_frames, seed, repeats, progress)
+                 seed: int = 0, repeats: int = 1, progress: bool = False, pack_dir: str | Path | None = None):
+        super().__init__(stems, steps, min_face_frames, seed, repeats, progress, pack_dir)
         self.refs = refs
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng, clip, window, others = self._draw(index)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        rng, video, window, others = self._draw(key)
         refs = rng.choice(others, self.refs, replace=len(others) < self.refs)
-        landmarks = clip.landmarks
+        frames = np.concatenate([window, refs])  # one gather for the window and the references
+        pose, content = video.pose[frames], video.content[frames]  # (T + Nl, 2, 74), (T + Nl, 2, 57)
+        steps = len(window)
         return {
-            "mels": torch.from_numpy(mel_windows(clip.mel, window))[:, None],  # (T, 1, 80, 16)
-            "pose": torch.from_numpy(pose_of(landmarks[window])),  # (T, 2, 74)
-            "content": torch.from_numpy(content_of(landmarks[window])),  # (T, 2, 57)
-            "ref_pose": torch.from_numpy(pose_of(landmarks[refs])),  # (Nl, 2, 74)
-            "ref_content": torch.from_numpy(content_of(landmarks[refs])),  # (Nl, 2, 57)
+            "mels": torch.from_numpy(_mel_windows(video, window))[:, None],  # (T, 1, 80, 16)
+            "pose": torch.from_numpy(pose[:steps]),  # (T, 2, 74)
+            "content": torch.from_numpy(content[:steps]),  # (T, 2, 57)
+            "ref_pose": torch.from_numpy(pose[steps:]),  # (Nl, 2, 74)
+            "ref_content": torch.from_numpy(content[steps:]),  # (Nl, 2, 57)
         }
 
 
-def _sketches(clip, frames: np.ndarray) -> torch.Tensor:
-    """(k, 3, 128, 128) float sketches of the given frames, drawn from their stored landmarks and box shapes."""
-    return torch.from_numpy(np.stack([sketch_tensor(clip.landmarks[t], box_size(clip.boxes[t])) for t in frames]))
+def _mel_windows(video: Video, frames: np.ndarray) -> np.ndarray:
+    """(k, 80, 16) audio windows of frames whose windows lie inside the mel (valid windows): mel_windows' values,
+    gathered from the pack's window view in one step (no clipping needed)."""
+    return video.mel_windows[video.mel_starts[frames]]
 
 
-def image_tensor(images: np.ndarray | list[np.ndarray], device: torch.device | str | None = None) -> torch.Tensor:
-    """RGB uint8 images (k, H, W, 3) (an array or a list) -> (k, 3, H, W) float32 in 0..1, on `device`."""
-    array = np.ascontiguousarray(np.stack(images) if isinstance(images, list) else images)
-    return torch.from_numpy(array).to(device).permute(0, 3, 1, 2).float().div_(255)
+def _sketches(video: Video, frames: np.ndarray) -> torch.Tensor:
+    """(k, 1, 128, 128) uint8 sketches of the given frames, drawn from their stored landmarks and box shapes."""
+    return torch.from_numpy(np.stack([draw_sketch(video.landmarks[t], box_size(video.boxes[t])) for t in frames]
+                                     )[:, None])
+
+
+def _faces(video: Video, frames: np.ndarray) -> np.ndarray:
+    """(k, 3, 128, 128) uint8 RGB faces of the given frames, decoded from the video's .faces file."""
+    out = np.empty((len(frames), 3, FACE_SIZE, FACE_SIZE), np.uint8)
+    with open(video.faces_path, "rb") as handle:
+        for slot, t in enumerate(frames):
+            start, end = video.face_bytes[t]
+            handle.seek(int(start))
+            decode_face_planes(handle.read(int(end - start)), out[slot])
+    return out
 
 
 class RenderFrames(RecordSamples):
     """Samples for the renderer: the centre frame of a random window of 5 face frames (the target), the sketches
     of the window, `refs` reference faces and their sketches drawn from the video's other face frames, and the
-    target's audio window. Images are RGB in 0..1."""
+    target's audio window. Images are RGB uint8 (3, 128, 128) and sketches one uint8 channel (1, 128, 128), a
+    seventh of the float bytes to collate and copy; `to_device` turns a batch into what the renderer takes."""
 
     def __init__(self, stems: list[Path], refs: int = 3, min_face_frames: int = 25, seed: int = 0,
-                 repeats: int = 1, progress: bool = False):
-        super().__init__(stems, 5, min_face_frames, seed, repeats, progress)
+                 repeats: int = 1, progress: bool = False, pack_dir: str | Path | None = None):
+        super().__init__(stems, 5, min_face_frames, seed, repeats, progress, pack_dir)
         self.refs = refs
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng, clip, window, others = self._draw(index)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        rng, video, window, others = self._draw(key)
         refs = rng.choice(others, self.refs, replace=len(others) < self.refs)
         target = window[2]
-        faces = clip.faces[np.concatenate([[target], refs])]
+        faces = torch.from_numpy(_faces(video, np.concatenate([[target], refs])))
         return {
-            "face": image_tensor(faces[:1])[0],  # (3, 128, 128)
-            "sketches": _sketches(clip, window),  # (5, 3, 128, 128)
-            "ref_images": image_tensor(faces[1:]),  # (N, 3, 128, 128)
-            "ref_sketches": _sketches(clip, refs),  # (N, 3, 128, 128)
-            "mels": torch.from_numpy(mel_windows(clip.mel, [target]))[0][None],  # (1, 80, 16)
+            "face": faces[0],  # (3, 128, 128) uint8
+            "sketches": _sketches(video, window),  # (5, 1, 128, 128) uint8
+            "ref_images": faces[1:],  # (N, 3, 128, 128) uint8
+            "ref_sketches": _sketches(video, refs),  # (N, 1, 128, 128) uint8
+            "mels": torch.from_numpy(_mel_windows(video, window[2:3])),  # (1, 80, 16) float32
         }
+
+    def to_device(self, batch: dict, device: torch.device) -> dict:
+        """The batch on `device` as the renderer takes it: images and sketches float32 in 0..1, sketches with 3
+        equal channels ((B, k, 3, 128, 128)); converted after the copy, on the device. A batch already converted
+        is returned as it is."""
+        batch = super().to_device(batch, device)
+        for name in RENDER_IMAGES + RENDER_SKETCHES:
+            value = batch[name]
+            if value.dtype == torch.uint8:
+                value = value.float().div_(255)  # the same float32 division as image_tensor and sketch_tensor
+            if name in RENDER_SKETCHES and value.shape[-3] == 1:
+                value = value.expand(*value.shape[:-3], 3, *value.shape[-2:]).contiguous()
+            batch[name] = value
+        return batch

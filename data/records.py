@@ -94,6 +94,20 @@ def decode_face(data: bytes) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def decode_face_planes(data: bytes, out: np.ndarray) -> np.ndarray:
+    """Decode one stored face into `out`: (3, 128, 128) uint8 RGB planes, channels first as the networks take
+    them (decode_face's pixels, without an interleaved-to-planar copy); empty bytes (no face) give zeros."""
+    if not data:
+        out[...] = 0
+        return out
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("corrupt face image in record")
+    blue, green, red = cv2.split(bgr)  # OpenCV's planar split is far cheaper than a strided transpose
+    out[0], out[1], out[2] = red, green, blue
+    return out
+
+
 def _replace_atomically(temp: Path, final: Path) -> None:
     with open(temp, "rb+") as handle:
         os.fsync(handle.fileno())

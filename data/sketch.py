@@ -33,6 +33,25 @@ EDGES_FACEMESH = LIPS + LEFT_EYE + RIGHT_EYE + LEFT_EYEBROW + RIGHT_EYEBROW + FA
 # (125, 2) positions into the canonical 131-point order.
 EDGES = np.array([(POSITION_OF_ID[a], POSITION_OF_ID[b]) for a, b in EDGES_FACEMESH], dtype=np.int64)
 
+
+def _chains(edges: np.ndarray) -> list[np.ndarray]:
+    """The edges as runs of consecutive ones that share an end (a->b, b->c, ...): point positions per run."""
+    chains = [[int(edges[0, 0]), int(edges[0, 1])]]
+    for a, b in edges[1:].tolist():
+        if a == chains[-1][-1]:
+            chains[-1].append(b)
+        else:
+            chains.append([a, b])
+    return [np.array(chain, np.int64) for chain in chains]
+
+
+# One polyline per run draws each segment in its own direction with the same 1-pixel line as a two-point
+# polyline would (the same pixels), at a fraction of OpenCV's per-contour cost: 125 edges in 15 runs.
+CHAINS = _chains(EDGES)
+CHAIN_POINTS = np.concatenate(CHAINS)  # the runs' points back to back, cut again at CHAIN_SLICES
+_ENDS = np.cumsum([len(chain) for chain in CHAINS]).tolist()
+CHAIN_SLICES = [slice(start, end) for start, end in zip([0] + _ENDS[:-1], _ENDS)]
+
 SKETCH_VALUE = 224
 SKETCH_SIZE = 128
 
@@ -51,11 +70,11 @@ def draw_edges(canvas: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     clamped to its border (the official drawing silently drops their edges instead).
     """
     height, width = canvas.shape[:2]
-    pixels = np.floor(landmarks * (width, height)).astype(np.int64)
+    pixels = np.floor(landmarks[CHAIN_POINTS] * (width, height)).astype(np.int64)
     pixels = np.clip(pixels, 0, (width - 1, height - 1)).astype(np.int32)
-    lines = pixels[EDGES]  # (125, 2 ends, 2)
     colour = (SKETCH_VALUE,) * (canvas.shape[2] if canvas.ndim == 3 else 1)
-    cv2.polylines(canvas, list(lines), isClosed=False, color=colour, thickness=1, lineType=cv2.LINE_8)
+    cv2.polylines(canvas, [pixels[run] for run in CHAIN_SLICES], isClosed=False, color=colour, thickness=1,
+                  lineType=cv2.LINE_8)
     return canvas
 
 

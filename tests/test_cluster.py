@@ -235,7 +235,8 @@ def test_the_renderer_step_checks_both_losses_before_their_updates(records):
     generator, discriminator = Renderer(), MultiscaleDiscriminator()
     perceptual = PerceptualLoss(load_vgg19_features(allow_random=True))
     dataset = RenderFrames(records_under(records), refs=1)
-    batch = {k: torch.stack([dataset[i][k] for i in range(2)]) for k in dataset[0]}
+    batch = dataset.to_device({k: torch.stack([dataset[i][k] for i in range(2)]) for k in dataset[0]},
+                              torch.device("cpu"))
     batch["face"][0, 0, 0, 0] = float("nan")  # a poisoned target: every loss that sees it is NaN
     g_opt, d_opt = torch.optim.Adam(generator.parameters()), torch.optim.Adam(discriminator.parameters())
     before = {k: v.clone() for k, v in generator.state_dict().items()}

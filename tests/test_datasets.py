@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from data import load_clip
-from data.datasets import LandmarkWindows, _valid_starts, read_filelist, records_under
+from data.datasets import LandmarkWindows, read_filelist, records_under
 from data.errors import InputError
 from data.landmarks import content_of
+from data.packs import valid_starts
 
 
 def test_filelist_in_lrs2_format(tmp_path):
@@ -19,7 +20,7 @@ def test_filelist_in_lrs2_format(tmp_path):
 def test_valid_starts_need_faces_and_audio():
     has_face = np.ones(40, bool)
     has_face[20] = False
-    starts = _valid_starts(has_face, mel_length=1 + 40 * 640 // 200, steps=5)
+    starts = valid_starts(has_face, mel_length=1 + 40 * 640 // 200, steps=5)
     assert starts.min() == 2  # window_start(t) >= 0 needs t >= 2
     assert not np.isin(np.arange(16, 21), starts).any()  # windows covering frame 20
     assert starts.max() + 4 <= 39 and (starts.max() + 4 - 2) * 3.2 + 16 <= 129
@@ -60,7 +61,8 @@ def test_render_frames_sample(records):
     from data.sketch import sketch_tensor
 
     dataset = RenderFrames(records_under(records), refs=3, seed=1)
-    sample = dataset[1]
+    batch = dataset.to_device({k: v[None] for k, v in dataset[1].items()}, torch.device("cpu"))
+    sample = {k: v[0] for k, v in batch.items()}  # as the renderer takes it: float32 in 0..1, 3-channel sketches
     assert sample["face"].shape == (3, 128, 128) and sample["sketches"].shape == (5, 3, 128, 128)
     assert sample["ref_images"].shape == (3, 3, 128, 128) and sample["ref_sketches"].shape == (3, 3, 128, 128)
     assert sample["mels"].shape == (1, 80, 16)

@@ -71,3 +71,15 @@ def test_points_outside_the_box_are_clamped_not_dropped():
     landmarks[a], landmarks[b] = (-0.2, 0.5), (1.3, 0.5)
     canvas = sketch.draw_edges(np.zeros((128, 128), np.uint8), landmarks)
     assert canvas[64, 0] and canvas[64, 127] and canvas[64, 1:127].all()
+
+
+def test_runs_of_edges_draw_the_pixels_of_the_edges_one_by_one():
+    assert sum(len(chain) - 1 for chain in sketch.CHAINS) == len(sketch.EDGES)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        landmarks = rng.uniform(-0.2, 1.2, (131, 2)).astype(np.float32)
+        height, width = (int(n) for n in rng.integers(20, 300, 2))
+        pixels = np.clip(np.floor(landmarks * (width, height)).astype(np.int64), 0, (width - 1, height - 1))
+        one_by_one = np.zeros((height, width), np.uint8)
+        cv2.polylines(one_by_one, list(pixels.astype(np.int32)[sketch.EDGES]), False, (224,), 1, cv2.LINE_8)
+        np.testing.assert_array_equal(sketch.draw_edges(np.zeros((height, width), np.uint8), landmarks), one_by_one)

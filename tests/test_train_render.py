@@ -20,7 +20,7 @@ SMALL = ["data.val_list=null", "optim.batch_size=2", "sample.refs=1", "sample.ep
 def _batch(records, size=2, refs=1, seed=0):
     dataset = RenderFrames(records_under(records), refs=refs, seed=seed)
     samples = [dataset[i] for i in range(size)]
-    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+    return dataset.to_device({k: torch.stack([s[k] for s in samples]) for k in samples[0]}, torch.device("cpu"))
 
 
 def _nets(seed=0):
