@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from config import autocast  # noqa: E402
+from config import autocast, load_config  # noqa: E402
 from losses.perceptual import PerceptualLoss, load_vgg19_features  # noqa: E402
 from metrics.image import psnr  # noqa: E402
 from models.discriminator import MultiscaleDiscriminator  # noqa: E402
@@ -38,8 +38,8 @@ from training import checkpoints  # noqa: E402
 from training.distributed import Distributed, device_line  # noqa: E402
 from training.stopping import LossGuard  # noqa: E402
 
-LOSS_WEIGHTS = {"warp": 2.5, "reconstruction": 4.0, "style": 1000.0, "gan": 0.25, "feature_matching": 2.5}
-LANDMARK_ARGS = {"d_model": 512, "layers": 4, "heads": 4, "feed_forward": 1024, "dropout": 0.1}  # the paper's
+LOSS_WEIGHTS = load_config("configs/render.yaml")["loss"]  # the paper's settings, from their one home
+LANDMARK_ARGS = load_config("configs/landmark.yaml")["model"]
 
 
 def landmark_batch(batch: int, device: torch.device, seed: int = 0) -> dict:
