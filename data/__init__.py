@@ -1,5 +1,4 @@
-"""Data layer: landmark conventions, the crop rule, sketches, audio, video, FaceMesh and preprocessed records."""
-from data.errors import InputError
-from data.records import Clip, load_clip
+"""Data layer: landmark conventions, the crop rule, sketches, audio, video, FaceMesh and preprocessed records.
 
-__all__ = ["Clip", "InputError", "load_clip"]
+Nothing is imported here: `import data.errors` must not pull in OpenCV or PyAV (bench/gpu.py runs without them).
+"""

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from data import load_clip
 from data.datasets import LandmarkWindows, read_filelist, records_under
 from data.errors import InputError
 from data.landmarks import content_of
 from data.packs import valid_starts
+from data.records import load_clip
 
 
 def test_filelist_in_lrs2_format(tmp_path):

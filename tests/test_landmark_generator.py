@@ -126,9 +126,9 @@ def test_velocity_loss_equals_a_hand_computation():
 
 
 def test_overfits_one_batch_of_real_landmarks(records):
-    from data import load_clip
     from data.audio import mel_windows
     from data.landmarks import content_of, pose_of
+    from data.records import load_clip
 
     torch.manual_seed(0)
     clip = load_clip(records / "talk_a")

@@ -6,7 +6,7 @@ from metrics.image import PSNR_CAP, PSNR_EPS, piq_downsample, psnr, ssim
 
 
 def test_psnr_and_ssim_agree_with_scikit_image_on_real_frames(records):
-    from data import load_clip
+    from data.records import load_clip
 
     faces = np.asarray(load_clip(records / "talk_a").faces[[10, 70]]).astype(np.float64) / 255
     noisy = np.clip(faces + np.random.default_rng(0).normal(0, 0.05, faces.shape), 0, 1)

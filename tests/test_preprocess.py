@@ -7,9 +7,8 @@ import pytest
 
 import preprocess
 from conftest import REPO, numbered_frames, tone
-from data import load_clip
 from data.audio import load_audio
-from data.records import is_complete
+from data.records import is_complete, load_clip
 from data.video import VideoWriter, read_frames
 
 
