@@ -5,8 +5,9 @@ Scoring mode, for any method's videos (matched by relative path, extension aside
 Generation mode, for this model (samples the test videos, dubs them with dubbing.py, then scores them):
     python evaluate.py --setting reconstruction|dubbing --filelist FILE --video-root DIR \
         --landmark-ckpt FILE --renderer-ckpt FILE [--num-videos 45 --seed 0] --out DIR
-The reconstruction setting scores PSNR, SSIM, LPIPS, FID, LipLMD and CSIM; the dubbing setting SyncScore (LSE-C,
-with LSE-D). Writes OUT/table.md (also printed), OUT/per_video.csv and OUT/results.json. See docs/evaluation.md.
+The reconstruction setting scores PSNR, SSIM, LPIPS, FID, LipLMD, CSIM and steadiness (lip jitter, generated and
+real, and their ratio); the dubbing setting SyncScore (LSE-C, with LSE-D) and the generated videos' lip jitter.
+Writes OUT/table.md (also printed), OUT/per_video.csv and OUT/results.json. See docs/evaluation.md.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from metrics.report import PAPER_ROWS, write_reports
 from metrics.scoring import METRICS, Pair, load_networks, score_videos
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "evaluate.yaml"
-SETTING_METRICS = {"reconstruction": ("psnr", "ssim", "lpips", "fid", "lip_lmd", "csim"), "dubbing": ("sync",)}
+SETTING_METRICS = {"reconstruction": ("psnr", "ssim", "lpips", "fid", "lip_lmd", "csim", "steadiness"),
+                   "dubbing": ("sync", "steadiness")}
 WEIGHT_KEYS = {"lpips": "lpips", "fid": "fid", "arcface": "csim", "syncnet": "sync"}  # config key -> metric
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -218,8 +220,9 @@ def run_scoring(args: argparse.Namespace, job: Job) -> int:
     metrics = tuple(m.strip() for m in args.metrics.split(",")) if args.metrics else METRICS
     if set(metrics) - set(METRICS):
         raise InputError("--metrics", f"unknown metrics {sorted(set(metrics) - set(METRICS))}; known: {METRICS}")
-    if args.reference is None and set(metrics) - {"sync"}:
-        raise InputError("--reference", "needed for every metric but sync (use --metrics sync without it)")
+    if args.reference is None and set(metrics) - {"sync", "steadiness"}:
+        raise InputError("--reference", "needed for every metric but sync and steadiness (use --metrics "
+                                        "sync,steadiness without it)")
     pairs, unmatched, not_generated = match_pairs(args.generated, args.reference)
     if unmatched:
         job.notes.append(f"{len(unmatched)} generated videos have no real video and were left out")
@@ -259,7 +262,9 @@ def run_generation(args: argparse.Namespace, job: Job) -> int:
     job.notes.append(f"{reused} of {len(outputs)} generated videos reused from an earlier run with the same "
                      "checkpoints and settings")
     job.settings["reused_videos"] = reused
-    pairs = [Pair(n, o, v, a) for n, o, v, a in zip(names, outputs, videos, audios)]
+    # Dubbing: the template's mouth speaks other words, so steadiness is the generated videos' alone.
+    pairs = [Pair(n, o, v if args.setting == "reconstruction" else None, a)
+             for n, o, v, a in zip(names, outputs, videos, audios)]
     return score_and_report(args, job, pairs, networks, metrics, lists, args.name or f"IP_LAP ({args.setting})")
 
 
