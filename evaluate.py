@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     generate.add_argument("--num-videos", type=int, help="videos to sample (config: 45)")
     generate.add_argument("--seed", type=int, help="sampling and pairing seed (config: 0)")
     generate.add_argument("--inference-config", type=Path, help="dubbing settings (default: "
-                                                                "configs/inference.yaml, as inference.py)")
+                                                                "configs/inference.yaml, as inference.py); the "
+                                                                "videos are dubbed at 25 fps whatever its output.fps")
     common = parser.add_argument_group("weights and running")
     common.add_argument("--config", type=Path, default=CONFIG,
                         help="YAML settings laid over configs/evaluate.yaml (default: that file)")
@@ -135,8 +136,9 @@ def sample_videos(names: list[str], count: int, seed: int, dubbing: bool) -> tup
 def generate_videos(videos: list[Path], audios: list[Path], names: list[str], out: Path, landmark_ckpt: Path,
                     renderer_ckpt: Path, device: str, progress: bool = True, inference_config: Path | None = None
                     ) -> tuple[list[Path], int]:
-    """Dub each video with its audio through dubbing.py into OUT/generated/<name>.mp4; returns the outputs and how
-    many were reused. A video already there is reused only when its record (OUT/generated_with/<name>.json) shows
+    """Dub each video with its audio through dubbing.py into OUT/generated/<name>.mp4 at 25 fps (the rate of LRS2,
+    LRS3 and Table 1, whatever the dubbing config's output.fps); returns the outputs and how many were reused.
+    A video already there is reused only when its record (OUT/generated_with/<name>.json) shows
     the same checkpoints (by sha256), dubbing settings, device type and input files; otherwise it is made again."""
     from tqdm import tqdm
 
