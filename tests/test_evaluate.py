@@ -121,6 +121,8 @@ def test_scoring_mode_on_the_samples_with_absent_weights(samples, tmp_path, monk
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[1:4] != ["n/a"] * 3 and float(cells[1]) < 40 and float(cells[2]) < 1 and float(cells[5]) > 0
     assert cells[3] == cells[4] == cells[6] == cells[7] == cells[8] == "n/a"  # LPIPS FID CSIM LSE-C LSE-D
+    jitter, real_jitter, ratio = (float(cell) for cell in cells[9:12])  # steadiness needs no weights
+    assert 0 < jitter < 0.1 and 0 < real_jitter < 0.1 and ratio == pytest.approx(jitter / real_jitter, abs=0.01)
     for file in ("alexnet-owt-7be5be79.pth", "pt_inception-2015-12-05-6726825d.pth", "ms1mv3_arcface_r100.pth",
                  "syncnet_v2.model"):
         assert file in table
@@ -132,6 +134,7 @@ def test_scoring_mode_on_the_samples_with_absent_weights(samples, tmp_path, monk
     assert results["settings"]["frames"] == 20
     csv_lines = (tmp_path / "out" / "per_video.csv").read_text().splitlines()
     assert len(csv_lines) == 3 and csv_lines[0].startswith("name,frames,psnr,ssim")
+    assert "lip_jitter,lip_jitter_real,jitter_ratio,jitter_frames" in csv_lines[0]
 
 
 def test_sampling_and_dubbing_pairing_are_seeded_and_recorded(tmp_path):
