@@ -260,3 +260,11 @@ def test_several_audios_and_task_lists_at_the_template_rate_with_the_cache_keyed
     assert calls["n"] == FRAMES + 10  # another rate is another cache entry: 12 frames at 30 fps are 10 at 25
     assert _rate(tmp_path / "out" / "at25.mp4") == 25 and len(read_frames(tmp_path / "out" / "at25.mp4")) == 5
     assert "at 25 fps" in capsys.readouterr().out
+    image = tmp_path / "face.png"
+    cv2.imwrite(str(image), faces[0])
+    code = inference.main(["--video", str(image), "--audio", str(speech[0.2]), "--output", str(tmp_path / "still.mp4"),
+                           *common])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert err.splitlines() == [f"{image}: a still image: dubbed at 25 fps"]  # the fallback, in one line
+    assert _rate(tmp_path / "still.mp4") == 25
