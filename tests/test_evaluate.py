@@ -206,3 +206,22 @@ def test_full_fid_of_a_video_against_itself_is_about_zero(clips, tmp_path):
     networks = load_networks(("fid",), paths, "cpu", download=False)
     pair = Pair("clip", clips / "copy" / "clip.mp4", clips / "real" / "clip.mp4")
     assert abs(score_videos([pair], networks, metrics=("fid",), progress=False).summary["fid"]) < 1e-2
+
+
+def test_generation_dubs_at_25_fps_whatever_the_dubbing_config_says(tmp_path, monkeypatch):
+    import types
+
+    import dubbing
+
+    rates = []
+    monkeypatch.setattr(dubbing, "load_models", lambda *args: types.SimpleNamespace(device=torch.device("cpu")))
+    monkeypatch.setattr(dubbing, "dub", lambda video, audio, output, models, config, progress:
+                        rates.append(config["output"]["fps"]) or output.write_bytes(b""))
+    for name in ("landmark.pt", "renderer.pt", "video.mp4", "audio.wav"):
+        (tmp_path / name).write_bytes(name.encode())
+    dub_config = tmp_path / "dub.yaml"
+    dub_config.write_text("output:\n  fps: 30\n")
+    outputs, _ = evaluate.generate_videos([tmp_path / "video.mp4"], [tmp_path / "audio.wav"], ["v"], tmp_path / "out",
+                                          tmp_path / "landmark.pt", tmp_path / "renderer.pt", "cpu", progress=False,
+                                          inference_config=dub_config)
+    assert rates == [25] and outputs == [tmp_path / "out" / "generated" / "v.mp4"]
