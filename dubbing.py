@@ -259,6 +259,24 @@ def ping_pong(t: np.ndarray | int, length: int) -> np.ndarray:
     return np.where(phase < length, phase, 2 * length - 1 - phase)
 
 
+def grid_neighbours(frames: np.ndarray, rate: float, grid: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where output frames (k,) at `rate` fall on the 25 fps grid of an audio `grid` frames long: the fractional
+    grid position 25k/rate (the mel window's index), the grid frames below and above it (clamped to the audio) and
+    the weight of the one above. At 25 fps the position is k itself and the weight 0."""
+    position = frames * FPS / rate
+    below = np.minimum(np.floor(position), grid - 1).astype(np.int64)
+    weight = np.where(below < grid - 1, position - below, 0.0)
+    return position, below, np.minimum(below + 1, grid - 1), weight
+
+
+def sketch_times(frames: np.ndarray, rate: float, count: int) -> np.ndarray:
+    """The times of output frames' 5 target sketches, t-2/25..t+2/25, in output frames (k, 5) float64, clamped to
+    the output's `count` frames (at 25 fps: frames k-2..k+2)."""
+    offsets = (np.arange(WINDOW) - WINDOW // 2) * rate / FPS
+    return np.clip(np.asarray(frames)[:, None] + offsets, 0, count - 1)
+
+
 def template_at(template: Template, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The template at fractional output-frame positions (...,): landmarks (..., 131, 2) float32, linear between
     the two template frames the ping-pong order shows around each position, and boxes (..., 4), the nearer
@@ -596,12 +614,8 @@ def _dub_batch(video: _Video, steps: np.ndarray, batch: list[np.ndarray], want_s
     if len(live) == 0:
         return results, sketches
     rendered, last = steps[live], video.grid - 1
-    # The landmark generator runs on the 25 fps grid, as trained: output frame k sits at grid position 25k/rate,
-    # between the windows centred on grid frames `below` and `below + 1` (one window, weight 0, at 25 fps).
-    grid = rendered * FPS / template.fps
-    below = np.minimum(np.floor(grid), last).astype(np.int64)
-    weight = np.where(below < last, grid - below, 0.0)
-    above = np.minimum(below + 1, last)
+    # The landmark generator runs on the 25 fps grid, as trained; each output frame between two of its windows.
+    grid, below, above, weight = grid_neighbours(rendered, template.fps, video.grid)
     centres = np.unique(np.concatenate([below, above[weight > 0]]))
     # Windows t-2..t+2 (clamped to the audio). Neighbouring windows overlap, so each grid frame's audio window
     # and pose are encoded once and the windows gathered from those tokens.
@@ -617,9 +631,8 @@ def _dub_batch(video: _Video, steps: np.ndarray, batch: list[np.ndarray], want_s
     first = np.searchsorted(centres, below)
     second = np.where(weight > 0, np.searchsorted(centres, above), first)
     content = (content[first] + weight[:, None, None, None] * (content[second] - content[first])).astype(np.float32)
-    # The 5 sketches at t-2/25..t+2/25, in output frames (clamped to the output), posed as the template there.
-    times = np.clip(rendered[:, None] + (np.arange(WINDOW) - WINDOW // 2) * template.fps / FPS, 0, len(order) - 1)
-    posed, boxes = template_at(template, times)  # (k, 5, 131, 2), (k, 5, 4)
+    # The 5 sketches at t-2/25..t+2/25, posed as the template there.
+    posed, boxes = template_at(template, sketch_times(rendered, template.fps, len(order)))  # (k, 5, 131, 2), (k, 5, 4)
     predicted = merge_pose_content(pose_of(posed), content)
     target = torch.from_numpy(np.stack([[sketch_tensor(predicted[i, j], box_size(boxes[i, j]))
                                          for j in range(WINDOW)] for i in range(len(live))])).to(device)

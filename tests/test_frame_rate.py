@@ -187,6 +187,21 @@ def test_a_25_fps_template_keeps_todays_sampling(faces, folder, speech, models, 
     _check_frames(tmp_path / "out.mp4", template, 25)
 
 
+def test_output_frames_on_the_25_fps_grid():
+    position, below, above, weight = dubbing.grid_neighbours(np.arange(7), 30.0, 5)  # 7 frames at 30 fps, 5 at 25
+    np.testing.assert_allclose(position, np.arange(7) * 25 / 30)
+    np.testing.assert_array_equal(below, [0, 0, 1, 2, 3, 4, 4])
+    np.testing.assert_array_equal(above, [1, 1, 2, 3, 4, 4, 4])
+    np.testing.assert_allclose(weight, [0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 0, 0])  # past the last window: the last
+    position, below, above, weight = dubbing.grid_neighbours(np.arange(6), 25.0, 6)
+    np.testing.assert_array_equal(position, np.arange(6))
+    np.testing.assert_array_equal(below, np.arange(6))
+    assert not weight.any()
+    times = dubbing.sketch_times(np.array([0, 4]), 30.0, 6)
+    np.testing.assert_allclose(times, [[0, 0, 0, 1.2, 2.4], [1.6, 2.8, 4, 5, 5]])  # 1/25 s is 1.2 frames at 30
+    np.testing.assert_array_equal(dubbing.sketch_times(np.array([3]), 25.0, 10), [[1, 2, 3, 4, 5]])
+
+
 def test_template_at_interpolates_within_the_ping_pong_order():
     landmarks = np.arange(3, dtype=np.float32)[:, None, None] * np.ones((3, 131, 2), np.float32)
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [2, 2, 12, 12]], np.int32)
