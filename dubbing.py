@@ -1,13 +1,21 @@
 """Dubbing: a template video (or photo) and a driving audio -> a talking-face video (paper sections 3.2 and 4).
 
-Two passes over the template, so that memory does not grow with the length of either input:
-1. decode at 25 fps and run FaceMesh once per frame, keeping only landmarks, crop boxes and face flags (about
+The output's frame rate (`output.fps`, `dubbing_rate`): the template's own for a constant-rate video up to 60 fps,
+else 25 fps, or a rate the config names. Two passes over the template, so that memory does not grow with the
+length of either input:
+1. decode at that rate and run FaceMesh once per frame, keeping only landmarks, crop boxes and face flags (about
    1 KB a frame); choose the reference frames by lip openness and encode the reference images once.
-2. for each output frame t (as many as the audio lasts), take template frame ping_pong(t), predict the content
-   landmarks of frames t-2..t+2 from their audio windows, draw the 5 sketches, render the face, paste it into
-   its crop box through a blurred face mask, encode. At most `batch_size` output frames are held at a time.
-   When the audio outlasts the template, the template loops forwards and backwards; its frames are then read
-   back from a raw spool file on disk (in the output's folder) instead of being held in memory.
+2. for each output frame k (as many as the audio lasts), take template frame ping_pong(k), render the face, paste
+   it into its crop box through a blurred face mask, encode. At most `batch_size` output frames are held at a
+   time. When the audio outlasts the template, the template loops forwards and backwards in its own frames; its
+   frames are then read back from a raw spool file on disk (in the output's folder) instead of being held in
+   memory.
+
+The networks keep their 25 fps semantics at any output rate (docs/method.md, section 5): the landmark generator
+predicts windows of 5 frames on the 25 fps grid from their audio windows, as trained; output frame k at time
+t = k / rate takes the content landmarks interpolated to t between the windows centred on the grid frames around
+25t, 5 sketches at t-2/25..t+2/25 (pose from the template at those times) and the mel window of the fractional
+25 fps index 25t. At 25 fps every index is whole and this is the 25 fps pipeline exactly.
 
 Frames where FaceMesh finds no face are written unchanged; windows around them borrow the landmarks of the
 nearest face frame, so their neighbours still render.
@@ -42,7 +50,7 @@ from data.landmarks import (
     pose_of,
 )
 from data.sketch import draw_edges, sketch_tensor
-from data.video import FPS, VideoReader, VideoWriter
+from data.video import FPS, VideoReader, VideoWriter, is_image
 from models.checkpoints import load_landmark_generator, load_renderer
 from models.landmark_generator import LandmarkGenerator
 from models.renderer import References, Renderer
@@ -51,6 +59,7 @@ CONFIG = Path(__file__).resolve().parent / "configs" / "inference.yaml"
 TEMPLATE_CACHE_ENV = "IPLAP_TEMPLATES"  # where prepared templates are cached when the config does not say
 SMOOTH_BOXES = 5  # the config's default (configs/inference.yaml, smooth_boxes)
 WINDOW = 5  # frames t-2..t+2 per landmark-generator call
+MAX_TEMPLATE_FPS = 60  # the highest template rate dubbed at its own rate (output.fps: template)
 MIN_AUDIO_SECONDS = MEL_STEPS / 80  # one audio window, 0.2 s
 
 
@@ -76,9 +85,9 @@ def load_models(landmark_ckpt: str | Path, renderer_ckpt: str | Path, device: st
 # ---------------------------------------------------------------- template analysis (pass 1)
 @dataclass
 class Template:
-    """What pass 1 keeps of a template: per 25 fps frame, landmarks (L, 131, 2) normalised to the crop box,
-    boxes (L, 4) in source pixels, has_face (L,) and lip openness (L,) in pixels. Frames without a face hold the
-    landmarks and box of the nearest face frame (their flag stays False)."""
+    """What pass 1 keeps of a template: per frame at `fps` (the dubbing rate), landmarks (L, 131, 2) normalised
+    to the crop box, boxes (L, 4) in source pixels, has_face (L,) and lip openness (L,) in pixels. Frames without
+    a face hold the landmarks and box of the nearest face frame (their flag stays False)."""
 
     path: Path
     size: tuple[int, int]
@@ -86,6 +95,7 @@ class Template:
     boxes: np.ndarray
     has_face: np.ndarray
     openness: np.ndarray
+    fps: float = FPS
 
     def __len__(self) -> int:
         return len(self.has_face)
@@ -102,17 +112,17 @@ def nearest_face(has_face: np.ndarray) -> np.ndarray:
 
 
 def analyse_template(path: str | Path, detect_every_frame: bool = False, progress: bool = True,
-                     smooth: int = SMOOTH_BOXES, cache_dir: str | Path | None = None) -> Template:
-    """Pass 1: FaceMesh once per 25 fps frame of a video or image (or, with `cache_dir`, the result of an earlier
-    pass over the same file with the same settings); then no-face frames filled from their nearest face frame and
-    the crop boxes smoothed over `smooth` frames (data/crop.smooth_boxes; landmarks follow their box)."""
+                     smooth: int = SMOOTH_BOXES, cache_dir: str | Path | None = None, fps: float = FPS) -> Template:
+    """Pass 1: FaceMesh once per frame at `fps` of a video or image (or, with `cache_dir`, the result of an earlier
+    pass over the same file with the same settings and rate); then no-face frames filled from their nearest face
+    frame and the crop boxes smoothed over `smooth` frames (data/crop.smooth_boxes; landmarks follow their box)."""
     path = Path(path)
-    entry = cache_entry(path, detect_every_frame, cache_dir) if cache_dir is not None else None
+    entry = cache_entry(path, detect_every_frame, cache_dir, fps) if cache_dir is not None else None
     track = read_cached_track(*entry) if entry is not None else None
     if track is None:
         from data.facemesh import FaceMesh
 
-        with VideoReader(path) as reader, FaceMesh(video=not detect_every_frame) as mesh:
+        with VideoReader(path, fps) as reader, FaceMesh(video=not detect_every_frame) as mesh:
             frames = tqdm(reader, desc="face landmarks", unit="frame", disable=not progress, leave=False)
             track = track_faces(frames, mesh)
         if entry is not None:
@@ -125,11 +135,28 @@ def analyse_template(path: str | Path, detect_every_frame: bool = False, progres
     if smooth > 1:
         boxes = smooth_boxes(boxes, track.has_face, smooth, track.size)
         landmarks = normalise_to_box(pixels, boxes)
-    return Template(path, track.size, landmarks, boxes, track.has_face, lip_openness(pixels))
+    return Template(path, track.size, landmarks, boxes, track.has_face, lip_openness(pixels), fps)
+
+
+def dubbing_rate(video: str | Path, setting: str | int | float) -> tuple[float, str | None]:
+    """The frame rate to dub `video` at for output.fps = `setting` ('template', or a number of frames per second),
+    and, when 'template' falls back to 25 fps (a still image, a variable-rate video, a rate above 60), the one
+    line that says why."""
+    if setting != "template":
+        return float(setting), None
+    if is_image(video):
+        return float(FPS), f"{video}: a still image: dubbed at {FPS} fps"
+    with VideoReader(video) as reader:
+        rate, variable = reader.source_fps, reader.variable_rate
+    if variable:
+        return float(FPS), f"{video}: variable frame rate: dubbed at {FPS} fps"
+    if rate > MAX_TEMPLATE_FPS:
+        return float(FPS), f"{video}: {rate:g} fps is above {MAX_TEMPLATE_FPS}: dubbed at {FPS} fps"
+    return rate, None
 
 
 # ---------------------------------------------------------------- prepared templates (the pass-1 cache)
-CACHE_FORMAT = 1  # raise when what the cache holds, or how FaceMesh is run, changes
+CACHE_FORMAT = 2  # raise when what the cache holds, or how FaceMesh is run, changes (2: keyed on the rate)
 
 
 def template_cache_dir(config: dict) -> Path | None:
@@ -146,15 +173,17 @@ def template_cache_dir(config: dict) -> Path | None:
     return user_cache("templates")
 
 
-def cache_entry(path: Path, detect_every_frame: bool, cache_dir: str | Path) -> tuple[Path, dict]:
-    """The entry's file, named by the template's content and the settings that change pass 1, and the facts that
-    must still hold when it is read (the file's size and modification time: a touched file is analysed again)."""
+def cache_entry(path: Path, detect_every_frame: bool, cache_dir: str | Path, fps: float = FPS) -> tuple[Path, dict]:
+    """The entry's file, named by the template's content and the settings that change pass 1 (the rate it was
+    decoded at among them), and the facts that must still hold when it is read (the file's size and modification
+    time: a touched file is analysed again)."""
     import hashlib
 
     from data.samples import sha256
 
     stat = path.stat()
-    settings = f"format={CACHE_FORMAT};detect_every_frame={bool(detect_every_frame)};mediapipe={_mediapipe()}"
+    settings = (f"format={CACHE_FORMAT};detect_every_frame={bool(detect_every_frame)};fps={float(fps)!r};"
+                f"mediapipe={_mediapipe()}")
     key = hashlib.sha256(f"{sha256(path)};{settings}".encode()).hexdigest()[:32]
     return Path(cache_dir) / f"{key}.npz", {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
@@ -230,6 +259,37 @@ def ping_pong(t: np.ndarray | int, length: int) -> np.ndarray:
     return np.where(phase < length, phase, 2 * length - 1 - phase)
 
 
+def grid_neighbours(frames: np.ndarray, rate: float, grid: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where output frames (k,) at `rate` fall on the 25 fps grid of an audio `grid` frames long: the fractional
+    grid position 25k/rate (the mel window's index), the grid frames below and above it (clamped to the audio) and
+    the weight of the one above. At 25 fps the position is k itself and the weight 0."""
+    position = frames * FPS / rate
+    below = np.minimum(np.floor(position), grid - 1).astype(np.int64)
+    weight = np.where(below < grid - 1, position - below, 0.0)
+    return position, below, np.minimum(below + 1, grid - 1), weight
+
+
+def sketch_times(frames: np.ndarray, rate: float, count: int) -> np.ndarray:
+    """The times of output frames' 5 target sketches, t-2/25..t+2/25, in output frames (k, 5) float64, clamped to
+    the output's `count` frames (at 25 fps: frames k-2..k+2)."""
+    offsets = (np.arange(WINDOW) - WINDOW // 2) * rate / FPS
+    return np.clip(np.asarray(frames)[:, None] + offsets, 0, count - 1)
+
+
+def template_at(template: Template, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The template at fractional output-frame positions (...,): landmarks (..., 131, 2) float32, linear between
+    the two template frames the ping-pong order shows around each position, and boxes (..., 4), the nearer
+    frame's. At whole positions, exactly those frames' landmarks and boxes."""
+    below = np.floor(positions).astype(np.int64)
+    fraction = np.asarray(positions, np.float64) - below
+    first, second = ping_pong(below, len(template)), ping_pong(below + 1, len(template))
+    landmarks = template.landmarks[first] + fraction[..., None, None] * (template.landmarks[second] -
+                                                                         template.landmarks[first])
+    boxes = np.where((fraction < 0.5)[..., None], template.boxes[first], template.boxes[second])
+    return landmarks.astype(np.float32), boxes
+
+
 # ---------------------------------------------------------------- template frames (pass 2)
 class FrameSpool:
     """Raw RGB frames in an unnamed temporary file, read back in any order (a looping template)."""
@@ -260,7 +320,7 @@ def template_frames(template: Template, order: np.ndarray, spool: FrameSpool | N
         for index in order:
             yield spool[index]
         return
-    with VideoReader(template.path) as reader:
+    with VideoReader(template.path, template.fps) as reader:
         stream, position, frame = iter(reader), -1, None
         for index in order:
             while position < index:
@@ -268,13 +328,15 @@ def template_frames(template: Template, order: np.ndarray, spool: FrameSpool | N
             yield frame
 
 
-def read_selected(path: Path, indices: np.ndarray, spool: FrameSpool | None) -> dict[int, np.ndarray]:
-    """The template frames at `indices` (decoding up to the last one when there is no spool)."""
+def read_selected(path: Path, indices: np.ndarray, spool: FrameSpool | None, fps: float = FPS
+                  ) -> dict[int, np.ndarray]:
+    """The template frames at `indices` of the video decoded at `fps` (decoding up to the last one when there is
+    no spool)."""
     wanted = set(int(i) for i in indices)
     if spool is not None:
         return {i: spool[i] for i in wanted}
     found = {}
-    with VideoReader(path) as reader:
+    with VideoReader(path, fps) as reader:
         for index, frame in enumerate(reader):
             if index in wanted:
                 found[index] = frame
@@ -345,6 +407,10 @@ def _check_config(config: dict) -> None:
         raise InputError(f"batch_size={config['batch_size']}", "batch_size takes a positive number or 'auto'")
     if int(config["landmark_refs"]) < 1:
         raise InputError(f"landmark_refs={config['landmark_refs']}", "landmark_refs must be at least 1")
+    fps = config["output"]["fps"]
+    if fps != "template" and not (isinstance(fps, (int, float)) and not isinstance(fps, bool)
+                                  and 1 <= fps <= MAX_TEMPLATE_FPS):
+        raise InputError(f"output.fps={fps}", f"output.fps takes 'template' or a rate from 1 to {MAX_TEMPLATE_FPS}")
 
 
 def batch_size_for(config: dict, device: torch.device) -> int:
@@ -367,13 +433,15 @@ def load_driving_audio(path: str | Path) -> np.ndarray:
 @dataclass
 class Prepared:
     """A template ready for any number of audios: pass 1's analysis and the encoded references (Nl landmark sets
-    for the landmark generator, N distinct reference images for the renderer). `seconds`: what preparing cost."""
+    for the landmark generator, N distinct reference images for the renderer). `seconds`: what preparing cost;
+    `note`: why the template is dubbed at 25 fps rather than its own rate, when it is (one line)."""
 
     template: Template
     ref_tokens: torch.Tensor
     refs: References
     seconds: float
     spool: FrameSpool | None = None
+    note: str | None = None
 
     def frame_spool(self, directory: Path) -> FrameSpool:
         """The template's frames on disk, written on first use (an audio that outlasts the template loops it)."""
@@ -397,30 +465,31 @@ def prepare_template(video: str | Path, models: Models, config: dict, progress: 
     video = Path(video)
     if not video.is_file():
         raise InputError(video, "no such file")
+    rate, note = dubbing_rate(video, config["output"]["fps"])
     template = analyse_template(video, config["detect_every_frame"], progress, int(config["smooth_boxes"]),
-                                template_cache_dir(config))
+                                template_cache_dir(config), rate)
     device = models.device
     landmark_refs = choose_references(template, int(config["landmark_refs"]))
     ref_pose = torch.from_numpy(pose_of(template.landmarks[landmark_refs]))[None].to(device)  # (1, Nl, 2, 74)
     ref_content = torch.from_numpy(content_of(template.landmarks[landmark_refs]))[None].to(device)
     # Distinct frames only: a repeated reference image would add cost and nothing else.
     image_refs = np.unique(choose_references(template, reference_count(config["refs"], template)))
-    frames = read_selected(template.path, image_refs, None)
+    frames = read_selected(template.path, image_refs, None, template.fps)
     ref_images = image_tensor([crop_face(frames[i], template.boxes[i]) for i in image_refs], device)[None]
     ref_sketches = torch.from_numpy(np.stack([sketch_tensor(template.landmarks[i], box_size(template.boxes[i]))
                                               for i in image_refs]))[None].to(device)
     with torch.inference_mode(), autocast(device, config["bf16"]):
         ref_tokens = models.landmark.encode_references(ref_pose, ref_content)
         refs = models.renderer.encode_references(ref_images, ref_sketches)
-    return Prepared(template, ref_tokens, refs, time.perf_counter() - started)
+    return Prepared(template, ref_tokens, refs, time.perf_counter() - started, note=note)
 
 
 @dataclass
 class _Audio:
-    """The driving audio of one dub: the 16 kHz mel, the output frame count, the samples to mux."""
+    """The driving audio of one dub: the 16 kHz mel, how many 16 kHz samples it lasts, the samples to mux."""
 
     mel: np.ndarray
-    count: int
+    samples: int
     muxed: np.ndarray
     rate: int
 
@@ -432,7 +501,7 @@ def _driving_audio(audio: str | Path, config: dict) -> _Audio:
         wav = wav[:max(int(float(config["audio_seconds"]) * SAMPLE_RATE), int(MIN_AUDIO_SECONDS * SAMPLE_RATE))]
     rate = int(config["output"]["audio_rate"])
     muxed = load_audio(audio, rate)[:int(round(len(wav) * rate / SAMPLE_RATE))]
-    return _Audio(melspectrogram(wav), frames_covered(len(wav)), muxed, rate)
+    return _Audio(melspectrogram(wav), len(wav), muxed, rate)
 
 
 def _check_output(output: Path, *inputs: Path) -> None:
@@ -443,8 +512,9 @@ def _check_output(output: Path, *inputs: Path) -> None:
 def dub(video: str | Path, audio: str | Path, output: str | Path, models: Models, config: dict | None = None,
         sketch_output: str | Path | None = None, progress: bool = True,
         render_step: RenderStep = render_faces) -> DubResult:
-    """Dub `video` (any frame rate, or a still image) with `audio` into `output` (.mp4), at 25 fps, at the
-    template's size, carrying the driving audio. Raises InputError on bad input and leaves no output file."""
+    """Dub `video` (any frame rate, or a still image) with `audio` into `output` (.mp4), at the rate
+    `output.fps` chooses (`dubbing_rate`), at the template's size, carrying the driving audio. Raises InputError on
+    bad input and leaves no output file."""
     started = time.perf_counter()
     config = default_config() if config is None else config
     _check_config(config)
@@ -475,12 +545,14 @@ def dub_prepared(prepared: Prepared, audio: str | Path, output: str | Path, mode
 
 @dataclass
 class _Video:
-    """What every batch of one dub needs: the template, the output-to-template order, the audio, the encoded
-    references (landmark tokens and renderer features) and the settings."""
+    """What every batch of one dub needs: the template, the output-to-template order, the audio and how many
+    25 fps frames it lasts (the landmark generator's grid), the encoded references (landmark tokens and renderer
+    features) and the settings."""
 
     template: Template
     order: np.ndarray
     mel: np.ndarray
+    grid: int
     models: Models
     ref_tokens: torch.Tensor
     refs: References
@@ -494,15 +566,19 @@ class _Video:
 def _dub(prepared: Prepared, driving: _Audio, output: Path, models: Models, config: dict,
          sketch_output: str | Path | None, progress: bool, render_step: RenderStep, started: float) -> DubResult:
     """Pass 2: render, paste and encode every output frame."""
-    template, count = prepared.template, driving.count
+    template = prepared.template
+    count = frames_covered(driving.samples, fps=template.fps)
+    if count == 0:
+        raise InputError(output, f"the audio lasts less than one frame at {template.fps:g} fps")
     output.parent.mkdir(parents=True, exist_ok=True)
     spool = prepared.frame_spool(output.parent) if count > len(template) else None  # a looping template
-    video = _Video(template, ping_pong(np.arange(count), len(template)), driving.mel, models, prepared.ref_tokens,
-                   prepared.refs, config, render_step)
+    video = _Video(template, ping_pong(np.arange(count), len(template)), driving.mel,
+                   frames_covered(driving.samples), models, prepared.ref_tokens, prepared.refs, config, render_step)
     source = template_frames(template, video.order, spool)
     crf = int(config["output"]["crf"])
-    writer = VideoWriter(output, FPS, driving.muxed, driving.rate, crf)
-    sketch_writer = VideoWriter(sketch_output, FPS, driving.muxed, driving.rate, crf) if sketch_output else None
+    writer = VideoWriter(output, template.fps, driving.muxed, driving.rate, crf)
+    sketch_writer = VideoWriter(sketch_output, template.fps, driving.muxed, driving.rate, crf) \
+        if sketch_output else None
     batch_size, rendered = batch_size_for(config, models.device), 0
     setup = time.perf_counter() - started
     try:
@@ -537,23 +613,32 @@ def _dub_batch(video: _Video, steps: np.ndarray, batch: list[np.ndarray], want_s
     live = np.flatnonzero(template.has_face[order[steps]])
     if len(live) == 0:
         return results, sketches
-    # Windows t-2..t+2 (clamped to the output). Neighbouring windows overlap, so each output frame's audio window
+    rendered, last = steps[live], video.grid - 1
+    # The landmark generator runs on the 25 fps grid, as trained; each output frame between two of its windows.
+    grid, below, above, weight = grid_neighbours(rendered, template.fps, video.grid)
+    centres = np.unique(np.concatenate([below, above[weight > 0]]))
+    # Windows t-2..t+2 (clamped to the audio). Neighbouring windows overlap, so each grid frame's audio window
     # and pose are encoded once and the windows gathered from those tokens.
-    windows = np.clip(steps[live, None] + np.arange(WINDOW) - WINDOW // 2, 0, len(order) - 1)  # (k, 5)
+    windows = np.clip(centres[:, None] + np.arange(WINDOW) - WINDOW // 2, 0, last)  # (C, 5)
     frames, position = np.unique(windows, return_inverse=True)
-    pose = pose_of(template.landmarks[order[frames]])  # (U, 2, 74)
+    pose = pose_of(template_at(template, np.minimum(frames * template.fps / FPS, len(order) - 1))[0])  # (U, 2, 74)
     with torch.inference_mode(), video.autocast():
         audio_tokens, pose_tokens = models.landmark.encode_frames(
             torch.from_numpy(mel_windows(video.mel, frames)[:, None]).to(device), torch.from_numpy(pose).to(device))
         gather = torch.from_numpy(position.reshape(windows.shape)).to(device)
         content = models.landmark.fuse(video.ref_tokens, audio_tokens[gather], pose_tokens[gather])
-    predicted = merge_pose_content(pose[position.reshape(windows.shape)], content.float().cpu().numpy())
-    boxes = template.boxes[order[windows]]  # (k, 5, 4)
+    content = content.float().cpu().numpy()  # (C, 5, 2, 57)
+    first = np.searchsorted(centres, below)
+    second = np.where(weight > 0, np.searchsorted(centres, above), first)
+    content = (content[first] + weight[:, None, None, None] * (content[second] - content[first])).astype(np.float32)
+    # The 5 sketches at t-2/25..t+2/25, posed as the template there.
+    posed, boxes = template_at(template, sketch_times(rendered, template.fps, len(order)))  # (k, 5, 131, 2), (k, 5, 4)
+    predicted = merge_pose_content(pose_of(posed), content)
     target = torch.from_numpy(np.stack([[sketch_tensor(predicted[i, j], box_size(boxes[i, j]))
                                          for j in range(WINDOW)] for i in range(len(live))])).to(device)
     centre = WINDOW // 2
     faces = image_tensor([crop_face(batch[i], boxes[n, centre]) for n, i in enumerate(live)], device)
-    mels = torch.from_numpy(mel_windows(video.mel, steps[live])[:, None]).to(device)  # (k, 1, 80, 16)
+    mels = torch.from_numpy(mel_windows(video.mel, grid)[:, None]).to(device)  # (k, 1, 80, 16): window of 25t
     with torch.inference_mode(), video.autocast():
         generated = video.render_step(models.renderer, video.refs, faces, target, mels)
     generated = (generated.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()

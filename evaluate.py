@@ -5,8 +5,9 @@ Scoring mode, for any method's videos (matched by relative path, extension aside
 Generation mode, for this model (samples the test videos, dubs them with dubbing.py, then scores them):
     python evaluate.py --setting reconstruction|dubbing --filelist FILE --video-root DIR \
         --landmark-ckpt FILE --renderer-ckpt FILE [--num-videos 45 --seed 0] --out DIR
-The reconstruction setting scores PSNR, SSIM, LPIPS, FID, LipLMD and CSIM; the dubbing setting SyncScore (LSE-C,
-with LSE-D). Writes OUT/table.md (also printed), OUT/per_video.csv and OUT/results.json. See docs/evaluation.md.
+The reconstruction setting scores PSNR, SSIM, LPIPS, FID, LipLMD, CSIM and steadiness (lip jitter, generated and
+real, and their ratio); the dubbing setting SyncScore (LSE-C, with LSE-D) and the generated videos' lip jitter.
+Writes OUT/table.md (also printed), OUT/per_video.csv and OUT/results.json. See docs/evaluation.md.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from metrics.report import PAPER_ROWS, write_reports
 from metrics.scoring import METRICS, Pair, load_networks, score_videos
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "evaluate.yaml"
-SETTING_METRICS = {"reconstruction": ("psnr", "ssim", "lpips", "fid", "lip_lmd", "csim"), "dubbing": ("sync",)}
+SETTING_METRICS = {"reconstruction": ("psnr", "ssim", "lpips", "fid", "lip_lmd", "csim", "steadiness"),
+                   "dubbing": ("sync", "steadiness")}
 WEIGHT_KEYS = {"lpips": "lpips", "fid": "fid", "arcface": "csim", "syncnet": "sync"}  # config key -> metric
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,7 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     generate.add_argument("--num-videos", type=int, help="videos to sample (config: 45)")
     generate.add_argument("--seed", type=int, help="sampling and pairing seed (config: 0)")
     generate.add_argument("--inference-config", type=Path, help="dubbing settings (default: "
-                                                                "configs/inference.yaml, as inference.py)")
+                                                                "configs/inference.yaml, as inference.py); the "
+                                                                "videos are dubbed at 25 fps whatever its output.fps")
     common = parser.add_argument_group("weights and running")
     common.add_argument("--config", type=Path, default=CONFIG,
                         help="YAML settings laid over configs/evaluate.yaml (default: that file)")
@@ -133,8 +136,9 @@ def sample_videos(names: list[str], count: int, seed: int, dubbing: bool) -> tup
 def generate_videos(videos: list[Path], audios: list[Path], names: list[str], out: Path, landmark_ckpt: Path,
                     renderer_ckpt: Path, device: str, progress: bool = True, inference_config: Path | None = None
                     ) -> tuple[list[Path], int]:
-    """Dub each video with its audio through dubbing.py into OUT/generated/<name>.mp4; returns the outputs and how
-    many were reused. A video already there is reused only when its record (OUT/generated_with/<name>.json) shows
+    """Dub each video with its audio through dubbing.py into OUT/generated/<name>.mp4 at 25 fps (the rate of LRS2,
+    LRS3 and Table 1, whatever the dubbing config's output.fps); returns the outputs and how many were reused.
+    A video already there is reused only when its record (OUT/generated_with/<name>.json) shows
     the same checkpoints (by sha256), dubbing settings, device type and input files; otherwise it is made again."""
     from tqdm import tqdm
 
@@ -148,6 +152,7 @@ def generate_videos(videos: list[Path], audios: list[Path], names: list[str], ou
         keep_freed_memory()  # as inference.py: the renderer's CPU pass runs faster with it
     config = dubbing.default_config() if inference_config is None else \
         read_config(inference_config, base=dubbing.CONFIG)
+    config["output"]["fps"] = 25  # LRS2/LRS3 are 25 fps and Table 1 is defined there, whatever the config says
     made_with = {"landmark_sha256": sha256(Path(landmark_ckpt)), "renderer_sha256": sha256(Path(renderer_ckpt)),
                  "settings": config, "device": torch.device(device).type}
     outputs, reused = [], 0
@@ -200,6 +205,10 @@ class Job:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     args.device = str(pick_device(args.device))
+    # Metrics in full float32 on a GPU too: TF32 matmuls and convolutions would move them by ~1e-3 from their CPU and
+    # published values.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     paths = {metric: getattr(args, f"{key}_weights") or config["weights"][key] for key, metric in WEIGHT_KEYS.items()}
     batch_size = args.batch_size or config["batch_size"]
     job = Job(config, paths, batch_size, config["download"] and not args.no_download,
@@ -218,8 +227,9 @@ def run_scoring(args: argparse.Namespace, job: Job) -> int:
     metrics = tuple(m.strip() for m in args.metrics.split(",")) if args.metrics else METRICS
     if set(metrics) - set(METRICS):
         raise InputError("--metrics", f"unknown metrics {sorted(set(metrics) - set(METRICS))}; known: {METRICS}")
-    if args.reference is None and set(metrics) - {"sync"}:
-        raise InputError("--reference", "needed for every metric but sync (use --metrics sync without it)")
+    if args.reference is None and set(metrics) - {"sync", "steadiness"}:
+        raise InputError("--reference", "needed for every metric but sync and steadiness (use --metrics "
+                                        "sync,steadiness without it)")
     pairs, unmatched, not_generated = match_pairs(args.generated, args.reference)
     if unmatched:
         job.notes.append(f"{len(unmatched)} generated videos have no real video and were left out")
@@ -259,7 +269,9 @@ def run_generation(args: argparse.Namespace, job: Job) -> int:
     job.notes.append(f"{reused} of {len(outputs)} generated videos reused from an earlier run with the same "
                      "checkpoints and settings")
     job.settings["reused_videos"] = reused
-    pairs = [Pair(n, o, v, a) for n, o, v, a in zip(names, outputs, videos, audios)]
+    # Dubbing: the template's mouth speaks other words, so steadiness is the generated videos' alone.
+    pairs = [Pair(n, o, v if args.setting == "reconstruction" else None, a)
+             for n, o, v, a in zip(names, outputs, videos, audios)]
     return score_and_report(args, job, pairs, networks, metrics, lists, args.name or f"IP_LAP ({args.setting})")
 
 

@@ -6,8 +6,10 @@
     python inference.py --tasks tasks.yaml [--shard I/N] ...                                  (a list of dubs)
 
 TEMPLATE: a video of any frame rate, size and container, or a still image (jpg/png). SPEECH: wav, mp3, m4a,
-flac, or a video whose audio track drives the face. The output is an H.264 + AAC video at 25 fps and the
-template's size, as long as the speech (the template loops forwards and backwards when it is shorter).
+flac, or a video whose audio track drives the face. The output is an H.264 + AAC video at the template's size, as
+long as the speech (the template loops forwards and backwards when it is shorter), at the template's own frame
+rate: every template frame once per pass, none dropped or repeated. A still image, a variable-rate video and a
+rate above 60 fps give 25 fps, each saying so in one line; --fps 25 (or N) resamples the template to that rate.
 Checkpoints may be this project's (runs/*/step_*.pt) or the official IP_LAP files.
 
 Several dubs in one run load the networks once, analyse and encode each template once however many audios use
@@ -59,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--renderer-ckpt", help="renderer checkpoint (default: checkpoints.renderer in the config)")
     parser.add_argument("--config", default=str(CONFIG),
                         help="YAML settings laid over configs/inference.yaml (default: that file)")
+    parser.add_argument("--fps", help="output frame rate: 'template' (the template's own: a constant-rate video up "
+                                      "to 60 fps, else 25), or a number such as 25 (the config's output.fps; "
+                                      "default template)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: CUDA when present)")
     parser.add_argument("--no-cache", action="store_true", help="analyse the template afresh; do not keep the "
                                                                 "result (the config's cache.enabled)")
@@ -170,6 +175,8 @@ def run(tasks: list[Task], args: argparse.Namespace, config: dict) -> list[tuple
             if len(tasks) > 1:
                 print(f"error: {error} ({len(group)} dubs of this template skipped)", file=sys.stderr)
             continue
+        if prepared.note:
+            print(prepared.note, file=sys.stderr)
         try:
             for task in group:
                 try:
@@ -182,8 +189,8 @@ def run(tasks: list[Task], args: argparse.Namespace, config: dict) -> list[tuple
                     continue
                 seconds = result.seconds + (prepared.seconds if task is group[0] else 0.0)
                 rate = result.frames / seconds if seconds else float("inf")
-                print(f"{result.output}: {result.frames} frames ({result.rendered} with a face) in {seconds:.1f} s, "
-                      f"{rate:.2f} frames/s")
+                print(f"{result.output}: {result.frames} frames at {prepared.template.fps:g} fps ({result.rendered} "
+                      f"with a face) in {seconds:.1f} s, {rate:.2f} frames/s")
         finally:
             prepared.close()
     return failures
@@ -195,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         from config import load_config
 
         overrides = list(args.overrides) + (["cache.enabled=false"] if args.no_cache else []) + \
-            ([f"cache.dir={args.cache_dir}"] if args.cache_dir else [])
+            ([f"cache.dir={args.cache_dir}"] if args.cache_dir else []) + \
+            ([f"output.fps={args.fps}"] if args.fps else [])
         config = load_config(args.config, overrides, base=CONFIG)
         tasks = shard_of(plan(args), args.shard)
         if not tasks:

@@ -33,7 +33,9 @@ class VideoReader:
 
     Output frame k shows the last source frame whose presentation time is before (k + 0.5) / fps, which is
     what ffmpeg's fps filter does; the output has round(duration * fps) frames. Attributes: source_fps,
-    size (width, height after rotation), has_audio.
+    variable_rate (the container's mean rate and its base rate disagree: frames are not evenly spaced), size
+    (width, height after rotation), has_audio. At fps=source_fps a constant-rate video gives each of its frames
+    once.
     """
 
     def __init__(self, path: str | Path, fps: float = FPS):
@@ -46,7 +48,7 @@ class VideoReader:
             if self._still is None:
                 raise InputError(self.path, "not a readable image")
             self._still = cv2.cvtColor(self._still, cv2.COLOR_BGR2RGB)
-            self.source_fps, self.has_audio = float(fps), False
+            self.source_fps, self.has_audio, self.variable_rate = float(fps), False, False
             self.size = (self._still.shape[1], self._still.shape[0])
             return
         try:
@@ -60,6 +62,10 @@ class VideoReader:
         self._stream.thread_type = "AUTO"
         rate = self._stream.average_rate or self._stream.guessed_rate or self._stream.base_rate
         self.source_fps = float(rate) if rate else float(fps)
+        base = self._stream.base_rate
+        # A constant-rate stream's mean rate is its base rate; variable-rate files (phone recordings, screen
+        # captures) have a mean below a fine base timing grid.
+        self.variable_rate = bool(rate and base and abs(float(rate) - float(base)) > 0.01 * float(base))
         width, height = self._stream.codec_context.width, self._stream.codec_context.height
         self.size = (width, height)  # corrected on the first frame if the video is rotated
         self.has_audio = bool(self._container.streams.audio)

@@ -6,6 +6,7 @@ could not be computed is "n/a" with its reason below the table; one not asked fo
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import platform
@@ -19,8 +20,9 @@ from metrics.scoring import Scores
 
 COLUMNS = (  # (summary key, header, digits)
     ("psnr", "PSNR ↑", 2), ("ssim", "SSIM ↑", 4), ("lpips", "LPIPS ↓", 4), ("fid", "FID ↓", 2),
-    ("lip_lmd", "LipLMD ↓", 5), ("csim", "CSIM ↑", 4), ("lse_c", "SyncScore (LSE-C) ↑", 2), ("lse_d", "LSE-D ↓", 2))
-PAPER_ROWS = {  # Table 1 of the paper (docs/method.md, section 6); the paper gives no LSE-D
+    ("lip_lmd", "LipLMD ↓", 5), ("csim", "CSIM ↑", 4), ("lse_c", "SyncScore (LSE-C) ↑", 2), ("lse_d", "LSE-D ↓", 2),
+    ("lip_jitter", "Lip jitter ↓", 5), ("lip_jitter_real", "Real lip jitter", 5), ("jitter_ratio", "Jitter ratio", 2))
+PAPER_ROWS = {  # Table 1 of the paper (docs/method.md, section 6); the paper gives no LSE-D and no steadiness
     "lrs2": {"Wav2Lip (paper)": (27.92, 0.8962, 0.0741, 43.46, 0.02003, 0.5925, 3.86, None),
              "IP_LAP (paper)": (32.91, 0.9399, 0.0303, 27.87, 0.01293, 0.6523, 4.49, None)},
     "lrs3": {"Wav2Lip (paper)": (28.45, 0.8852, 0.0683, 49.60, 0.02001, 0.5909, 4.26, None),
@@ -44,7 +46,8 @@ def markdown_table(name: str, scores: Scores, metrics: tuple[str, ...], dataset:
     lines = ["| method | " + " | ".join(header for _, header, _ in COLUMNS) + " |",
              "| --- " * (len(COLUMNS) + 1) + "|"]
     for paper_name, values in PAPER_ROWS.get(dataset, {}).items():
-        cells = [_cell(v, d, True) if v is not None else "-" for v, (_, _, d) in zip(values, COLUMNS)]
+        cells = [_cell(v, d, True) if v is not None else "-" for v, (_, _, d) in
+                 itertools.zip_longest(values, COLUMNS)]
         lines.append(f"| {paper_name} | " + " | ".join(cells) + " |")
     cells = [_cell(scores.summary.get(key), digits, key in computed) for key, _, digits in COLUMNS]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -89,6 +92,7 @@ def write_reports(out: Path, name: str, scores: Scores, metrics: tuple[str, ...]
     (out / "table.md").write_text(table)
     columns = ["name", "frames"] + [key for key in ("psnr", "ssim", "lpips", "lip_lmd", "lip_frames", "csim",
                                                      "csim_frames", "lse_c", "lse_d", "sync_offset", "sync_note",
+                                                     "lip_jitter", "lip_jitter_real", "jitter_ratio", "jitter_frames",
                                                      "resized", "generated", "reference")
                                     if any(key in row for row in scores.per_video)]
     with open(out / "per_video.csv", "w", newline="") as handle:

@@ -3,8 +3,9 @@
 Per pair, both videos are decoded at 25 fps and cut to the shorter one's length; a generated video of another
 size is resized to the real one's. Dataset values: PSNR, SSIM and LPIPS are means over all frames; LipLMD and CSIM
 means over all frames where the faces were found; FID over all real against all generated frames; LSE-C/LSE-D
-means over videos. A metric whose network weights are missing is reported as n/a with the reason, never computed
-with other weights.
+means over videos; lip jitter (steadiness) the mean over all frames whose neighbours have a face too, for the
+generated videos and, where a real video is given, for the real ones, with their ratio. A metric whose network
+weights are missing is reported as n/a with the reason, never computed with other weights.
 """
 from __future__ import annotations
 
@@ -29,9 +30,10 @@ from metrics.identity import face_batch, identity_similarity, load_arcface
 from metrics.image import PSNR_EPS, psnr, ssim
 from metrics.landmarks import track_lip_distances
 from metrics.lpips_alex import load_lpips, lpips_distance
+from metrics.steadiness import jitter_ratio, track_lip_jitter
 from metrics.sync import face_crop, face_track, load_syncnet, offset_distances, sync_features, sync_scores
 
-METRICS = ("psnr", "ssim", "lpips", "fid", "lip_lmd", "csim", "sync")
+METRICS = ("psnr", "ssim", "lpips", "fid", "lip_lmd", "csim", "sync", "steadiness")
 NETWORKS: dict[str, tuple[weights.WeightFile, Callable[..., torch.nn.Module]]] = {
     "lpips": (weights.LPIPS_ALEXNET, load_lpips),
     "fid": (weights.FID_INCEPTION, load_fid_features),
@@ -39,6 +41,8 @@ NETWORKS: dict[str, tuple[weights.WeightFile, Callable[..., torch.nn.Module]]] =
     "sync": (weights.SYNCNET_V2, load_syncnet),
 }
 NEEDS_REFERENCE = {"psnr", "ssim", "lpips", "fid", "lip_lmd", "csim"}
+USES_REFERENCE = NEEDS_REFERENCE | {"steadiness"}  # steadiness scores the real video too when there is one
+STEADINESS = ("lip_jitter", "lip_jitter_real", "jitter_ratio")  # its summary keys: generated, real, their ratio
 
 
 @dataclass
@@ -148,7 +152,21 @@ def score_videos(pairs: list[Pair], networks: Networks, metrics: tuple[str, ...]
     elif "sync" in metrics:
         summary.pop("sync")
         summary["lse_c"] = summary["lse_d"] = None
+    if "steadiness" in metrics:
+        summary.pop("steadiness")
+        summary.update(_steadiness_summary(total, rows) if "steadiness" in active else dict.fromkeys(STEADINESS))
+        if "steadiness" in active and summary["lip_jitter"] is None:
+            reasons["steadiness"] = "no three consecutive generated frames with a face"
     return Scores(rows, summary, reasons)
+
+
+def _steadiness_summary(total: _Accumulator, rows: list[dict]) -> dict[str, float | None]:
+    """Lip jitter over all usable frames; the real videos' and the ratio only when some pair had a real video."""
+    generated = total.mean("lip_jitter")
+    if not any("lip_jitter_real" in row for row in rows):
+        return {"lip_jitter": generated}
+    real = total.mean("lip_jitter_real")
+    return {"lip_jitter": generated, "lip_jitter_real": real, "jitter_ratio": jitter_ratio(generated, real)}
 
 
 @torch.no_grad()
@@ -158,16 +176,18 @@ def _score_pair(pair: Pair, active: tuple[str, ...], networks: Networks, device,
     generated, real, row = _decode_pair(pair, active)
     if real is not None:
         row.update(_image_metrics(generated, real, active, networks, device, batch_size, total))
-    real_faces = track_faces(real, mesh) if real is not None and ("lip_lmd" in active or "csim" in active) \
+    real_faces = track_faces(real, mesh) if real is not None and {"lip_lmd", "csim", "steadiness"} & set(active) \
         else None
     generated_faces = track_faces(generated, mesh, keep_points=True) \
-        if ("lip_lmd" in active and real is not None) or "sync" in active else None
+        if ("lip_lmd" in active and real is not None) or {"sync", "steadiness"} & set(active) else None
     if "lip_lmd" in active and real is not None:
         row.update(_lip_distance(generated_faces, real_faces, total))
     if "csim" in active and real is not None:
         row.update(_identity(networks.models["csim"], generated, real, real_faces, device, batch_size, total))
     if "sync" in active:
         row.update(_sync(networks.models["sync"], pair, generated, generated_faces.points, device, batch_size))
+    if "steadiness" in active:
+        row.update(_steadiness(generated_faces, real_faces, total))
     return row
 
 
@@ -178,7 +198,7 @@ def _decode_pair(pair: Pair, active: tuple[str, ...]) -> tuple[list[np.ndarray],
     row: dict = {"name": pair.name, "generated": str(pair.generated),
                  "reference": None if pair.reference is None else str(pair.reference)}
     real = None
-    if pair.reference is not None and NEEDS_REFERENCE & set(active):
+    if pair.reference is not None and USES_REFERENCE & set(active):
         real = read_frames(pair.reference)
         count = min(len(real), len(generated))
         real, generated = real[:count], generated[:count]
@@ -225,6 +245,19 @@ def _lip_distance(generated: FaceTrack, real: FaceTrack, total: _Accumulator) ->
     distances = track_lip_distances(generated, real)
     total.add("lip_lmd", distances)
     return {"lip_lmd": _mean(distances), "lip_frames": int(np.isfinite(distances).sum())}
+
+
+def _steadiness(generated: FaceTrack, real: FaceTrack | None, total: _Accumulator) -> dict:
+    """Lip jitter of the generated video, and of the real one when there is one, with their ratio."""
+    values = track_lip_jitter(generated)
+    total.add("lip_jitter", values)
+    row = {"lip_jitter": _mean(values), "jitter_frames": int(np.isfinite(values).sum())}
+    if real is not None:
+        real_values = track_lip_jitter(real)
+        total.add("lip_jitter_real", real_values)
+        row["lip_jitter_real"] = _mean(real_values)
+        row["jitter_ratio"] = jitter_ratio(row["lip_jitter"], row["lip_jitter_real"])
+    return row
 
 
 def _identity(network, generated, real, real_faces: FaceTrack, device, batch_size: int, total: _Accumulator

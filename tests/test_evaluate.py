@@ -121,6 +121,8 @@ def test_scoring_mode_on_the_samples_with_absent_weights(samples, tmp_path, monk
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[1:4] != ["n/a"] * 3 and float(cells[1]) < 40 and float(cells[2]) < 1 and float(cells[5]) > 0
     assert cells[3] == cells[4] == cells[6] == cells[7] == cells[8] == "n/a"  # LPIPS FID CSIM LSE-C LSE-D
+    jitter, real_jitter, ratio = (float(cell) for cell in cells[9:12])  # steadiness needs no weights
+    assert 0 < jitter < 0.1 and 0 < real_jitter < 0.1 and ratio == pytest.approx(jitter / real_jitter, abs=0.01)
     for file in ("alexnet-owt-7be5be79.pth", "pt_inception-2015-12-05-6726825d.pth", "ms1mv3_arcface_r100.pth",
                  "syncnet_v2.model"):
         assert file in table
@@ -132,6 +134,7 @@ def test_scoring_mode_on_the_samples_with_absent_weights(samples, tmp_path, monk
     assert results["settings"]["frames"] == 20
     csv_lines = (tmp_path / "out" / "per_video.csv").read_text().splitlines()
     assert len(csv_lines) == 3 and csv_lines[0].startswith("name,frames,psnr,ssim")
+    assert "lip_jitter,lip_jitter_real,jitter_ratio,jitter_frames" in csv_lines[0]
 
 
 def test_sampling_and_dubbing_pairing_are_seeded_and_recorded(tmp_path):
@@ -203,3 +206,22 @@ def test_full_fid_of_a_video_against_itself_is_about_zero(clips, tmp_path):
     networks = load_networks(("fid",), paths, "cpu", download=False)
     pair = Pair("clip", clips / "copy" / "clip.mp4", clips / "real" / "clip.mp4")
     assert abs(score_videos([pair], networks, metrics=("fid",), progress=False).summary["fid"]) < 1e-2
+
+
+def test_generation_dubs_at_25_fps_whatever_the_dubbing_config_says(tmp_path, monkeypatch):
+    import types
+
+    import dubbing
+
+    rates = []
+    monkeypatch.setattr(dubbing, "load_models", lambda *args: types.SimpleNamespace(device=torch.device("cpu")))
+    monkeypatch.setattr(dubbing, "dub", lambda video, audio, output, models, config, progress:
+                        rates.append(config["output"]["fps"]) or output.write_bytes(b""))
+    for name in ("landmark.pt", "renderer.pt", "video.mp4", "audio.wav"):
+        (tmp_path / name).write_bytes(name.encode())
+    dub_config = tmp_path / "dub.yaml"
+    dub_config.write_text("output:\n  fps: 30\n")
+    outputs, _ = evaluate.generate_videos([tmp_path / "video.mp4"], [tmp_path / "audio.wav"], ["v"], tmp_path / "out",
+                                          tmp_path / "landmark.pt", tmp_path / "renderer.pt", "cpu", progress=False,
+                                          inference_config=dub_config)
+    assert rates == [25] and outputs == [tmp_path / "out" / "generated" / "v.mp4"]
