@@ -37,7 +37,6 @@ from tqdm import tqdm
 from config import autocast, load_config, pick_device
 from data.audio import MEL_STEPS, SAMPLE_RATE, frames_covered, load_audio, mel_windows, melspectrogram
 from data.crop import box_size, crop_face, denormalise_from_box, normalise_to_box, smooth_boxes
-from data.datasets import image_tensor
 from data.errors import InputError
 from data.facemesh import FaceTrack, track_faces
 from data.landmarks import (
@@ -50,6 +49,7 @@ from data.landmarks import (
     pose_of,
 )
 from data.sketch import draw_edges, sketch_tensor
+from data.tensors import image_tensor
 from data.video import FPS, VideoReader, VideoWriter, is_image
 from models.checkpoints import load_landmark_generator, load_renderer
 from models.landmark_generator import LandmarkGenerator

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from data.crop import crop_face
-from data.datasets import image_tensor
+from data.tensors import image_tensor
 from metrics.weights import ARCFACE_R100
 from models.weights import frozen, load_exactly, read_state, resolve
 

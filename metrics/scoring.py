@@ -20,9 +20,9 @@ import torch
 from tqdm import tqdm
 
 from data.audio import load_audio
-from data.datasets import image_tensor
 from data.errors import InputError, one_line
 from data.facemesh import FaceTrack, track_faces
+from data.tensors import image_tensor
 from data.video import read_frames
 from metrics import weights
 from metrics.fid import fid, load_fid_features

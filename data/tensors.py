@@ -1,0 +1,12 @@
+"""Images as the networks take them: RGB uint8 frames or crops -> float32 tensors in 0..1, channels first."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def image_tensor(images: np.ndarray | list[np.ndarray], device: torch.device | str | None = None) -> torch.Tensor:
+    """RGB uint8 images (k, H, W, 3) (an array or a list) -> (k, 3, H, W) float32 in 0..1, on `device` (the copy
+    is uint8, a quarter of the float bytes; the conversion runs on the device)."""
+    array = np.ascontiguousarray(np.stack(images) if isinstance(images, list) else images)
+    return torch.from_numpy(array).to(device).permute(0, 3, 1, 2).float().div_(255)
