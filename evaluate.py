@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     common.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", help="config overrides, dotted.key=value (e.g. batch_size=8 "
                                                      "weights.fid=/path/to/pt_inception.pth)")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # key=value overrides anywhere among the flags
 
 
 def load_config(path: str | Path = CONFIG, overrides: list[str] | tuple[str, ...] = ()) -> dict:

@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sketch-output", metavar="PATH", help="where --save-sketch writes (implies it; one dub)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", help="config overrides, dotted.key=value (e.g. refs=fifth)")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # key=value overrides anywhere among the flags
 
 
 def _sketch_for(output: Path, args: argparse.Namespace) -> Path | None:

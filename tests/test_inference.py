@@ -207,3 +207,13 @@ def test_help_and_a_short_dub_from_a_folder_outside_the_repository(template, spe
     assert result.returncode == 0, result.stderr
     frames = read_frames(work / "out" / "dubbed.mp4")
     assert len(frames) == frames_covered(len(load_audio(work / "speech.wav"))) and frames[0].shape == (422, 422, 3)
+
+
+def test_overrides_are_taken_anywhere_among_the_flags():
+    import evaluate
+
+    args = inference.parse_args(["--video", "v.mp4", "--audio", "a.wav", "--output", "o.mp4", "refs=1",
+                                 "--device", "cpu", "audio_seconds=0.2"])
+    assert args.overrides == ["refs=1", "audio_seconds=0.2"] and args.device == "cpu"
+    args = evaluate.parse_args(["--out", "o", "batch_size=8", "--device", "cpu", "download=false"])
+    assert args.overrides == ["batch_size=8", "download=false"] and args.device == "cpu"

@@ -277,3 +277,4 @@ def test_an_input_error_in_a_loader_worker_reaches_the_main_process_as_itself():
         list(loader)
     assert str(caught.value) == "records/a/b.npz: damaged record: landmarks has shape (3,), expected (9, 131, 2)"
     assert caught.value.path == "records/a/b.npz"
+
