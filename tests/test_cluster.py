@@ -255,6 +255,7 @@ def test_the_renderer_step_checks_both_losses_before_their_updates(records):
 
 
 # ---------------------------------------------------------------- evaluation reruns
+@pytest.mark.slow  # 55 s on a 2-core CPU: keeps the default suite under 15 minutes; run with -m slow
 def test_generation_reuses_a_video_only_for_the_same_checkpoints_and_settings(samples, random_checkpoints, tmp_path):
     import itertools
 

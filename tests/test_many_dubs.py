@@ -114,6 +114,7 @@ def test_a_damaged_cache_entry_is_recomputed_not_trusted(media, random_checkpoin
     assert facemesh_calls["n"] == 24
 
 
+@pytest.mark.slow  # 49 s on a 2-core CPU: keeps the default suite under 15 minutes; run with -m slow
 def test_no_cache_runs_facemesh_every_time_and_keeps_nothing(media, random_checkpoints, tmp_path, capsys,
                                                             facemesh_calls):
     template, audios = media
@@ -128,6 +129,7 @@ def test_no_cache_runs_facemesh_every_time_and_keeps_nothing(media, random_check
 
 
 # ---------------------------------------------------------------- several dubs per run
+@pytest.mark.slow  # 137 s on a 2-core CPU: keeps the default suite under 15 minutes; run with -m slow
 def test_several_audios_give_one_output_each_equal_to_separate_runs(media, random_checkpoints, tmp_path, capsys,
                                                                    facemesh_calls):
     template, audios = media

@@ -2,6 +2,7 @@ import copy
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import train_render
@@ -47,6 +48,7 @@ def test_discriminator_gets_no_gradient_from_the_generator_loss(records):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
+@pytest.mark.slow  # 60 s on a 2-core CPU: keeps the default suite under 15 minutes; run with -m slow
 def test_warm_up_steps_train_the_alignment_only_and_lower_the_warp_loss(records):
     generator, discriminator, perceptual = _nets()
     batch = _batch(records, size=2)
@@ -69,6 +71,7 @@ def _run(records, run_dir, steps, *extra):
                               f"run_dir={run_dir}", f"schedule.max_steps={steps}", *SMALL])
 
 
+@pytest.mark.slow  # 93 s on a 2-core CPU: keeps the default suite under 15 minutes; run with -m slow
 def test_warm_up_switch_and_resume(records, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     assert _run(records, tmp_path / "a", 3) == 0  # 2 batches an epoch: steps 1-2 warm up, step 3 is full
@@ -89,6 +92,7 @@ def test_warm_up_switch_and_resume(records, tmp_path, monkeypatch):
         torch.testing.assert_close(resumed["others"]["discriminator"][name], value, rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.slow  # 113 s on a 2-core CPU: keeps the default suite under 15 minutes; run with -m slow
 def test_torchrun_two_cpu_processes_keep_identical_parameters(records, tmp_path):
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                              "--master_port", "29531", "train_render.py", "--config", "configs/render_smoke.yaml",
