@@ -101,3 +101,19 @@ def numbered_frames(count: int, size: tuple[int, int] = (64, 48)) -> list[np.nda
 
 def frame_index(frame: np.ndarray) -> int:
     return int(round(float(frame.mean()) / 8))
+
+
+@pytest.fixture
+def facemesh_calls(monkeypatch) -> dict:
+    """{'n': how many frames FaceMesh has been run on} since the test began (the template cache's tests)."""
+    from data.facemesh import FaceMesh
+
+    calls = {"n": 0}
+    original = FaceMesh.__call__
+
+    def counted(self, frame):
+        calls["n"] += 1
+        return original(self, frame)
+
+    monkeypatch.setattr(FaceMesh, "__call__", counted)
+    return calls

@@ -21,7 +21,6 @@ import inference
 from data.audio import SAMPLE_RATE, frames_covered, load_audio, mel_windows, melspectrogram, write_wav
 from data.crop import box_size
 from data.errors import InputError
-from data.facemesh import FaceMesh
 from data.landmarks import merge_pose_content, pose_of
 from data.sketch import sketch_tensor
 from data.video import VideoReader, VideoWriter, read_frames
@@ -247,15 +246,8 @@ def test_rate_rule_and_its_fallbacks(faces, folder, tmp_path):
 
 
 def test_several_audios_and_task_lists_at_the_template_rate_with_the_cache_keyed_on_rate(
-        faces, folder, speech, random_checkpoints, tmp_path, capsys, monkeypatch):
-    calls = {"n": 0}
-    original = FaceMesh.__call__
-
-    def counted(self, frame):
-        calls["n"] += 1
-        return original(self, frame)
-
-    monkeypatch.setattr(FaceMesh, "__call__", counted)
+        faces, folder, speech, random_checkpoints, tmp_path, capsys, monkeypatch, facemesh_calls):
+    calls = facemesh_calls
     monkeypatch.setattr(Renderer, "render", lambda self, faces, sketches, refs, mels: (faces,))  # see the top
     template = _template(folder, faces, 30)
     common = ["--landmark-ckpt", str(random_checkpoints[0]), "--renderer-ckpt", str(random_checkpoints[1]),

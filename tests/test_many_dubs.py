@@ -14,7 +14,6 @@ import dubbing
 import inference
 from data.audio import SAMPLE_RATE, frames_covered, load_audio, write_wav
 from data.crop import smooth_boxes
-from data.facemesh import FaceMesh
 from data.video import VideoReader, VideoWriter, read_frames
 
 FAST = ["refs=1", "batch_size=4"]
@@ -33,19 +32,6 @@ def media(samples, tmp_path_factory):
     speech = load_audio(samples / "talk_b.mp4")
     audios = [write_wav(folder / f"take{i}.wav", speech[i * 4000:i * 4000 + int(0.32 * SAMPLE_RATE)]) for i in range(3)]
     return template, audios
-
-
-@pytest.fixture
-def facemesh_calls(monkeypatch):
-    calls = {"n": 0}
-    original = FaceMesh.__call__
-
-    def counted(self, frame):
-        calls["n"] += 1
-        return original(self, frame)
-
-    monkeypatch.setattr(FaceMesh, "__call__", counted)
-    return calls
 
 
 def _config(cache_dir: Path, **changes) -> dict:
