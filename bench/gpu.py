@@ -26,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from config import autocast, load_config  # noqa: E402
+from config import autocast, load_config, pick_device  # noqa: E402
+from data.errors import InputError  # noqa: E402
 from losses.perceptual import PerceptualLoss, load_vgg19_features  # noqa: E402
 from metrics.image import psnr  # noqa: E402
 from models.discriminator import MultiscaleDiscriminator  # noqa: E402
@@ -191,9 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=Path, help="records (preprocess.py) for the loader rows")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a CPU check that the script runs")
     args = parser.parse_args(argv)
-    from config import pick_device
-    from data.errors import InputError
-
     try:
         device = pick_device(args.device)
     except InputError as error:
