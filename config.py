@@ -18,6 +18,7 @@ import yaml
 from data.errors import InputError, one_line
 
 REPO = Path(__file__).resolve().parent
+INFERENCE_CONFIG = REPO / "configs" / "inference.yaml"  # dubbing's settings (inference.py, evaluate.py)
 
 
 def config_path(path: str | Path) -> Path:

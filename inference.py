@@ -24,10 +24,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from config import in_shard, parse_shard
-from data.errors import InputError
+from config import INFERENCE_CONFIG, in_shard, parse_shard
+from data.errors import DISK_STATUS, DiskError, InputError
 
-CONFIG = Path(__file__).resolve().parent / "configs" / "inference.yaml"
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv")
 SOME_FAILED = 3
 
@@ -46,7 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="exit status: 0 when every video was written; 2 for bad input (missing or unreadable file, no "
                "face, audio too short, bad checkpoint, task list or override), reported in one line, when nothing "
                "was written; 3 when some dubs of several were written and others failed (each failure in one "
-               "line, then a summary); 130 when interrupted")
+               "line, then a summary); 74 when the output's disk is full, over quota, read-only or failing (one "
+               "line; a list of dubs stops there, since every later dub would fail alike); 130 when interrupted")
     parser.add_argument("--video", help="template video or still image (the face to animate)")
     parser.add_argument("--audio", action="append", help="driving speech: an audio file or a video with audio; "
                                                          "repeat for several dubs of the one template")
@@ -55,15 +55,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", type=Path, help="YAML list of {video, audio, output}: many dubs in one run")
     parser.add_argument("--shard", type=parse_shard, default=(0, 1),
                         help="I/N: run only shard I of N of the dubs, chosen by a hash of each output path (one "
-                             "process per GPU, a SLURM array); default 0/1")
+                             "process per GPU, a SLURM array; with --device cuda, shard I takes GPU I mod the "
+                             "visible GPUs); default 0/1")
     parser.add_argument("--landmark-ckpt", help="landmark generator checkpoint (default: checkpoints.landmark in "
                                                 "the config)")
     parser.add_argument("--renderer-ckpt", help="renderer checkpoint (default: checkpoints.renderer in the config)")
-    parser.add_argument("--config", default=str(CONFIG),
+    parser.add_argument("--config", default=str(INFERENCE_CONFIG),
                         help="YAML settings laid over configs/inference.yaml (default: that file)")
     parser.add_argument("--fps", help="output frame rate: 'template' (the template's own: a constant-rate video up "
                                       "to 60 fps, else 25), or a number such as 25 (the config's output.fps; "
                                       "default template)")
+    parser.add_argument("--encoder", choices=("auto", "libx264", "h264_nvenc"),
+                        help="H.264 encoder (the config's output.encoder; default auto: NVENC on a CUDA GPU that has "
+                             "it, else libx264 on the CPU, said in one line)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: CUDA when present)")
     parser.add_argument("--no-cache", action="store_true", help="analyse the template afresh; do not keep the "
                                                                 "result (the config's cache.enabled)")
@@ -148,6 +152,18 @@ def shard_of(tasks: list[Task], shard: tuple[int, int]) -> list[Task]:
     return [task for task in tasks if in_shard(task.output.as_posix(), shard)]
 
 
+def device_for_shard(device: str, shard: tuple[int, int]) -> str:
+    """The device of shard I of N: with --device cuda (or auto) and several visible GPUs, GPU I mod their number,
+    so that N processes on one machine spread over its GPUs; any other device as given."""
+    index, count = shard
+    if count == 1 or device not in ("cuda", "auto"):
+        return device
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return f"cuda:{index % gpus}" if gpus > 1 else device
+
+
 def run(tasks: list[Task], args: argparse.Namespace, config: dict) -> list[tuple[Task, str]]:
     """Dub every task, grouped by template so that each template is prepared once; returns the failures."""
     import dubbing
@@ -157,7 +173,8 @@ def run(tasks: list[Task], args: argparse.Namespace, config: dict) -> list[tuple
             if not path.is_file():
                 raise InputError(path, "no such file")
     models = dubbing.load_models(args.landmark_ckpt or config["checkpoints"]["landmark"],
-                                 args.renderer_ckpt or config["checkpoints"]["renderer"], args.device)
+                                 args.renderer_ckpt or config["checkpoints"]["renderer"],
+                                 device_for_shard(args.device, args.shard))
     if models.device.type == "cpu":
         from allocator import keep_freed_memory
 
@@ -165,7 +182,7 @@ def run(tasks: list[Task], args: argparse.Namespace, config: dict) -> list[tuple
     groups: dict[Path, list[Task]] = {}
     for task in tasks:
         groups.setdefault(task.video.resolve(), []).append(task)
-    failures = []
+    failures, written = [], 0
     for group in groups.values():
         prepared = None
         try:
@@ -182,11 +199,17 @@ def run(tasks: list[Task], args: argparse.Namespace, config: dict) -> list[tuple
                 try:
                     result = dubbing.dub_prepared(prepared, task.audio, task.output, models, config,
                                                   sketch_output=task.sketch, progress=not args.quiet)
+                except DiskError as error:
+                    if len(tasks) == 1:
+                        raise
+                    raise DiskError(error.path, f"{error.problem}; stopped after {written} of {len(tasks)} dubs "
+                                                "(rerun the rest once there is space)") from None
                 except InputError as error:
                     failures.append((task, str(error)))
                     if len(tasks) > 1:
                         print(f"error: {error}", file=sys.stderr)
                     continue
+                written += 1
                 seconds = result.seconds + (prepared.seconds if task is group[0] else 0.0)
                 rate = result.frames / seconds if seconds else float("inf")
                 print(f"{result.output}: {result.frames} frames at {prepared.template.fps:g} fps ({result.rendered} "
@@ -203,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
 
         overrides = list(args.overrides) + (["cache.enabled=false"] if args.no_cache else []) + \
             ([f"cache.dir={args.cache_dir}"] if args.cache_dir else []) + \
-            ([f"output.fps={args.fps}"] if args.fps else [])
-        config = load_config(args.config, overrides, base=CONFIG)
+            ([f"output.fps={args.fps}"] if args.fps else []) + \
+            ([f"output.encoder={args.encoder}"] if args.encoder else [])
+        config = load_config(args.config, overrides, base=INFERENCE_CONFIG)
         tasks = shard_of(plan(args), args.shard)
         if not tasks:
             print(f"shard {args.shard[0]}/{args.shard[1]} has no dubs", file=sys.stderr)
@@ -213,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except DiskError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return DISK_STATUS
     except KeyboardInterrupt:
         print("interrupted; the video being written was not kept", file=sys.stderr)
         return 130

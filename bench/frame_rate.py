@@ -26,6 +26,7 @@ import argparse
 import itertools
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from steady_faces import jitter  # noqa: E402
 
 import dubbing  # noqa: E402
+import dubbing.template  # noqa: E402
 from data.audio import SAMPLE_RATE, load_audio, write_wav  # noqa: E402
 from data.facemesh import FaceMesh, track_faces  # noqa: E402
 from data.samples import sample  # noqa: E402
@@ -102,13 +104,15 @@ def main() -> None:
             config["output"]["fps"] = setting
             config["cache"]["enabled"] = False
             output = folder / f"out_{setting}.mp4"
-            result = dubbing.dub(clip, speech, output, models, config, progress=False, render_step=pass_through)
-            prepared_rate, _ = dubbing.dubbing_rate(clip, setting)
+            result = dubbing.dub(clip, speech, output, replace(models, render_step=pass_through), config,
+                                 progress=False)
+            prepared_rate, _ = dubbing.template.dubbing_rate(clip, setting)
             shown = np.array([stamped_index(frame) for frame in read_frames(output, prepared_rate)])
             counts = np.bincount(shown, minlength=len(source))
             spanned = shown.max() - shown.min() + 1
             skips = int(np.sum(np.diff(shown) > 1))
-            template = dubbing.analyse_template(clip, progress=False, fps=prepared_rate)
+            template = dubbing.template.analyse_template(clip, smooth=config["smooth_boxes"], progress=False,
+                                                         fps=prepared_rate)
             per_frame = jitter(template.boxes, template.has_face)
             with FaceMesh(video=True) as mesh:
                 lips = float(np.nanmean(track_lip_jitter(track_faces(read_frames(output, prepared_rate), mesh))))

@@ -1,6 +1,7 @@
 """Dubbing speed and memory on the official demo (template_129.mp4 + speech_audio2.wav), CPU or CUDA.
 
-  python bench/inference.py [--seconds 1] [--refs 3,25] [--skip-speed] [--skip-many] [--skip-memory] [--device cpu]
+  python bench/inference.py [--seconds 1] [--refs 3,25] [--skip-speed] [--skip-many] [--skip-memory]
+                            [--skip-pipeline] [--pipeline-only] [--device cpu]
 
 Speed: output frames per second of the whole pipeline (inference.py's `dubbing.dub`: FaceMesh pass, landmark
 generator, sketches, renderer, paste-back, H.264/AAC encoding) on the first --seconds of the demo speech (1 s, as
@@ -20,6 +21,13 @@ A minute of output is 1500 renderer calls, about an hour on two CPU cores, so on
 the renderer's per-frame forward with a pass-through (everything else runs: networks loaded, references encoded,
 landmarks predicted, frames decoded, pasted and encoded); the renderer's activations for one batch do not depend
 on the audio's length. --real-memory keeps the real renderer (use it on a GPU).
+Pipeline: pass 2 alone (the template prepared beforehand) on the demo template at 256x256 and scaled to 1280x720,
+100 output frames, N=25, batch 16, with both networks replaced by stand-ins that cost nothing, so only the host's
+work is left: milliseconds per output frame that each stage spends in the calling thread (decode, prepare:
+landmark inputs, sketches, crops; network; paste; encode), and wall time per frame, `pipeline: false` (every stage
+in series, one thread) against `pipeline: true` (three overlapping stages). Then the network stage made to hold
+each batch for a set time without using the CPU (a sleep, as a GPU would): the overlap's target is a wall time
+per frame of at most 1.15x max(network, host), where the serial path costs their sum.
 Weights are random (speed does not depend on them) unless --landmark-ckpt/--renderer-ckpt are given.
 """
 from __future__ import annotations
@@ -30,6 +38,8 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import dubbing  # noqa: E402
+import dubbing.pipeline  # noqa: E402
 from data.audio import SAMPLE_RATE, load_audio, write_wav  # noqa: E402
 from data.samples import sample  # noqa: E402
 
@@ -81,8 +92,8 @@ def pass_through_step(renderer, refs, faces, sketches, mels):
 def dub_once(args, models, audio: Path, output: Path, refs: int, batch: int, step) -> float:
     config = demo_config()
     config.update(refs=refs, batch_size=batch)
-    result = dubbing.dub(sample("template_129.mp4"), audio, output, models, config, progress=False,
-                         render_step=step)
+    result = dubbing.dub(sample("template_129.mp4"), audio, output, replace(models, render_step=step), config,
+                         progress=False)
     return result.frames / result.seconds
 
 
@@ -129,6 +140,8 @@ def main() -> None:
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-many", action="store_true", help="skip the prepared-template and 5-audio runs")
+    parser.add_argument("--skip-pipeline", action="store_true")
+    parser.add_argument("--pipeline-only", action="store_true", help="only the pipeline section")
     parser.add_argument("--real-memory", action="store_true", help="memory runs with the real renderer")
     parser.add_argument("--memory-child", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -139,6 +152,10 @@ def main() -> None:
         if args.memory_child is not None:
             return memory_child(args)
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+        if not args.skip_pipeline:
+            pipeline(args, folder)
+        if args.pipeline_only:
+            return None
         if not args.skip_speed:
             speed(args, folder)
         if not args.skip_many:
@@ -151,8 +168,6 @@ def many(args, folder: Path) -> None:
     """One template, many audios: the work before the first rendered frame for a first dub, for the second audio
     of a run, and for a separate run on a prepared (cached) template; then 5 audios in one run of inference.py
     against 5 runs, each a fresh process (start-up and network loading included), at N=3."""
-    import time
-
     seconds = args.seconds
     speech = demo_speech(5 * seconds)
     step = int(seconds * SAMPLE_RATE)
@@ -207,7 +222,7 @@ def many(args, folder: Path) -> None:
 def speed(args, folder: Path) -> None:
     models = dubbing.load_models(args.landmark_ckpt, args.renderer_ckpt, args.device)
     audio = write_wav(folder / "speech.wav", demo_speech(args.seconds))
-    batch = args.batch or dubbing.batch_size_for(dubbing.default_config(), torch.device(args.device))
+    batch = args.batch or dubbing.pipeline.batch_size_for(dubbing.default_config(), torch.device(args.device))
     print(f"speed: {args.seconds} s of speech ({int(args.seconds * 25)} output frames), template_129.mp4")
     print("| N | reference pipeline (per-reference, 1 frame/call) | ours (encode once, batch "
           f"{batch}) | ours / reference | ours / official script (BASELINES) |")
@@ -238,6 +253,157 @@ def memory(args) -> None:
     print(f"memory ({what}, N=25): peak resident 5 s of speech {peaks[5.0]['peak_mib']:.0f} MiB, 60 s "
           f"{peaks[60.0]['peak_mib']:.0f} MiB, ratio {peaks[60.0]['peak_mib'] / peaks[5.0]['peak_mib']:.2f} "
           f"(60 s ran at {peaks[60.0]['fps']:.1f} frames/s)")
+
+
+class StandInLandmarks(torch.nn.Module):
+    """The landmark generator's interface at no cost: every window predicts `content` (2, 57)."""
+
+    def __init__(self, content: np.ndarray):
+        super().__init__()
+        self.content = torch.from_numpy(content)
+
+    def encode_references(self, pose, content):
+        return pose.new_zeros(pose.shape[0], pose.shape[1], 1)
+
+    def encode_frames(self, mels, pose):
+        return mels.new_zeros(len(mels), 1), pose.new_zeros(len(pose), 1)
+
+    def fuse(self, tokens, audio, pose):
+        return self.content.to(audio.device).expand(audio.shape[0], audio.shape[1], 2, 57)
+
+
+class StageClock:
+    """Seconds each pass-2 stage spends, in the calling thread or another, while installed over
+    dubbing.pipeline's stage functions and the writer (until `remove`)."""
+
+    STAGES = {"frame_batches": "decode", "prepare_batch": "prepare", "render_batch": "network",
+              "paste_batch": "paste"}
+
+    def __init__(self):
+        import threading
+
+        self.seconds: dict[tuple[str, bool], float] = {}
+        self._main = threading.main_thread
+
+        def timed(name, function):
+            def wrapper(*args, **kwargs):
+                started = time.perf_counter()
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    self.add(name, time.perf_counter() - started)
+            return wrapper
+
+        def timed_source(function):
+            def wrapper(*args, **kwargs):
+                source = function(*args, **kwargs)
+                while True:
+                    started = time.perf_counter()
+                    try:
+                        item = next(source)
+                    except StopIteration:
+                        return
+                    finally:
+                        self.add("decode", time.perf_counter() - started)
+                    yield item
+            return wrapper
+
+        import dubbing.writer
+
+        self._saved = [(dubbing.pipeline, name, getattr(dubbing.pipeline, name)) for name in self.STAGES]
+        self._saved.append((dubbing.writer.Outputs, "write", dubbing.writer.Outputs.write))
+        for module, name, function in self._saved:
+            if name == "frame_batches":
+                setattr(module, name, timed_source(function))
+            else:
+                setattr(module, name, timed(self.STAGES.get(name, "encode"), function))
+
+    def add(self, stage: str, seconds: float) -> None:
+        import threading
+
+        key = (stage, threading.current_thread() is self._main())
+        self.seconds[key] = self.seconds.get(key, 0.0) + seconds
+
+    def remove(self) -> None:
+        for module, name, function in self._saved:
+            setattr(module, name, function)
+
+
+def scaled_template(folder: Path, size: tuple[int, int], frames: int) -> Path:
+    """The demo template's first `frames` frames at 25 fps, resized to `size` (width, height)."""
+    import itertools
+
+    import cv2
+
+    from data.video import VideoReader, VideoWriter
+
+    path = folder / f"template_{size[0]}x{size[1]}.mp4"
+    with VideoReader(sample("template_129.mp4")) as reader, VideoWriter(path, 25, crf=12) as writer:
+        for frame in itertools.islice(reader, frames):
+            writer.write(cv2.resize(frame, size, interpolation=cv2.INTER_CUBIC))
+    return path
+
+
+def pipeline(args, folder: Path) -> None:
+    """Pass 2's host work by stage, in series against overlapped, with stand-in networks (see the docstring)."""
+    frames, batch = 100, 16
+    audio = write_wav(folder / "pipeline.wav", demo_speech(frames / 25))
+    real = dubbing.load_models(args.landmark_ckpt, args.renderer_ckpt, args.device)
+    print(f"\npipeline: pass 2 of {frames} output frames, N=25, batch {batch}, stand-in networks; ms per output "
+          "frame in the calling thread by stage, and wall time")
+    print("| template | mode | decode | prepare | network | paste | encode | calling thread | wall | frames/s |")
+    print("| --- " * 10 + "|")
+    hosts = {}
+    for size in ((256, 256), (1280, 720)):
+        template = scaled_template(folder, size, frames)
+        config = demo_config()
+        config.update(refs=25, batch_size=batch)
+        config["cache"] = {"enabled": True, "dir": str(folder / "pipeline_cache")}
+        prepared = dubbing.prepare_template(template, real, config, progress=False)
+        content = prepared.template.landmarks[0]
+        from data.landmarks import content_of
+
+        models = replace(real, landmark=StandInLandmarks(content_of(content)), render_step=pass_through_step)
+        walls = {}
+        for mode in (False, True):
+            config["pipeline"] = mode
+            dubbing.dub_prepared(prepared, audio, folder / "warm.mp4", models, config, progress=False)  # warm-up
+            clock = StageClock()
+            try:
+                result = dubbing.dub_prepared(prepared, audio, folder / "pipeline.mp4", models, config,
+                                              progress=False)
+            finally:
+                clock.remove()
+            wall = (result.seconds - result.setup_seconds) / result.frames * 1000
+            main = {stage: clock.seconds.get((stage, True), 0.0) / result.frames * 1000
+                    for stage in ("decode", "prepare", "network", "paste", "encode")}
+            walls[mode] = (wall, sum(main.values()))
+            cells = " | ".join(f"{main[stage]:.2f}" for stage in main)
+            print(f"| {size[0]}x{size[1]} | {'overlapped' if mode else 'serial'} | {cells} | "
+                  f"{sum(main.values()):.2f} | {wall:.2f} | {1000 / wall:.1f} |", flush=True)
+        print(f"| {size[0]}x{size[1]} | overlapped wall / serial calling thread | | | | | | | "
+              f"{walls[True][0] / walls[False][1]:.2f}x | |")
+        hosts[size] = (prepared, models, config, walls[True][0])
+    print("\nwith a network stage that sleeps (a GPU's time, no CPU), overlapped against serial:")
+    print("| template | network ms/frame | host ms/frame (overlapped, no sleep) | serial wall | overlapped wall | "
+          "overlapped / max(network, host) |")
+    print("| --- " * 6 + "|")
+    for size, (prepared, models, config, host) in hosts.items():
+        network = host  # equal times: the hardest case for the overlap
+
+        def sleeping(renderer, refs, faces, sketches, mels, hold=network / 1000 * batch):
+            time.sleep(hold)
+            return faces
+
+        slept = replace(models, render_step=sleeping)
+        walls = {}
+        for mode in (False, True):
+            config["pipeline"] = mode
+            result = dubbing.dub_prepared(prepared, audio, folder / "sleep.mp4", slept, config, progress=False)
+            walls[mode] = (result.seconds - result.setup_seconds) / result.frames * 1000
+        print(f"| {size[0]}x{size[1]} | {network:.2f} | {host:.2f} | {walls[False]:.2f} | {walls[True]:.2f} | "
+              f"{walls[True] / max(network, host):.2f}x |", flush=True)
+        prepared.close()
 
 
 if __name__ == "__main__":

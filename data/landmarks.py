@@ -22,6 +22,8 @@ INNER_LIP = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 31
 FACEMESH_IDS: tuple[int, ...] = (FACE_OVAL + RIGHT_EYEBROW + LEFT_EYEBROW + NOSE_BRIDGE + NOSE_BOTTOM
                                  + RIGHT_EYE + LEFT_EYE + OUTER_LIP + INNER_LIP)
 NUM_LANDMARKS = len(FACEMESH_IDS)  # 131
+# Frames t-2..t+2: the landmark generator predicts this window at once, and the renderer takes its sketches.
+SKETCH_WINDOW = 5
 NUM_FACEMESH_POINTS = 478
 
 # Positions (into the canonical order) of the network's landmark groups.

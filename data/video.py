@@ -130,8 +130,15 @@ def read_frames(path: str | Path, fps: float = FPS) -> list[np.ndarray]:
         return list(reader)
 
 
+# Each encoder's options for a quality of `crf` (x264's constant rate factor; NVENC's constant quality, cq, is on
+# a similar scale). x264's veryfast preset encodes 1280x720 at bench/README.md's rate; NVENC's p4 is its middle.
+ENCODER_OPTIONS = {"libx264": lambda crf: {"crf": str(crf), "preset": "veryfast"},
+                   "h264_nvenc": lambda crf: {"rc": "vbr", "cq": str(crf), "b": "0", "preset": "p4"}}
+
+
 class VideoWriter:
-    """Encode RGB frames to H.264 (CRF 18) at `fps`, optionally muxing mono float audio as AAC, into `path`.
+    """Encode RGB frames to H.264 (CRF 18) at `fps` with `encoder` (libx264 or h264_nvenc), optionally muxing
+    mono float audio as AAC, into `path`.
 
     Frames stream to the encoder and the audio is interleaved as they come, so memory stays bounded. The file
     is written under a temporary name and renamed into place by close(); abort() (or an exception inside a
@@ -139,8 +146,8 @@ class VideoWriter:
     """
 
     def __init__(self, path: str | Path, fps: float = FPS, audio: np.ndarray | None = None,
-                 sample_rate: int = 16000, crf: int = 18):
-        self.path = Path(path)
+                 sample_rate: int = 16000, crf: int = 18, encoder: str = "libx264"):
+        self.path, self.encoder = Path(path), encoder
         self._temp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix or '.mp4'}")
         self.fps, self.crf = Fraction(fps).limit_denominator(1001), crf
         self._audio = None if audio is None else np.asarray(audio, np.float32).reshape(-1)
@@ -154,11 +161,11 @@ class VideoWriter:
             self._sound.layout = "mono"
 
     def _open_video(self, width: int, height: int) -> None:
-        self._video = self._container.add_stream("libx264", rate=self.fps)
+        self._video = self._container.add_stream(self.encoder, rate=self.fps)
         self._video.width, self._video.height = width, height
         # 4:2:0 needs even sizes; odd-sized frames keep their size in 4:4:4.
         self._video.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
-        self._video.options = {"crf": str(self.crf), "preset": "veryfast"}
+        self._video.options = ENCODER_OPTIONS[self.encoder](self.crf)
 
     def write(self, frame: np.ndarray) -> None:
         """Append one RGB uint8 (H, W, 3) frame; all frames must share the first one's size."""

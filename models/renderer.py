@@ -18,9 +18,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data.landmarks import SKETCH_WINDOW
 from models.layers import AdaINBlock, SPADEBlock, audio_encoder
 
+DRIVING = 3 * SKETCH_WINDOW  # channels of the target sketches, stacked
+
 CPU_ROWS_PER_CHUNK = 3  # see reference_chunk
+# The alignment's working memory per (frame, reference) pair, an upper bound: a pass keeps about eight maps of
+# 256x64x64 or 64x128x128 values alive (the copied reference features, SPADE's outputs, the float32 warps of h1
+# and h2 and their weighted copies), 2 to 4 MiB each.
+PAIR_BYTES = 24 * 2**20
+ALIGNMENT_BUDGET = 6 * 2**30  # bytes of alignment work at once on a GPU (see reference_chunk)
 
 
 @dataclass
@@ -79,10 +87,10 @@ class Alignment(nn.Module):
         self.conv1_bn = nn.BatchNorm2d(32)
         self.conv2 = nn.Conv2d(32, 256, 3, 2, 1)
         self.conv2_bn = nn.BatchNorm2d(256)
-        self.spade_1 = SPADEBlock(256, 15, hidden)
-        self.spade_2 = SPADEBlock(256, 15, hidden)
+        self.spade_1 = SPADEBlock(256, DRIVING, hidden)
+        self.spade_2 = SPADEBlock(256, DRIVING, hidden)
         self.pixel_shuffle = nn.PixelShuffle(2)
-        self.spade_3 = SPADEBlock(64, 15, hidden)
+        self.spade_3 = SPADEBlock(64, DRIVING, hidden)
         self.flow = nn.Conv2d(64, 2, 7, 1, 3)  # motion field, in pixels
         self.weight_head = nn.Sequential(nn.Conv2d(64, 32, 7, 1, 3), nn.ReLU(), nn.Conv2d(32, 1, 7, 1, 3), nn.Sigmoid())
 
@@ -99,7 +107,7 @@ class Alignment(nn.Module):
         batch = target_sketches.shape[0]
         refs = refs.for_batch(batch)
         count = refs.h1.shape[1]
-        driving = target_sketches.flatten(1, 2)  # (B, 15, H, W)
+        driving = target_sketches.flatten(1, 2)  # (B, DRIVING, H, W)
         small = F.interpolate(driving, size=refs.h2.shape[-2:], mode="nearest")
         # Shared by the N references of each frame: computed once per frame.
         modulation = (self.spade_1.modulation_of(small), self.spade_2.modulation_of(small),
@@ -152,11 +160,11 @@ def reference_chunk(batch: int, count: int, device: torch.device) -> int:
     """References per alignment pass. On CPU, at most CPU_ROWS_PER_CHUNK (frame, reference) pairs at a time:
     every per-reference tensor is then a few MB, which glibc serves from its heap instead of fresh zeroed pages
     (a 25-reference pass allocates 100 MB tensors, and page faults cost more than the arithmetic beside the
-    convolutions) and which stays in cache between layers (timings: bench/README.md). Elsewhere (CUDA's caching
-    allocator) all references go in one pass."""
-    if device.type != "cpu":
-        return count
-    return max(1, min(count, CPU_ROWS_PER_CHUNK // batch))
+    convolutions) and which stays in cache between layers (timings: bench/README.md). Elsewhere, as many pairs as
+    ALIGNMENT_BUDGET holds at PAIR_BYTES each, so that a long template's references (refs=fifth) never need more
+    than the budget at once, whatever their number."""
+    rows = CPU_ROWS_PER_CHUNK if device.type == "cpu" else ALIGNMENT_BUDGET // PAIR_BYTES
+    return max(1, min(count, rows // batch))
 
 
 class Translation(nn.Module):
@@ -166,7 +174,7 @@ class Translation(nn.Module):
     def __init__(self):
         super().__init__()
         self.audio_encoder = audio_encoder(last_activation="relu")
-        self.conv1 = nn.Conv2d(3 + 15, 32, 7, 1, 3, bias=False)
+        self.conv1 = nn.Conv2d(3 + DRIVING, 32, 7, 1, 3, bias=False)
         self.conv1_bn = nn.BatchNorm2d(32)
         self.conv2 = nn.Conv2d(32, 256, 3, 2, 1, bias=False)
         self.conv2_bn = nn.BatchNorm2d(256)

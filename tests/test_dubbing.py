@@ -7,24 +7,28 @@ import numpy as np
 import pytest
 
 import dubbing
+import dubbing.frames
+import dubbing.paste
+import dubbing.pipeline
+import dubbing.template
 from data.errors import InputError
 
 
 def test_ping_pong_plays_forwards_then_backwards():
-    np.testing.assert_array_equal(dubbing.ping_pong(np.arange(9), 3), [0, 1, 2, 2, 1, 0, 0, 1, 2])
-    np.testing.assert_array_equal(dubbing.ping_pong(np.arange(4), 1), [0, 0, 0, 0])  # a still image
-    np.testing.assert_array_equal(dubbing.ping_pong(np.arange(5), 10), np.arange(5))  # shorter audio: a cut
+    np.testing.assert_array_equal(dubbing.template.ping_pong(np.arange(9), 3), [0, 1, 2, 2, 1, 0, 0, 1, 2])
+    np.testing.assert_array_equal(dubbing.template.ping_pong(np.arange(4), 1), [0, 0, 0, 0])  # a still image
+    np.testing.assert_array_equal(dubbing.template.ping_pong(np.arange(5), 10), np.arange(5))  # shorter audio: a cut
 
 
 def test_nearest_face_fills_gaps_from_the_closest_face_frame():
     has_face = np.array([0, 0, 1, 0, 0, 0, 1, 0], bool)
-    np.testing.assert_array_equal(dubbing.nearest_face(has_face), [2, 2, 2, 2, 2, 6, 6, 6])  # ties go earlier
+    np.testing.assert_array_equal(dubbing.template.nearest_face(has_face), [2, 2, 2, 2, 2, 6, 6, 6])  # ties go earlier
 
 
-def _template(openness, has_face=None) -> dubbing.Template:
+def _template(openness, has_face=None) -> dubbing.template.Template:
     count = len(openness)
     has_face = np.ones(count, bool) if has_face is None else np.asarray(has_face, bool)
-    return dubbing.Template(Path("t.mp4"), (64, 64), np.zeros((count, 131, 2), np.float32),
+    return dubbing.template.Template(Path("t.mp4"), (64, 64), np.zeros((count, 131, 2), np.float32),
                             np.tile([0, 0, 64, 64], (count, 1)).astype(np.int32), has_face,
                             np.asarray(openness, np.float64))
 
@@ -34,30 +38,30 @@ def test_references_follow_lip_openness_at_the_official_positions():
     template = _template(openness)
     ranked = np.argsort(openness)  # frames from closed to open
     # positions int(linspace(0, 9, 4)) = 0, 3, 6, 9 of the ranking
-    np.testing.assert_array_equal(dubbing.choose_references(template, 4), ranked[[0, 3, 6, 9]])
-    np.testing.assert_array_equal(dubbing.choose_references(template, 1), ranked[[0]])
+    np.testing.assert_array_equal(dubbing.template.choose_references(template, 4), ranked[[0, 3, 6, 9]])
+    np.testing.assert_array_equal(dubbing.template.choose_references(template, 1), ranked[[0]])
 
 
 def test_references_skip_frames_without_a_face_and_repeat_when_few():
     template = _template([0.0, 1.0, 2.0, 3.0], has_face=[0, 1, 0, 1])
-    chosen = dubbing.choose_references(template, 5)
+    chosen = dubbing.template.choose_references(template, 5)
     assert set(chosen.tolist()) == {1, 3}
     assert len(chosen) == 5 and chosen[0] == 1 and chosen[-1] == 3
 
 
 def test_reference_count_rules():
     template = _template(np.arange(52.0))
-    assert dubbing.reference_count(25, template) == 25
-    assert dubbing.reference_count("fifth", template) == 10
-    assert dubbing.reference_count("fifth", _template([1.0, 2.0])) == 1
+    assert dubbing.template.reference_count(25, template) == 25
+    assert dubbing.template.reference_count("fifth", template) == 10
+    assert dubbing.template.reference_count("fifth", _template([1.0, 2.0])) == 1
     with pytest.raises(InputError, match="number or 'fifth'"):
-        dubbing.reference_count("half", template)
+        dubbing.template.reference_count("half", template)
 
 
 def test_frame_spool_reads_frames_back_in_any_order(tmp_path):
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (7, 5, 3), dtype=np.uint8) for _ in range(6)]
-    spool = dubbing.FrameSpool(tmp_path)
+    spool = dubbing.frames.FrameSpool(tmp_path)
     for frame in frames:
         spool.append(frame)
     for index in (5, 0, 3, 3, 1):
@@ -73,7 +77,7 @@ def test_paste_face_changes_only_the_blurred_hull():
     box = np.array([40, 30, 100, 90], np.int32)
     outline = np.array([[55, 45], [85, 45], [85, 75], [55, 75]], np.float32)
     kernel = 11
-    out = dubbing.paste_face(frame, face, box, outline, kernel=kernel, sigma=5.0)
+    out = dubbing.paste.paste_face(frame, face, box, outline, kernel=kernel, sigma=5.0)
     changed = np.any(out != frame, axis=2)
     ys, xs = np.nonzero(changed)
     reach = kernel // 2
@@ -88,7 +92,7 @@ def test_paste_face_changes_only_the_blurred_hull():
 
 def test_paste_face_at_the_frame_border():
     frame = np.zeros((50, 60, 3), np.uint8)
-    out = dubbing.paste_face(frame, np.full((128, 128, 3), 200, np.uint8), np.array([0, 0, 30, 40]),
+    out = dubbing.paste.paste_face(frame, np.full((128, 128, 3), 200, np.uint8), np.array([0, 0, 30, 40]),
                              np.array([[0, 0], [29, 0], [29, 39], [0, 39]], np.float32), kernel=5, sigma=2.0)
     assert out.shape == frame.shape and out[20, 15, 0] == 200 and out[49, 59, 0] == 0
 
@@ -97,7 +101,7 @@ def test_sketch_frame_draws_inside_the_box_only():
     from data.landmarks import NUM_LANDMARKS
 
     landmarks = np.random.default_rng(2).uniform(0.1, 0.9, (NUM_LANDMARKS, 2)).astype(np.float32)
-    canvas = dubbing.sketch_frame(landmarks, np.array([20, 10, 60, 50]), (80, 70))
+    canvas = dubbing.paste.sketch_frame(landmarks, np.array([20, 10, 60, 50]), (80, 70))
     ys, xs = np.nonzero(canvas[..., 0])
     assert len(xs) > 50 and xs.min() >= 20 and xs.max() < 60 and ys.min() >= 10 and ys.max() < 50
 
@@ -106,4 +110,4 @@ def test_config_checks():
     config = dubbing.default_config()
     config["mask"]["kernel"] = 20
     with pytest.raises(InputError, match="odd"):
-        dubbing._check_config(config)
+        dubbing.pipeline.check_config(config)

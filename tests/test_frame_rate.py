@@ -7,6 +7,7 @@ seconds a frame on a busy CPU), which tests/test_inference.py and tests/test_man
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,6 +18,9 @@ import pytest
 import torch
 
 import dubbing
+import dubbing.pipeline
+import dubbing.prepare
+import dubbing.template
 import inference
 from data.audio import SAMPLE_RATE, frames_covered, load_audio, mel_windows, melspectrogram, write_wav
 from data.crop import box_size
@@ -99,7 +103,7 @@ def _rate(path: Path) -> Fraction:
 def _check_frames(output: Path, template_file: Path, fps: float) -> np.ndarray:
     """Decode the output at its own rate; every frame's corner patch is its template frame's (ping-pong order)."""
     out, template = read_frames(output, fps), read_frames(template_file, fps)
-    order = dubbing.ping_pong(np.arange(len(out)), len(template))
+    order = dubbing.template.ping_pong(np.arange(len(out)), len(template))
     for k, frame in enumerate(out):
         own = template[order[k]]
         assert abs(_patch_index(frame) - order[k]) < 0.2, f"output frame {k} shows the wrong template frame"
@@ -118,7 +122,8 @@ def test_a_30_fps_template_gives_30_fps_every_frame_once_and_ping_pongs(faces, f
     template = _template(folder, faces, 30)
     recorder = _Recorder()
     output = tmp_path / "out.mp4"
-    result = dubbing.dub(template, speech[0.5], output, models, _config(), progress=False, render_step=recorder)
+    result = dubbing.dub(template, speech[0.5], output, replace(models, render_step=recorder), _config(),
+                         progress=False)
     samples = len(load_audio(speech[0.5]))
     assert result.frames == frames_covered(samples, fps=30) == 15  # the template plays 0..11, then 11, 10, 9
     assert _rate(output) == 30
@@ -137,8 +142,8 @@ def test_60_and_24_fps_templates_keep_their_rate(faces, folder, speech, models, 
     for fps, seconds in ((60, 0.2), (24, 0.25)):
         output = tmp_path / f"out_{fps}.mp4"
         template = _template(folder, faces, fps)
-        result = dubbing.dub(template, speech[seconds], output, models, _config(), progress=False,
-                             render_step=_Recorder())
+        result = dubbing.dub(template, speech[seconds], output, replace(models, render_step=_Recorder()), _config(),
+                             progress=False)
         assert result.frames == frames_covered(len(load_audio(speech[seconds])), fps=fps) == int(seconds * fps)
         assert _rate(output) == fps
         _check_frames(output, template, fps)
@@ -148,7 +153,7 @@ def _todays_sketches(prepared: dubbing.Prepared, models: dubbing.Models, mel: np
                      batch: int) -> list[torch.Tensor]:
     """The renderer's target sketches by the 25 fps rule, written out on its own: for output frame t, one landmark
     generator window of frames t-2..t+2 (clamped to the output), posed as template frames ping_pong(t-2..t+2)."""
-    template, order = prepared.template, dubbing.ping_pong(np.arange(count), len(prepared.template))
+    template, order = prepared.template, dubbing.template.ping_pong(np.arange(count), len(prepared.template))
     sketches = []
     for start in range(0, count, batch):
         steps = np.arange(start, min(start + batch, count))
@@ -159,7 +164,7 @@ def _todays_sketches(prepared: dubbing.Prepared, models: dubbing.Models, mel: np
             audio, posed = models.landmark.encode_frames(torch.from_numpy(mel_windows(mel, frames)[:, None]),
                                                          torch.from_numpy(pose))
             gather = torch.from_numpy(position.reshape(windows.shape))
-            content = models.landmark.fuse(prepared.ref_tokens, audio[gather], posed[gather]).numpy()
+            content = models.landmark.fuse(prepared.encoded.tokens, audio[gather], posed[gather]).numpy()
         predicted = merge_pose_content(pose[position.reshape(windows.shape)], content)
         boxes = template.boxes[order[windows]]
         sketches.append(torch.from_numpy(np.stack([[sketch_tensor(predicted[i, j], box_size(boxes[i, j]))
@@ -175,8 +180,8 @@ def test_a_25_fps_template_keeps_todays_sampling(faces, folder, speech, models, 
     template = _template(folder, faces, 25)
     config = _config()
     prepared = dubbing.prepare_template(template, models, config, progress=False)
-    result = dubbing.dub_prepared(prepared, speech[0.5], tmp_path / "out.mp4", models, config, progress=False,
-                                  render_step=recorder)
+    result = dubbing.dub_prepared(prepared, speech[0.5], tmp_path / "out.mp4", replace(models, render_step=recorder),
+                                  config, progress=False)
     assert result.frames == 12 and _rate(tmp_path / "out.mp4") == 25
     mel = melspectrogram(load_audio(speech[0.5]))
     np.testing.assert_array_equal(np.concatenate(recorder.mels), mel_windows(mel, np.arange(12)))
@@ -187,25 +192,26 @@ def test_a_25_fps_template_keeps_todays_sampling(faces, folder, speech, models, 
 
 
 def test_output_frames_on_the_25_fps_grid():
-    position, below, above, weight = dubbing.grid_neighbours(np.arange(7), 30.0, 5)  # 7 frames at 30 fps, 5 at 25
+    # 7 frames at 30 fps, 5 at 25
+    position, below, above, weight = dubbing.prepare.grid_neighbours(np.arange(7), 30.0, 5)
     np.testing.assert_allclose(position, np.arange(7) * 25 / 30)
     np.testing.assert_array_equal(below, [0, 0, 1, 2, 3, 4, 4])
     np.testing.assert_array_equal(above, [1, 1, 2, 3, 4, 4, 4])
     np.testing.assert_allclose(weight, [0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 0, 0])  # past the last window: the last
-    position, below, above, weight = dubbing.grid_neighbours(np.arange(6), 25.0, 6)
+    position, below, above, weight = dubbing.prepare.grid_neighbours(np.arange(6), 25.0, 6)
     np.testing.assert_array_equal(position, np.arange(6))
     np.testing.assert_array_equal(below, np.arange(6))
     assert not weight.any()
-    times = dubbing.sketch_times(np.array([0, 4]), 30.0, 6)
+    times = dubbing.prepare.sketch_times(np.array([0, 4]), 30.0, 6)
     np.testing.assert_allclose(times, [[0, 0, 0, 1.2, 2.4], [1.6, 2.8, 4, 5, 5]])  # 1/25 s is 1.2 frames at 30
-    np.testing.assert_array_equal(dubbing.sketch_times(np.array([3]), 25.0, 10), [[1, 2, 3, 4, 5]])
+    np.testing.assert_array_equal(dubbing.prepare.sketch_times(np.array([3]), 25.0, 10), [[1, 2, 3, 4, 5]])
 
 
 def test_template_at_interpolates_within_the_ping_pong_order():
     landmarks = np.arange(3, dtype=np.float32)[:, None, None] * np.ones((3, 131, 2), np.float32)
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [2, 2, 12, 12]], np.int32)
-    template = dubbing.Template(Path("t.mp4"), (64, 64), landmarks, boxes, np.ones(3, bool), np.zeros(3), 30.0)
-    at, box = dubbing.template_at(template, np.array([0.0, 1.0, 1.25, 2.5, 3.0, 4.75]))
+    template = dubbing.template.Template(Path("t.mp4"), (64, 64), landmarks, boxes, np.ones(3, bool), np.zeros(3), 30.0)
+    at, box = dubbing.template.template_at(template, np.array([0.0, 1.0, 1.25, 2.5, 3.0, 4.75]))
     # Positions 0..5 show frames 0 1 2 2 1 0: a half step at the turn (2 -> 2) stays on frame 2.
     np.testing.assert_allclose(at[:, 0, 0], [0.0, 1.0, 1.25, 2.0, 2.0, 1.0 - 0.75])
     np.testing.assert_array_equal(box[:, 0], [0, 1, 1, 2, 2, 0])
@@ -213,8 +219,8 @@ def test_template_at_interpolates_within_the_ping_pong_order():
 
 
 def test_rate_rule_and_its_fallbacks(faces, folder, tmp_path):
-    assert dubbing.dubbing_rate(_template(folder, faces, 30), "template") == (30.0, None)
-    assert dubbing.dubbing_rate(_template(folder, faces, 30), 25) == (25.0, None)
+    assert dubbing.template.dubbing_rate(_template(folder, faces, 30), "template") == (30.0, None)
+    assert dubbing.template.dubbing_rate(_template(folder, faces, 30), 25) == (25.0, None)
     image = tmp_path / "face.png"
     cv2.imwrite(str(image), faces[0])
     fast = tmp_path / "fast.mp4"
@@ -236,13 +242,13 @@ def test_rate_rule_and_its_fallbacks(faces, folder, tmp_path):
         for packet in stream.encode(None):
             container.mux(packet)
     for path, why in ((image, "a still image"), (fast, "120 fps is above 60"), (uneven, "variable frame rate")):
-        rate, note = dubbing.dubbing_rate(path, "template")
+        rate, note = dubbing.template.dubbing_rate(path, "template")
         assert rate == 25 and note == f"{path}: {why}: dubbed at 25 fps"
     for bad in (75, "fast", 0):
         config = _config()
         config["output"]["fps"] = bad
         with pytest.raises(InputError, match="output.fps takes 'template' or a rate from 1 to 60"):
-            dubbing._check_config(config)
+            dubbing.pipeline.check_config(config)
 
 
 def test_several_audios_and_task_lists_at_the_template_rate_with_the_cache_keyed_on_rate(

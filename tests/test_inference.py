@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import dubbing
+import dubbing.template
 import inference
 from conftest import REPO, numbered_frames
 from data.audio import SAMPLE_RATE, frames_covered, load_audio, write_wav
@@ -79,8 +80,9 @@ def test_pixels_away_from_the_face_are_the_template_and_the_face_is_generated(lo
     _, output, _, _ = looped
     _, source, painted = template
     out = read_frames(output)
-    order = dubbing.ping_pong(np.arange(len(out)), len(source))
-    info = dubbing.analyse_template(template[0], progress=False)
+    order = dubbing.template.ping_pong(np.arange(len(out)), len(source))
+    info = dubbing.template.analyse_template(template[0], smooth=dubbing.default_config()["smooth_boxes"],
+                                            progress=False)
     pad = dubbing.default_config()["mask"]["kernel"] // 2 + 1
     for t, frame in enumerate(out):
         s = order[t]
@@ -98,7 +100,7 @@ def test_pixels_away_from_the_face_are_the_template_and_the_face_is_generated(lo
 
 def test_face_less_frame_is_counted_and_sketch_video_written(looped, template):
     result, _, _, folder = looped
-    order = dubbing.ping_pong(np.arange(result.frames), len(template[1]))
+    order = dubbing.template.ping_pong(np.arange(result.frames), len(template[1]))
     assert result.rendered == int(np.sum(order != template[2])) == 13
     sketch = read_frames(folder / "sketch.mp4")
     assert len(sketch) == result.frames and sketch[0].shape == (422, 844, 3)

@@ -1,0 +1,21 @@
+"""Dubbing: a template video (or photo) and a driving audio -> a talking-face video (paper sections 3.2 and 4).
+
+One module per stage a frame passes through:
+- template: pass 1 (FaceMesh once per frame at the dubbing rate) and the choice of reference frames;
+- cache: pass 1's result kept on disk for the next run on the same template;
+- frames: the template's frames for pass 2, decoded or read back from a spool;
+- prepare: per batch, the landmark generator's inputs, the target sketches, face crops and audio windows;
+- network: both networks, the references encoded once, a batch predicted and rendered;
+- paste: the generated face blended back into its frame;
+- writer: encoding and muxing;
+- pipeline: `prepare_template`, `dub`, `dub_prepared`, and the stages run overlapped or in series.
+
+The output's frame rate (`output.fps`, `dubbing_rate`): the template's own for a constant-rate video up to 60 fps,
+else 25 fps, or a rate the config names. The networks keep their 25 fps semantics at any rate (docs/method.md,
+section 5).
+"""
+from dubbing.network import Models, load_models, render_faces
+from dubbing.pipeline import DubResult, Prepared, default_config, dub, dub_prepared, prepare_template
+
+__all__ = ["DubResult", "Models", "Prepared", "default_config", "dub", "dub_prepared", "load_models",
+           "prepare_template", "render_faces"]

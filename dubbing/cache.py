@@ -1,0 +1,105 @@
+"""The template cache: pass 1's result (data/facemesh.FaceTrack) kept on disk, keyed by the template's content and
+the settings that change it, so that a later run on the same template skips the FaceMesh pass.
+
+A cache is a convenience: an entry that cannot be read is recomputed, and one that cannot be written (a full or
+read-only disk) is skipped with one warning while the dub goes on.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from data.errors import disk_problem, one_line
+from data.facemesh import FaceTrack
+from data.landmarks import NUM_LANDMARKS
+from data.video import FPS
+
+FORMAT = 2  # raise when what the cache holds, or how FaceMesh is run, changes (2: keyed on the rate)
+DIR_ENV = "IPLAP_TEMPLATES"  # where prepared templates are cached when the config does not say
+
+
+def cache_dir(config: dict) -> Path | None:
+    """Where prepared templates are kept: the config's cache.dir, else $IPLAP_TEMPLATES, else the per-user cache;
+    None when the cache is off."""
+    if not config["cache"]["enabled"]:
+        return None
+    if config["cache"]["dir"]:
+        return Path(config["cache"]["dir"]).expanduser()
+    if os.environ.get(DIR_ENV):
+        return Path(os.environ[DIR_ENV]).expanduser()
+    from data.samples import user_cache
+
+    return user_cache("templates")
+
+
+def cache_entry(path: Path, detect_every_frame: bool, directory: str | Path, fps: float = FPS
+                ) -> tuple[Path, dict]:
+    """The entry's file, named by the template's content and the settings that change pass 1 (the rate it was
+    decoded at among them), and the facts that must still hold when it is read (the file's size and modification
+    time: a touched file is analysed again)."""
+    from data.samples import sha256
+
+    stat = path.stat()
+    settings = (f"format={FORMAT};detect_every_frame={bool(detect_every_frame)};fps={float(fps)!r};"
+                f"mediapipe={_mediapipe()}")
+    key = hashlib.sha256(f"{sha256(path)};{settings}".encode()).hexdigest()[:32]
+    return Path(directory) / f"{key}.npz", {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _mediapipe() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("mediapipe")
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+def read_cached_track(entry: Path, facts: dict) -> FaceTrack | None:
+    """The pass-1 result in a cache entry (`cache_entry`); None when there is none, it is stale, or it does not
+    read back whole (a damaged entry is recomputed, never trusted)."""
+    if not entry.is_file():
+        return None
+    try:
+        with np.load(entry, allow_pickle=False) as arrays:
+            if int(arrays["bytes"]) != facts["bytes"] or int(arrays["mtime_ns"]) != facts["mtime_ns"]:
+                return None
+            track = FaceTrack(arrays["landmarks"], arrays["boxes"], arrays["has_face"],
+                              tuple(int(v) for v in arrays["size"]))
+    except Exception:  # a cut-short or foreign file: analyse again
+        return None
+    frames = len(track.has_face)
+    if track.landmarks.shape != (frames, NUM_LANDMARKS, 2) or track.boxes.shape != (frames, 4):
+        return None
+    return track
+
+
+def write_cached_track(entry: Path, facts: dict, track: FaceTrack) -> bool:
+    """Store a pass-1 result atomically (a temporary file renamed into place). A cache that cannot be written is
+    skipped with one warning on stderr, not an error; returns whether the entry was written."""
+    # The archive is built in memory (about 1 KB a frame) and written in one call: numpy's zip writer on a file
+    # that fails mid-way leaves a ZipFile whose finaliser prints a traceback.
+    buffer = io.BytesIO()
+    np.savez(buffer, landmarks=track.landmarks, boxes=track.boxes, has_face=track.has_face,
+             size=np.asarray(track.size, np.int64), bytes=np.int64(facts["bytes"]),
+             mtime_ns=np.int64(facts["mtime_ns"]))
+    temp = entry.with_name(f"{entry.stem}.tmp-{os.getpid()}.npz")
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        with open(temp, "wb") as handle:
+            handle.write(buffer.getbuffer())
+        os.replace(temp, entry)
+        return True
+    except OSError as error:
+        try:
+            temp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        problem = disk_problem(error) or one_line(error)
+        print(f"warning: {entry.parent}: {problem} (template not cached; the dub goes on)", file=sys.stderr)
+        return False

@@ -1,0 +1,155 @@
+"""The network step: both networks loaded once, the references encoded once per template, and per batch the
+landmark generator's prediction and the renderer's faces. Inputs arrive as host arrays (uint8 for images) and
+become float on the networks' device; on CUDA the copies come from pinned memory without blocking, every call is
+padded to a fixed number of rows, and a batch's faces come back through one synchronisation."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from config import autocast, pick_device
+from data.crop import box_size, crop_face
+from data.landmarks import content_of, pose_of
+from data.sketch import draw_sketch
+from dubbing.prepare import LandmarkInputs, RenderInputs
+from dubbing.template import Template
+from models.checkpoints import load_landmark_generator, load_renderer
+from models.landmark_generator import LandmarkGenerator
+from models.renderer import References, Renderer
+
+
+def render_faces(renderer: Renderer, refs: References, faces: torch.Tensor, sketches: torch.Tensor,
+                 mels: torch.Tensor) -> torch.Tensor:
+    """The render step: faces (B, 3, 128, 128), sketches (B, 5, 3, 128, 128) and mels (B, 1, 80, 16) -> generated
+    faces (B, 3, 128, 128), the references encoded once per template."""
+    return renderer.render(faces, sketches, refs, mels)[0]
+
+
+RenderStep = Callable[[Renderer, References, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Models:
+    """Both networks on their device. `render_step` is what a batch is rendered with: `render_faces`, or a
+    stand-in of the same signature (benches and tests put one in with dataclasses.replace)."""
+
+    landmark: LandmarkGenerator
+    renderer: Renderer
+    device: torch.device
+    render_step: RenderStep = render_faces
+
+def load_models(landmark_ckpt: str | Path, renderer_ckpt: str | Path, device: str | torch.device | None = None
+                ) -> Models:
+    """Both networks from this project's checkpoints or the official files (told apart by their contents)."""
+    device = device if isinstance(device, torch.device) else pick_device(device)
+    return Models(load_landmark_generator(landmark_ckpt, device), load_renderer(renderer_ckpt, device), device)
+
+
+def upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on `device`: on CUDA through pinned memory, without blocking the host."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def padded(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """`tensor` with its first axis filled up to `rows` by repeating its last row (real values: a padded row
+    costs what a real one costs, and its output is dropped)."""
+    if len(tensor) >= rows:
+        return tensor
+    return torch.cat([tensor, tensor[-1:].expand(rows - len(tensor), *tensor.shape[1:])])
+
+
+def fixed_rows(count: int, step: int) -> int:
+    """`count` rounded up to a multiple of `step` (at least one step): the rows a padded call has."""
+    return max(1, -(-count // step)) * step
+
+
+def as_images(array: torch.Tensor) -> torch.Tensor:
+    """uint8 images (..., H, W, 3) -> float (..., 3, H, W) in 0..1."""
+    return array.movedim(-1, -3).float().div_(255)
+
+
+@dataclass
+class Encoded:
+    """A template's references encoded for every audio: Nl landmark tokens and N renderer references."""
+
+    tokens: torch.Tensor
+    refs: References
+
+
+def encode_references(models: Models, template: Template, frames: dict[int, np.ndarray], landmark_refs: np.ndarray,
+                      image_refs: np.ndarray, bf16: bool | str) -> Encoded:
+    """The landmark generator's reference tokens from the template's landmarks at `landmark_refs`, and the
+    renderer's references from its frames (`frames`, by index) at `image_refs`."""
+    device = models.device
+    ref_pose = upload(pose_of(template.landmarks[landmark_refs])[None], device)  # (1, Nl, 2, 74)
+    ref_content = upload(content_of(template.landmarks[landmark_refs])[None], device)
+    faces = np.stack([crop_face(frames[i], template.boxes[i]) for i in image_refs])[None]
+    sketches = np.stack([draw_sketch(template.landmarks[i], box_size(template.boxes[i])) for i in image_refs])
+    with torch.inference_mode(), autocast(device, bf16):
+        tokens = models.landmark.encode_references(ref_pose, ref_content)
+        refs = models.renderer.encode_references(as_images(upload(faces, device)),
+                                                 _three_channels(upload(sketches[None], device)))
+    return Encoded(tokens, refs)
+
+
+def _three_channels(sketches: torch.Tensor) -> torch.Tensor:
+    """uint8 sketches (..., H, W) -> float (..., 3, H, W) in 0..1, the three channels equal."""
+    planes = sketches.float().div_(255).unsqueeze(-3)
+    return planes.expand(*planes.shape[:-3], 3, *planes.shape[-2:])
+
+
+def predict_content(models: Models, tokens: torch.Tensor, inputs: LandmarkInputs, bf16: bool | str,
+                    rows: int = 0) -> np.ndarray:
+    """Content landmarks (C, SKETCH_WINDOW, 2, 57) of the batch's windows, on the host (the one read of this step).
+    With `rows`, both calls are padded to multiples of it (fixed shapes)."""
+    device, windows = models.device, len(inputs.gather)
+    mels, pose = upload(inputs.mels, device), upload(inputs.pose, device)
+    gather = upload(inputs.gather, device)
+    if rows:
+        frames = fixed_rows(len(mels), rows)
+        mels, pose, gather = padded(mels, frames), padded(pose, frames), padded(gather, fixed_rows(windows, rows))
+    with torch.inference_mode(), autocast(device, bf16):
+        audio, posed = models.landmark.encode_frames(mels, pose)
+        content = models.landmark.fuse(tokens, audio[gather], posed[gather])
+    return content[:windows].float().cpu().numpy()
+
+
+class Faces:
+    """A batch's generated faces on their way to the host: (k, 128, 128, 3) uint8 once `ready()` returns."""
+
+    def __init__(self, generated: torch.Tensor):
+        faces = (generated.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1)
+        if faces.device.type == "cuda":
+            self._host = torch.empty(faces.shape, dtype=torch.uint8, pin_memory=True)
+            self._host.copy_(faces, non_blocking=True)
+            self._done = torch.cuda.Event()
+            self._done.record()
+        else:
+            self._host, self._done = faces.contiguous(), None
+
+    def ready(self) -> np.ndarray:
+        if self._done is not None:
+            self._done.synchronize()
+        return self._host.numpy()
+
+
+def render(models: Models, refs: References, inputs: RenderInputs, bf16: bool | str, rows: int = 0) -> Faces:
+    """Generated faces for a render batch (the copies to the device and back do not block the host). With
+    `rows`, the call is padded to that many rows."""
+    device, count = models.device, len(inputs.faces)
+    faces = as_images(upload(inputs.faces, device))
+    sketches = _three_channels(upload(inputs.sketches, device))  # (k, 5, 3, 128, 128)
+    mels = upload(inputs.mels, device)
+    if rows:
+        faces, sketches, mels = (padded(t, fixed_rows(count, rows)) for t in (faces, sketches, mels))
+    with torch.inference_mode(), autocast(device, bf16):
+        generated = models.render_step(models.renderer, refs, faces, sketches, mels)
+    return Faces(generated[:count])
+

@@ -1,0 +1,51 @@
+"""Paste-back (paper section 4): a generated 128x128 face resized into its crop box and blended into the template
+frame through the convex hull of the face outline, Gaussian-blurred, so that only the face changes."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from data.crop import denormalise_from_box
+from data.landmarks import JAW_POSITIONS, OUTLINE_POSITIONS
+from data.sketch import draw_edges
+
+
+def mask_outline(template_landmarks: np.ndarray, predicted: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The points whose hull is pasted, in frame pixels: the template's face outline and the predicted jaw (an
+    opening mouth lowers the chin); both (131, 2) box-normalised."""
+    return denormalise_from_box(np.concatenate([template_landmarks[OUTLINE_POSITIONS], predicted[JAW_POSITIONS]]),
+                                box)
+
+
+def face_mask(shape: tuple[int, int], outline: np.ndarray, kernel: int, sigma: float) -> np.ndarray:
+    """(H, W, 1) float32 mask: the convex hull of outline points (pixels) filled with 1, Gaussian-blurred."""
+    mask = np.zeros(shape, np.float32)
+    cv2.fillConvexPoly(mask, cv2.convexHull(np.round(outline).astype(np.int32)), 1.0)
+    return cv2.GaussianBlur(mask, (kernel, kernel), sigma)[..., None]
+
+
+def paste_face(frame: np.ndarray, face: np.ndarray, box: np.ndarray, outline: np.ndarray, kernel: int = 21,
+               sigma: float = 11.0) -> np.ndarray:
+    """Resize a 128x128 face to its crop box, paste it, and blend it into the frame through the blurred mask of
+    `outline` (face contour points in frame pixels). Only pixels within kernel//2 of the hull can change."""
+    height, width = frame.shape[:2]
+    x0, y0, x1, y1 = (int(v) for v in box)
+    pad = kernel // 2 + 1
+    rx0, ry0, rx1, ry1 = max(x0 - pad, 0), max(y0 - pad, 0), min(x1 + pad, width), min(y1 + pad, height)
+    region = frame[ry0:ry1, rx0:rx1].astype(np.float32)
+    generated = region.copy()
+    generated[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0] = cv2.resize(face, (x1 - x0, y1 - y0),
+                                                                 interpolation=cv2.INTER_LINEAR)
+    mask = face_mask(region.shape[:2], outline - (rx0, ry0), kernel, sigma)
+    out = frame.copy()
+    out[ry0:ry1, rx0:rx1] = np.clip(np.round(region + mask * (generated - region)), 0, 255).astype(np.uint8)
+    return out
+
+
+def sketch_frame(landmarks: np.ndarray, box: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Debug view: (131, 2) box-normalised landmarks drawn at their place in a black (H, W, 3) frame."""
+    width, height = size
+    canvas = np.zeros((height, width, 3), np.uint8)
+    x0, y0, x1, y1 = (int(v) for v in box)
+    canvas[y0:y1, x0:x1] = draw_edges(np.zeros((y1 - y0, x1 - x0, 3), np.uint8), landmarks)
+    return canvas

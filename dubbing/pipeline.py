@@ -1,0 +1,413 @@
+"""A dub from start to end: the template prepared once (analysis, references), then for each audio pass 2, in
+three stages joined by bounded queues:
+
+1. decode the template frames and prepare each batch: the landmark generator's inputs and prediction, the
+   target sketches, the face crops and the audio windows (a thread of its own; on CUDA its own stream);
+2. the renderer (the calling thread, which feeds the GPU);
+3. paste-back and encoding (a thread of its own).
+
+With `pipeline: false` the same three functions run one after the other in one thread; the output is the same
+frame for frame. At most `batch_size` output frames are held by each stage and queue, so memory does not grow with
+the audio's length. When the audio outlasts the template, the template loops forwards and backwards in its own
+frames, read back from a raw spool file on disk (in the output's folder) instead of being held in memory.
+
+Frames where FaceMesh finds no face are written unchanged; windows around them borrow the landmarks of the
+nearest face frame, so their neighbours still render.
+"""
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from config import INFERENCE_CONFIG, load_config
+from data.audio import MEL_STEPS, SAMPLE_RATE, frames_covered, load_audio, melspectrogram
+from data.errors import DiskError, InputError, disk_problem
+from dubbing.cache import cache_dir
+from dubbing.frames import FrameSpool, read_selected, spool_template, template_frames
+from dubbing.network import Encoded, Faces, Models, encode_references, predict_content, render
+from dubbing.paste import mask_outline, paste_face, sketch_frame
+from dubbing.prepare import FrameBatch, RenderInputs, blend_windows, landmark_inputs, render_inputs
+from dubbing.template import (
+    MAX_TEMPLATE_FPS,
+    Template,
+    analyse_template,
+    choose_references,
+    dubbing_rate,
+    ping_pong,
+    reference_count,
+)
+from dubbing.writer import ENCODERS, Outputs, choose_encoder
+
+MIN_AUDIO_SECONDS = MEL_STEPS / 80  # one audio window, 0.2 s
+QUEUE_DEPTH = 2  # batches waiting between two stages
+
+
+def default_config() -> dict:
+    """configs/inference.yaml as a dict."""
+    return load_config(INFERENCE_CONFIG)
+
+
+def check_config(config: dict) -> None:
+    """One-line errors for dubbing settings that cannot work."""
+    kernel = int(config["mask"]["kernel"])
+    if kernel < 1 or kernel % 2 == 0:
+        raise InputError(f"mask.kernel={kernel}", "the mask blur kernel must be a positive odd number")
+    if config["batch_size"] != "auto" and not (isinstance(config["batch_size"], int) and config["batch_size"] >= 1):
+        raise InputError(f"batch_size={config['batch_size']}", "batch_size takes a positive number or 'auto'")
+    if int(config["landmark_refs"]) < 1:
+        raise InputError(f"landmark_refs={config['landmark_refs']}", "landmark_refs must be at least 1")
+    fps = config["output"]["fps"]
+    if fps != "template" and not (isinstance(fps, (int, float)) and not isinstance(fps, bool)
+                                  and 1 <= fps <= MAX_TEMPLATE_FPS):
+        raise InputError(f"output.fps={fps}", f"output.fps takes 'template' or a rate from 1 to {MAX_TEMPLATE_FPS}")
+    if config["output"]["encoder"] not in ENCODERS:
+        raise InputError(f"output.encoder={config['output']['encoder']}",
+                         f"output.encoder takes one of {', '.join(ENCODERS)}")
+    if config["pipeline"] not in (True, False):
+        raise InputError(f"pipeline={config['pipeline']}", "pipeline takes true or false")
+
+
+def batch_size_for(config: dict, device: torch.device) -> int:
+    """Output frames per network call: the config's number, or for 'auto' 1 on CPU (measured fastest there,
+    bench/README.md) and 16 on CUDA."""
+    if config["batch_size"] == "auto":
+        return 16 if device.type == "cuda" else 1
+    return int(config["batch_size"])
+
+
+def load_driving_audio(path: str | Path) -> np.ndarray:
+    """16 kHz mono samples of the driving audio, at least one 0.2 s window long."""
+    wav = load_audio(path, SAMPLE_RATE)
+    if len(wav) < MIN_AUDIO_SECONDS * SAMPLE_RATE:
+        raise InputError(path, f"the audio lasts {len(wav) / SAMPLE_RATE:.3f} s, shorter than one "
+                               f"{MIN_AUDIO_SECONDS:.1f} s window")
+    return wav
+
+
+@dataclass
+class DubResult:
+    output: Path
+    frames: int
+    rendered: int  # frames with a face, generated
+    seconds: float
+    setup_seconds: float = 0.0  # the work before the first frame is rendered (for `dub`, the template's too)
+
+
+# ---------------------------------------------------------------- one state object per template
+@dataclass
+class Prepared:
+    """A template ready for any number of audios: pass 1's analysis and the encoded references. `seconds`: what
+    preparing cost; `note`: why the template is dubbed at 25 fps rather than its own rate, when it is (one line)."""
+
+    template: Template
+    encoded: Encoded
+    seconds: float
+    spool: FrameSpool | None = None
+    note: str | None = None
+
+    def frame_spool(self, directory: Path) -> FrameSpool:
+        """The template's frames on disk, written on first use (an audio that outlasts the template loops it)."""
+        if self.spool is None:
+            self.spool = spool_template(self.template, directory)
+        return self.spool
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
+
+def prepare_template(video: str | Path, models: Models, config: dict, progress: bool = True) -> Prepared:
+    """Pass 1 (or its cached result) and the references, encoded once for every audio this template is dubbed
+    with. Raises InputError for a missing or unusable template."""
+    started = time.perf_counter()
+    check_config(config)
+    video = Path(video)
+    if not video.is_file():
+        raise InputError(video, "no such file")
+    rate, note = dubbing_rate(video, config["output"]["fps"])
+    template = analyse_template(video, smooth=int(config["smooth_boxes"]),
+                                detect_every_frame=config["detect_every_frame"], progress=progress,
+                                cache_dir=cache_dir(config), fps=rate)
+    landmark_refs = choose_references(template, int(config["landmark_refs"]))
+    # Distinct frames only: a repeated reference image would add cost and nothing else.
+    image_refs = np.unique(choose_references(template, reference_count(config["refs"], template)))
+    frames = read_selected(template.path, image_refs, template.fps)
+    encoded = encode_references(models, template, frames, landmark_refs, image_refs, config["bf16"])
+    if models.device.type == "cuda":
+        torch.cuda.synchronize(models.device)  # the preparation stage reads the tokens from its own stream
+    return Prepared(template, encoded, time.perf_counter() - started, note=note)
+
+
+# ---------------------------------------------------------------- one state object per dub
+@dataclass
+class Dub:
+    """One audio on one prepared template: the driving audio (the 16 kHz mel, the 25 fps frames it lasts, the
+    samples to mux at `audio_rate`), the output's `count` frames and their template frames (`order`), and the
+    settings of the run."""
+
+    prepared: Prepared
+    models: Models
+    config: dict
+    mel: np.ndarray
+    grid: int
+    muxed: np.ndarray
+    audio_rate: int
+    count: int
+    order: np.ndarray
+
+    @property
+    def template(self) -> Template:
+        return self.prepared.template
+
+    @property
+    def batch_size(self) -> int:
+        return batch_size_for(self.config, self.models.device)
+
+    @property
+    def rows(self) -> int:
+        """Rows every network call is padded to a multiple of: the batch size on CUDA (fixed shapes for
+        torch.compile and CUDA graphs); 0 (no padding) on the CPU, where a padded row costs a real one's time."""
+        return self.batch_size if self.models.device.type == "cuda" else 0
+
+
+def new_dub(prepared: Prepared, audio: str | Path, output: Path, models: Models, config: dict) -> Dub:
+    """The state of one dub; raises InputError for an audio that is missing, unreadable or too short."""
+    audio = Path(audio)
+    wav = load_driving_audio(audio)
+    if config.get("audio_seconds"):
+        wav = wav[:max(int(float(config["audio_seconds"]) * SAMPLE_RATE), int(MIN_AUDIO_SECONDS * SAMPLE_RATE))]
+    rate = int(config["output"]["audio_rate"])
+    muxed = load_audio(audio, rate)[:int(round(len(wav) * rate / SAMPLE_RATE))]
+    template = prepared.template
+    count = frames_covered(len(wav), fps=template.fps)
+    if count == 0:
+        raise InputError(output, f"the audio lasts less than one frame at {template.fps:g} fps")
+    return Dub(prepared, models, config, melspectrogram(wav), frames_covered(len(wav)), muxed, rate, count,
+               ping_pong(np.arange(count), len(template)))
+
+
+# ---------------------------------------------------------------- the three stages
+def frame_batches(dub: Dub, spool: FrameSpool | None) -> Iterator[FrameBatch]:
+    """Stage 1's source: the template frames of every batch of output frames, in output order."""
+    frames = template_frames(dub.template, dub.order, spool)
+    try:
+        for start in range(0, dub.count, dub.batch_size):
+            steps = np.arange(start, min(start + dub.batch_size, dub.count))
+            batch = [next(frames) for _ in steps]
+            yield FrameBatch(steps, batch, np.flatnonzero(dub.template.has_face[dub.order[steps]]))
+    finally:
+        frames.close()
+
+
+def prepare_batch(dub: Dub, batch: FrameBatch) -> tuple[FrameBatch, RenderInputs | None]:
+    """Stage 1: the renderer's inputs for the batch's frames with a face (None when it has none)."""
+    if len(batch.live) == 0:
+        return batch, None
+    inputs = landmark_inputs(dub.template, dub.mel, dub.grid, dub.count, batch.steps[batch.live])
+    content = predict_content(dub.models, dub.prepared.encoded.tokens, inputs, dub.config["bf16"], dub.rows)
+    return batch, render_inputs(dub.template, dub.mel, dub.grid, dub.count, batch, blend_windows(content, inputs))
+
+
+def render_batch(dub: Dub, item: tuple[FrameBatch, RenderInputs | None]
+                 ) -> tuple[FrameBatch, RenderInputs | None, Faces | None]:
+    """Stage 2: the generated faces, on their way back to the host."""
+    batch, inputs = item
+    if inputs is None:
+        return batch, None, None
+    return batch, inputs, render(dub.models, dub.prepared.encoded.refs, inputs, dub.config["bf16"], dub.rows)
+
+
+def paste_batch(dub: Dub, item: tuple[FrameBatch, RenderInputs | None, Faces | None], want_sketches: bool
+                ) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+    """Stage 3's work: the batch's output frames (and sketch views), faces pasted where rendered."""
+    batch, inputs, faces = item
+    frames = list(batch.frames)
+    sketches: list[np.ndarray | None] = [np.zeros_like(f) for f in frames] if want_sketches else [None] * len(frames)
+    if inputs is None:
+        return frames, sketches
+    generated = faces.ready()
+    kernel, sigma = int(dub.config["mask"]["kernel"]), float(dub.config["mask"]["sigma"])
+    template = dub.template
+    for n, i in enumerate(batch.live):
+        box, landmarks = inputs.boxes[n], inputs.landmarks[n]
+        outline = mask_outline(template.landmarks[dub.order[batch.steps[i]]], landmarks, box)
+        frames[i] = paste_face(frames[i], generated[n], box, outline, kernel, sigma)
+        if want_sketches:
+            sketches[i] = sketch_frame(landmarks, box, template.size)
+    return frames, sketches
+
+
+# ---------------------------------------------------------------- running them
+def dub(video: str | Path, audio: str | Path, output: str | Path, models: Models, config: dict | None = None,
+        sketch_output: str | Path | None = None, progress: bool = True) -> DubResult:
+    """Dub `video` (any frame rate, or a still image) with `audio` into `output` (.mp4), at the rate
+    `output.fps` chooses (`dubbing_rate`), at the template's size, carrying the driving audio. Raises InputError on
+    bad input and leaves no output file."""
+    started = time.perf_counter()
+    config = default_config() if config is None else config
+    check_config(config)
+    video, output = Path(video), Path(output)
+    if not video.is_file():
+        raise InputError(video, "no such file")
+    _check_output(output, video, Path(audio))
+    load_driving_audio(audio)  # a bad audio file fails before the template's FaceMesh pass
+    prepared = prepare_template(video, models, config, progress)
+    try:
+        state = new_dub(prepared, audio, output, models, config)
+        return _run(state, output, sketch_output, progress, started)
+    finally:
+        prepared.close()
+
+
+def dub_prepared(prepared: Prepared, audio: str | Path, output: str | Path, models: Models, config: dict,
+                 sketch_output: str | Path | None = None, progress: bool = True) -> DubResult:
+    """Dub a prepared template (`prepare_template`) with one more audio: nothing of the template is analysed or
+    encoded again. The same output as `dub` with the same inputs and settings, frame for frame."""
+    started = time.perf_counter()
+    output = Path(output)
+    _check_output(output, prepared.template.path, Path(audio))
+    state = new_dub(prepared, audio, output, models, config)
+    return _run(state, output, sketch_output, progress, started)
+
+
+def _check_output(output: Path, *inputs: Path) -> None:
+    if output.resolve() in tuple(path.resolve() for path in inputs):
+        raise InputError(output, "the output would overwrite an input")
+
+
+def _run(state: Dub, output: Path, sketch_output: str | Path | None, progress: bool, started: float) -> DubResult:
+    """Pass 2: render, paste and encode every output frame, in three overlapping stages or in series. A full,
+    read-only or failing disk under the output (or its spool) is one DiskError, and no partial file stays."""
+    template, outputs, rendered = state.template, None, 0
+    bar = tqdm(total=state.count, desc="dubbing", unit="frame", disable=not progress)
+
+    def finish(item: tuple[FrameBatch, RenderInputs | None, Faces | None]) -> None:
+        nonlocal rendered
+        frames, sketches = paste_batch(state, item, outputs.sketch is not None)
+        for frame, sketch in zip(frames, sketches):
+            outputs.write(frame, sketch)
+        rendered += len(item[0].live)
+        bar.update(len(frames))
+
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        spool = state.prepared.frame_spool(output.parent) if state.count > len(template) else None  # a loop
+        outputs = Outputs(output, Path(sketch_output) if sketch_output else None, template.fps, state.muxed,
+                          state.audio_rate, int(state.config["output"]["crf"]),
+                          choose_encoder(state.config["output"]["encoder"], state.models.device))
+        setup = time.perf_counter() - started
+        prepared = (prepare_batch(state, batch) for batch in frame_batches(state, spool))
+        if state.config["pipeline"]:
+            run_overlapped(prepared, lambda item: render_batch(state, item), finish, _stage_stream(state.models))
+        else:
+            for item in prepared:
+                finish(render_batch(state, item))
+        outputs.close()
+    except BaseException as error:
+        if outputs is not None:
+            outputs.abort()
+        problem = disk_problem(error)
+        if problem is not None:
+            raise DiskError(output, f"{problem} (video not written)") from None
+        raise
+    finally:
+        bar.close()
+    return DubResult(output, state.count, rendered, time.perf_counter() - started, setup)
+
+
+def _stage_stream(models: Models) -> Callable[[], contextlib.AbstractContextManager]:
+    """The context stage 1 runs in: on CUDA a stream of its own, so that reading the landmark prediction back
+    waits for that prediction only, not for the renders queued behind it."""
+    if models.device.type != "cuda":
+        return contextlib.nullcontext
+    return lambda: torch.cuda.stream(torch.cuda.Stream(models.device))
+
+
+class _Stopped(Exception):
+    """Another stage failed: this one stops where it is."""
+
+
+def run_overlapped(source: Iterable, middle: Callable, sink: Callable,
+                   source_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                   depth: int = QUEUE_DEPTH) -> None:
+    """sink(middle(item)) for every item of `source`, in order, with `source` drawn in one thread, `middle` in the
+    calling thread and `sink` in another, joined by queues of `depth` items. The first error of any stage (or a
+    KeyboardInterrupt in the calling thread) stops all three, and is raised here once every thread has ended."""
+    stop, errors, done = threading.Event(), [], object()
+    inbox, outbox = queue.Queue(depth), queue.Queue(depth)
+
+    def put(box: queue.Queue, item) -> None:
+        while not stop.is_set():
+            try:
+                return box.put(item, timeout=0.05)
+            except queue.Full:
+                pass
+        raise _Stopped
+
+    def get(box: queue.Queue):
+        while True:
+            try:
+                return box.get(timeout=0.05)
+            except queue.Empty:
+                if stop.is_set():
+                    raise _Stopped from None
+
+    def guarded(work: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                work()
+            except _Stopped:
+                pass
+            except BaseException as error:  # noqa: BLE001 (handed to the calling thread, which raises it)
+                errors.append(error)
+                stop.set()
+        return run
+
+    def produce() -> None:
+        with source_context():
+            try:
+                for item in source:
+                    put(inbox, item)
+            finally:
+                getattr(source, "close", lambda: None)()
+        put(inbox, done)
+
+    def consume() -> None:
+        while (item := get(outbox)) is not done:
+            sink(item)
+
+    threads = [threading.Thread(target=guarded(work), name=f"dub-{name}", daemon=True)
+               for work, name in ((produce, "prepare"), (consume, "paste"))]
+    for thread in threads:
+        thread.start()
+
+    def feed() -> None:
+        while (item := get(inbox)) is not done:
+            put(outbox, middle(item))
+        put(outbox, done)
+
+    try:
+        guarded(feed)()
+    except BaseException as error:  # a KeyboardInterrupt that lands outside the guarded call
+        errors.append(error)
+        stop.set()
+    finally:
+        for thread in threads:
+            while thread.is_alive():
+                try:
+                    thread.join()
+                except BaseException as error:  # Ctrl-C while waiting: stop everything, keep waiting
+                    errors.append(error)
+                    stop.set()
+    if errors:
+        raise errors[0]
