@@ -4,6 +4,8 @@ become float on the networks' device; on CUDA the copies come from pinned memory
 padded to a fixed number of rows, and a batch's faces come back through one synchronisation."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,17 @@ def load_models(landmark_ckpt: str | Path, renderer_ckpt: str | Path, device: st
     """Both networks from this project's checkpoints or the official files (told apart by their contents)."""
     device = device if isinstance(device, torch.device) else pick_device(device)
     return Models(load_landmark_generator(landmark_ckpt, device), load_renderer(renderer_ckpt, device), device)
+
+
+@functools.cache
+def _compiled_step(step: RenderStep) -> RenderStep:
+    # "reduce-overhead" records CUDA graphs on CUDA; the padded, fixed-shape batches make one graph per template.
+    return torch.compile(step, mode="reduce-overhead", dynamic=False)
+
+
+def compiled(models: Models) -> Models:
+    """`models` with its render step compiled by torch.compile (the config's `compile: true`), once per process."""
+    return dataclasses.replace(models, render_step=_compiled_step(models.render_step))
 
 
 def upload(array: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -33,7 +33,7 @@ from data.audio import MEL_STEPS, SAMPLE_RATE, frames_covered, load_audio, melsp
 from data.errors import DiskError, InputError, disk_problem
 from dubbing.cache import cache_dir
 from dubbing.frames import FrameSpool, read_selected, spool_template, template_frames
-from dubbing.network import Encoded, Faces, Models, encode_references, predict_content, render
+from dubbing.network import Encoded, Faces, Models, compiled, encode_references, predict_content, render
 from dubbing.paste import mask_outline, paste_face, sketch_frame
 from dubbing.prepare import FrameBatch, RenderInputs, blend_windows, landmark_inputs, render_inputs
 from dubbing.template import (
@@ -72,8 +72,9 @@ def check_config(config: dict) -> None:
     if config["output"]["encoder"] not in ENCODERS:
         raise InputError(f"output.encoder={config['output']['encoder']}",
                          f"output.encoder takes one of {', '.join(ENCODERS)}")
-    if config["pipeline"] not in (True, False):
-        raise InputError(f"pipeline={config['pipeline']}", "pipeline takes true or false")
+    for key in ("pipeline", "compile"):
+        if config[key] not in (True, False):
+            raise InputError(f"{key}={config[key]}", f"{key} takes true or false")
 
 
 def batch_size_for(config: dict, device: torch.device) -> int:
@@ -192,6 +193,8 @@ def new_dub(prepared: Prepared, audio: str | Path, output: Path, models: Models,
     count = frames_covered(len(wav), fps=template.fps)
     if count == 0:
         raise InputError(output, f"the audio lasts less than one frame at {template.fps:g} fps")
+    if config["compile"]:
+        models = compiled(models)
     return Dub(prepared, models, config, melspectrogram(wav), frames_covered(len(wav)), muxed, rate, count,
                ping_pong(np.arange(count), len(template)))
 

@@ -309,3 +309,20 @@ def test_shards_spread_over_the_visible_gpus(monkeypatch):
     assert inference.device_for_shard("cpu", (1, 8)) == "cpu" and inference.device_for_shard("cuda", (0, 1)) == "cuda"
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert inference.device_for_shard("auto", (3, 4)) == "auto"
+
+
+def test_compile_true_compiles_the_render_step_once(monkeypatch, media, models, tmp_path):
+    made = []
+
+    def fake_compile(step, **options):
+        made.append(options)
+        return step
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    dubbing.network._compiled_step.cache_clear()
+    template, audio = media
+    for name in ("a", "b"):
+        dubbing.dub(template, audio, tmp_path / f"{name}.mp4", models, _config(compile=True, audio_seconds=0.2),
+                    progress=False)
+    assert made == [{"mode": "reduce-overhead", "dynamic": False}]
+    dubbing.network._compiled_step.cache_clear()
