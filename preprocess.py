@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from config import in_shard, parse_shard
 from data.audio import load_audio, melspectrogram
 from data.crop import crop_face
 from data.errors import InputError, one_line
 from data.facemesh import track_faces
 from data.records import FACE_FORMATS, encode_face, is_complete, write_record
 from data.video import FPS, VIDEO_EXTENSIONS, VideoReader, find_videos
+from shards import parse_shard, shard_share
 
 MIN_FRAMES = 25
 
@@ -109,7 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="worker processes (default: one per CPU core; 0 = in this process)")
     parser.add_argument("--shard", type=parse_shard, default=(0, 1),
-                        help="I/N: process only shard I of N (e.g. a SLURM array index); default 0/1")
+                        help="I/N: process only shard I of N (e.g. a SLURM array index): every N-th video of the "
+                             "sorted list from the I-th, so shard sizes differ by at most one; default 0/1")
     parser.add_argument("--overwrite", action="store_true", help="redo videos whose record already exists")
     parser.add_argument("--face-format", choices=FACE_FORMATS, default="jpg",
                         help="jpg (default, quality --jpeg-quality) or png (lossless: about 4x the bytes and "
@@ -176,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.input_root}: no videos ({', '.join(VIDEO_EXTENSIONS)}) in this folder or below",
               file=sys.stderr)
         return 2
-    videos = [v for v in found if in_shard(v.relative_to(args.input_root), args.shard)]
+    # The whole sorted list is sharded, done records included, so that each video keeps its shard across reruns.
+    videos = shard_share(found, args.shard, lambda video: video.relative_to(args.input_root).as_posix())
     jobs, skipped = [], 0
     for video in videos:
         stem = args.output_root / video.relative_to(args.input_root).with_suffix("")

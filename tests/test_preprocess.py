@@ -117,15 +117,6 @@ def test_resume_skips_finished_records(records, samples, tmp_path, capsys):
     assert (out / "talk_a.npz").stat().st_mtime_ns == before
 
 
-def test_shards_partition_the_videos(tmp_path):
-    names = [f"spk{i}/{j:05d}.mp4" for i in range(20) for j in range(5)]
-    from pathlib import Path
-
-    shards = [{n for n in names if preprocess.in_shard(Path(n), (i, 4))} for i in range(4)]
-    assert set().union(*shards) == set(names)
-    assert sum(len(s) for s in shards) == len(names) and all(len(s) > 10 for s in shards)
-
-
 def test_finding_videos_by_extension(tmp_path):
     for name in ("a.MP4", "b.mov", "c.mkv", "d.avi", "e.webm", "f.txt", "g.wav"):
         (tmp_path / name).write_bytes(b"")
