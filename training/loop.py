@@ -5,7 +5,9 @@ TensorBoard events. Single process on CPU or one GPU, or many with `torchrun` (D
 """
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from data.errors import InputError
+from data.errors import InputError, disk_problem
 from training.distributed import Distributed, check_replicas, teardown
 from training.stopping import Diverged, LossGuard, Preempted, StopSignals
 
@@ -88,28 +90,68 @@ def eval_batches(loader, device: torch.device, batches: int):
 
 # ---------------------------------------------------------------- logging
 class Logger:
-    """TensorBoard on the main rank only; other ranks get a logger that does nothing."""
+    """TensorBoard on the main rank only; other ranks get a logger that does nothing.
+
+    A disk that cannot take the event file (full, over quota, read-only, failing) ends the logging with one warning
+    and the run goes on: the checkpoints are what must be written, and a failing one stops the run by its own rule.
+    """
 
     def __init__(self, run_dir: Path, enabled: bool):
-        self.writer = None
+        self.writer, self.run_dir = None, run_dir
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir))
+            _quiet_disk_errors_in_threads()
+            self._guarded(lambda: setattr(self, "writer", SummaryWriter(str(run_dir))))
+
+    def _guarded(self, write) -> None:
+        """Run a write to the event file; on a disk problem, warn once and write nothing more."""
+        try:
+            write()
+        except Exception as error:
+            problem = disk_problem(error)
+            if problem is None:
+                raise
+            writer, self.writer = self.writer, None
+            tqdm.write(f"warning: {self.run_dir}: {problem}; TensorBoard logging stopped here, training goes on "
+                       "(checkpoints are still written)", file=sys.stderr)
+            if writer is not None:
+                with contextlib.suppress(Exception):  # its last flush meets the same disk
+                    writer.close()
 
     def scalars(self, values: dict, step: int, prefix: str = "") -> None:
         if self.writer:
-            for name, value in values.items():
-                self.writer.add_scalar(prefix + name, float(value), step)
+            def write():
+                for name, value in values.items():
+                    self.writer.add_scalar(prefix + name, float(value), step)
+
+            self._guarded(write)
 
     def image(self, name: str, image: np.ndarray, step: int) -> None:
         """(H, W, 3) uint8 or float in 0..1."""
         if self.writer:
-            self.writer.add_image(name, image, step, dataformats="HWC")
+            self._guarded(lambda: self.writer.add_image(name, image, step, dataformats="HWC"))
 
     def close(self) -> None:
         if self.writer:
-            self.writer.close()
+            self._guarded(self.writer.close)
+            self.writer = None
+
+
+def _quiet_disk_errors_in_threads() -> None:
+    """TensorBoard writes its events in a thread of its own, and a write that fails there prints the thread's
+    traceback before the next add_* call raises the error again in the caller (who warns in one line). Leave out
+    that traceback for disk problems only, once per process."""
+    previous = threading.excepthook
+    if getattr(previous, "quiet_disk_errors", False):
+        return
+
+    def hook(args) -> None:
+        if disk_problem(args.exc_value) is None:
+            previous(args)
+
+    hook.quiet_disk_errors = True
+    threading.excepthook = hook
 
 
 def log_eval(logger: Logger, step: int, scores: dict, grid_name: str, grid: np.ndarray | None, line: str) -> None:
