@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,9 @@ import torch
 
 from config import load_config as read_config
 from config import pick_device
-from data.errors import InputError, one_line
+from data.errors import DISK_STATUS, DiskError, InputError, disk_problem, one_line
 from data.video import VIDEO_EXTENSIONS, find_videos
-from metrics.report import PAPER_ROWS, write_reports
+from metrics.report import PAPER_ROWS, write_files, write_reports
 from metrics.scoring import METRICS, Pair, load_networks, score_videos
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "evaluate.yaml"
@@ -37,7 +36,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      epilog="exit status: 0 when the table was written; 2 for bad input (missing "
                                             "folder, file list or weight file, unreadable video), reported in one "
-                                            "line; 130 when interrupted")
+                                            "line; 74 when a disk is full, over quota, read-only or failing (one "
+                                            "line naming the file; no partial report or video is left, and the "
+                                            "generated videos that were complete are reused by the next run); 130 "
+                                            "when interrupted")
     parser.add_argument("--out", required=True, type=Path, help="folder for table.md, per_video.csv, results.json")
     score = parser.add_argument_group("scoring mode")
     score.add_argument("--generated", type=Path, help="folder of generated videos (any depth)")
@@ -167,10 +169,17 @@ def generate_videos(videos: list[Path], audios: list[Path], names: list[str], ou
             output.parent.mkdir(parents=True, exist_ok=True)
             record.parent.mkdir(parents=True, exist_ok=True)
             record.unlink(missing_ok=True)
-            dubbing.dub(video, audio, output, models, config, progress=False)  # written atomically
-            temp = record.with_name(record.name + ".tmp")
-            temp.write_text(json.dumps(wanted, indent=1, sort_keys=True))
-            os.replace(temp, record)
+            try:
+                dubbing.dub(video, audio, output, models, config, progress=False)  # written atomically
+            except DiskError:
+                raise
+            except Exception as error:
+                if disk_problem(error) is None:
+                    raise
+                raise DiskError(output, f"{disk_problem(error)} (video not written; the {len(outputs)} before it "
+                                        "are kept and reused by the next run)") from None
+            write_files({record: json.dumps(wanted, indent=1, sort_keys=True)},
+                        "video made, but its record not written: it is made again next time")
         outputs.append(output)
     return outputs, reused
 
@@ -257,7 +266,8 @@ def run_generation(args: argparse.Namespace, job: Job) -> int:
     videos = [video_file(args.video_root, n) for n in names]
     audios = [video_file(args.video_root, n) for n in audio_names]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sampled.tsv").write_text("".join(f"{v}\t{a}\n" for v, a in zip(names, audio_names)))
+    write_files({args.out / "sampled.tsv": "".join(f"{v}\t{a}\n" for v, a in zip(names, audio_names))},
+                "sample list not written")
     job.settings.update({"mode": "generation", "setting": args.setting, "filelist": str(args.filelist),
                          "video_root": str(args.video_root), "num_videos": count, "seed": seed,
                          "landmark_ckpt": str(args.landmark_ckpt), "renderer_ckpt": str(args.renderer_ckpt),
@@ -293,6 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
+    except DiskError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return DISK_STATUS
+    except OSError as error:  # any other write (a folder, a weight file's download) on a disk that cannot take it
+        if disk_problem(error) is None:
+            raise
+        print(f"error: {error.filename or args.out}: {disk_problem(error)}", file=sys.stderr)
+        return DISK_STATUS
     except KeyboardInterrupt:
         print("interrupted; videos already generated are kept and reused by the next run", file=sys.stderr)
         return 130
