@@ -15,7 +15,7 @@ import train_landmark
 import train_render
 from conftest import REPO
 from data.datasets import LandmarkWindows
-from data.errors import DISK_STATUS, InputError
+from data.errors import DISK_STATUS, BadRecord, DiskError, InputError
 from training import checkpoints, loop
 from training.distributed import Distributed, device_line
 from training.stopping import Diverged, LossGuard
@@ -289,19 +289,23 @@ def test_a_full_disk_for_tensorboard_warns_once_and_training_goes_on(where, reco
 
 
 class _Damaged(torch.utils.data.Dataset):
+    def __init__(self, error: type):
+        self.error = error
+
     def __len__(self) -> int:
         return 4
 
     def __getitem__(self, index):
         if index == 2:
-            raise InputError("records/a/b.npz", "damaged record: landmarks has shape (3,), expected (9, 131, 2)")
+            raise self.error("records/a/b.npz", "damaged record: landmarks has shape (3,), expected (9, 131, 2)")
         return torch.zeros(1)
 
 
-def test_an_input_error_in_a_loader_worker_reaches_the_main_process_as_itself():
-    loader = torch.utils.data.DataLoader(_Damaged(), batch_size=1, num_workers=2)
-    with pytest.raises(InputError) as caught:
+@pytest.mark.parametrize("error", [InputError, BadRecord, DiskError])
+def test_the_project_errors_raised_in_a_loader_worker_reach_the_main_process_as_themselves(error):
+    loader = torch.utils.data.DataLoader(_Damaged(error), batch_size=1, num_workers=2)
+    with pytest.raises(error) as caught:
         list(loader)
+    assert type(caught.value) is error
     assert str(caught.value) == "records/a/b.npz: damaged record: landmarks has shape (3,), expected (9, 131, 2)"
     assert caught.value.path == "records/a/b.npz"
-

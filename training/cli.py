@@ -9,7 +9,7 @@ from pathlib import Path
 from config import load_config
 from data.errors import DISK_STATUS, DiskError, InputError
 from training.distributed import teardown
-from training.stopping import DIVERGED, EXIT_STATUS, PREEMPTED, Diverged, Preempted
+from training.stopping import DIVERGED, EXIT_STATUS, PREEMPTED, Diverged, Preempted, RecordStop
 
 
 def main(doc: str, train, argv: list[str] | None = None) -> int:
@@ -37,6 +37,12 @@ def main(doc: str, train, argv: list[str] | None = None) -> int:
             print(f"stopped by {stop.signal_name} at step {stop.step} after writing its checkpoint; rerun with "
                   "--resume auto to continue", file=sys.stderr)
         status = PREEMPTED
+    except RecordStop as stop:
+        teardown()
+        print(f"error: {stop}", file=sys.stderr)
+        # Whatever this rank: only the rank whose loader met the record knows (torchrun ends the others).
+        write_last_exit(Path(config["run_dir"]), PREEMPTED)
+        return PREEMPTED
     except Diverged as error:
         teardown()
         print(f"error: {error}", file=sys.stderr)
