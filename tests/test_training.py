@@ -258,6 +258,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_exit_74_with_the_older_one_
     assert errors == [f"error: {tmp_path / 'step_000000004.pt'}: no space left on device (checkpoint not written; "
                       "step_000000002.pt is the newest complete one)"] and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_000000002.pt"]  # no .tmp, the older one kept
+    assert (tmp_path / "last_exit").read_text() == "74\n"  # a job script does not requeue this
     assert checkpoints.read_checkpoint(tmp_path / "step_000000002.pt")["step"] == 2
 
 

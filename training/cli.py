@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ def main(doc: str, train, argv: list[str] | None = None) -> int:
     except DiskError as error:
         teardown()
         print(f"error: {error}", file=sys.stderr)
+        note_last_exit(Path(config["run_dir"]), DISK_STATUS)
         return DISK_STATUS
     except Preempted as stop:
         teardown()
@@ -41,7 +43,7 @@ def main(doc: str, train, argv: list[str] | None = None) -> int:
         teardown()
         print(f"error: {stop}", file=sys.stderr)
         # Whatever this rank: only the rank whose loader met the record knows (torchrun ends the others).
-        write_last_exit(Path(config["run_dir"]), PREEMPTED)
+        note_last_exit(Path(config["run_dir"]), PREEMPTED)
         return PREEMPTED
     except Diverged as error:
         teardown()
@@ -61,3 +63,14 @@ def write_last_exit(run_dir: Path, status: int) -> None:
     temp = run_dir / "last_exit.tmp"
     temp.write_text(f"{status}\n")
     os.replace(temp, run_dir / "last_exit")
+
+
+def note_last_exit(run_dir: Path, status: int) -> None:
+    """write_last_exit where the disk may be what failed: when the file cannot be written, a stale one is removed
+    (if even that can be done), so that a job script never requeues on the 75 of an earlier run."""
+    try:
+        write_last_exit(run_dir, status)
+    except OSError:
+        for name in ("last_exit.tmp", "last_exit"):
+            with contextlib.suppress(OSError):
+                (run_dir / name).unlink(missing_ok=True)
