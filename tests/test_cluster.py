@@ -2,6 +2,7 @@
 evaluation into the same folder. The trainers run the landmark smoke config, made tiny."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -238,6 +239,34 @@ def test_skip_mode_replaces_samples_of_a_record_that_breaks_and_counts_them(dama
     assert len(warnings) == 1 and warnings[0].startswith(f"warning: {faces}: ") and "Traceback" not in err, err
     assert "replaced by another" in warnings[0] and not [line for line in _error_lines(err) if "error" in line[:6]]
     assert logged["train/skipped_samples"] > 0 and (tmp_path / "run" / "step_000000012.pt").is_file()
+
+
+# ---------------------------------------------------------------- a full disk for TensorBoard
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # the writer thread's traceback
+@pytest.mark.parametrize("where", ["add_scalar", "event_thread"])
+def test_a_full_disk_for_tensorboard_warns_once_and_training_goes_on(where, tmp_path, monkeypatch, capsys):
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    from torch.utils.tensorboard import SummaryWriter
+
+    owner, name = (SummaryWriter, "add_scalar") if where == "add_scalar" else (RecordWriter, "write")
+    original, calls = getattr(owner, name), {"n": 0}
+
+    def full(self, *args, **kwargs):  # the third write and all after it meet a full disk
+        calls["n"] += 1
+        if calls["n"] >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, full)
+    root, _, _ = _tiny_records(tmp_path, "deleted")
+    run = tmp_path / "run"
+    assert _run_on_records(root, run, 0, None, 0, "schedule.log_every=1", "schedule.save_every=6") == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {run}: no space left on device; TensorBoard logging stopped here, training goes "
+                        "on (checkpoints are still written)"] and "Traceback" not in err, err
+    assert calls["n"] >= 3 and sorted(p.name for p in run.glob("step_*.pt")) == ["step_000000006.pt",
+                                                                                 "step_000000012.pt"]
 
 
 # ---------------------------------------------------------------- preemption

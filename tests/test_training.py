@@ -262,33 +262,6 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_exit_74_with_the_older_one_
     assert checkpoints.read_checkpoint(tmp_path / "step_000000002.pt")["step"] == 2
 
 
-@pytest.mark.parametrize("where", ["add_scalar", "event_thread"])
-def test_a_full_disk_for_tensorboard_warns_once_and_training_goes_on(where, records, tmp_path, monkeypatch, capsys):
-    from tensorboard.summary.writer.record_writer import RecordWriter
-    from torch.utils.tensorboard import SummaryWriter
-
-    owner, name = (SummaryWriter, "add_scalar") if where == "add_scalar" else (RecordWriter, "write")
-    original, calls = getattr(owner, name), {"n": 0}
-
-    def full(self, *args, **kwargs):  # the third write and all after it meet a full disk
-        calls["n"] += 1
-        if calls["n"] >= 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(owner, name, full)
-    args = ["--config", str(REPO / "configs" / "landmark_smoke.yaml"), f"data.records={records}",
-            f"run_dir={tmp_path}", "data.val_list=null", "model.layers=1", "model.feed_forward=64",
-            "optim.batch_size=4", "sample.epoch_repeats=4", "schedule.max_steps=3", "schedule.log_every=1",
-            "schedule.save_every=3"]
-    assert train_landmark.main(args) == 0
-    err = capsys.readouterr().err
-    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
-    assert warnings == [f"warning: {tmp_path}: no space left on device; TensorBoard logging stopped here, training "
-                        "goes on (checkpoints are still written)"] and "Traceback" not in err, err
-    assert checkpoints.read_checkpoint(tmp_path / "step_000000003.pt")["step"] == 3
-
-
 class _Damaged(torch.utils.data.Dataset):
     def __init__(self, error: type):
         self.error = error
