@@ -5,11 +5,9 @@ the file does not have, so a typo on the command line is an error rather than a 
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 import warnings
-import zlib
 from pathlib import Path
 
 import torch
@@ -175,21 +173,3 @@ def autocast(device: torch.device, bf16: bool | str):
     if device.type == "cpu" and bf16 == "always":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def in_shard(relative: str | Path, shard: tuple[int, int]) -> bool:
-    """Stable assignment of a job (a video, a dub) to one of N shards by a hash of its relative path, so that N
-    processes or machines (a SLURM array) share a list with no coordination, no overlap and no gap."""
-    index, count = shard
-    return zlib.crc32(Path(relative).as_posix().encode()) % count == index
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """argparse type for --shard I/N."""
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard takes I/N, e.g. 0/4; got {text!r}") from None
-    if not (count >= 1 and 0 <= index < count):
-        raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N; got {text!r}")
-    return index, count

@@ -2,7 +2,7 @@
 
 Scoring mode, for any method's videos (matched by relative path, extension aside):
     python evaluate.py --generated DIR --reference DIR --out DIR [--name Wav2Lip --dataset lrs2]
-Generation mode, for this model (samples the test videos, dubs them with dubbing.py, then scores them):
+Generation mode, for this model (samples the test videos, dubs them with dubbing/, then scores them):
     python evaluate.py --setting reconstruction|dubbing --filelist FILE --video-root DIR \
         --landmark-ckpt FILE --renderer-ckpt FILE [--num-videos 45 --seed 0] --out DIR
 The reconstruction setting scores PSNR, SSIM, LPIPS, FID, LipLMD, CSIM and steadiness (lip jitter, generated and
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,9 @@ import torch
 
 from config import INFERENCE_CONFIG, pick_device
 from config import load_config as read_config
-from data.errors import InputError, one_line
+from data.errors import DISK_STATUS, DiskError, InputError, disk_problem, one_line
 from data.video import VIDEO_EXTENSIONS, find_videos
-from metrics.report import PAPER_ROWS, write_reports
+from metrics.report import PAPER_ROWS, write_files, write_reports
 from metrics.scoring import METRICS, Pair, load_networks, score_videos
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "evaluate.yaml"
@@ -37,7 +36,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      epilog="exit status: 0 when the table was written; 2 for bad input (missing "
                                             "folder, file list or weight file, unreadable video), reported in one "
-                                            "line; 130 when interrupted")
+                                            "line; 74 when a disk is full, over quota, read-only or failing (one "
+                                            "line naming the file; no partial report or video is left, and the "
+                                            "generated videos that were complete are reused by the next run); 130 "
+                                            "when interrupted")
     parser.add_argument("--out", required=True, type=Path, help="folder for table.md, per_video.csv, results.json")
     score = parser.add_argument_group("scoring mode")
     score.add_argument("--generated", type=Path, help="folder of generated videos (any depth)")
@@ -136,7 +138,7 @@ def sample_videos(names: list[str], count: int, seed: int, dubbing: bool) -> tup
 def generate_videos(videos: list[Path], audios: list[Path], names: list[str], out: Path, landmark_ckpt: Path,
                     renderer_ckpt: Path, device: str, progress: bool = True, inference_config: Path | None = None
                     ) -> tuple[list[Path], int]:
-    """Dub each video with its audio through dubbing.py into OUT/generated/<name>.mp4 at 25 fps (the rate of LRS2,
+    """Dub each video with its audio through dubbing/ into OUT/generated/<name>.mp4 at 25 fps (the rate of LRS2,
     LRS3 and Table 1, whatever the dubbing config's output.fps); returns the outputs and how many were reused.
     A video already there is reused only when its record (OUT/generated_with/<name>.json) shows
     the same checkpoints (by sha256), dubbing settings, device type and input files; otherwise it is made again."""
@@ -167,10 +169,16 @@ def generate_videos(videos: list[Path], audios: list[Path], names: list[str], ou
             output.parent.mkdir(parents=True, exist_ok=True)
             record.parent.mkdir(parents=True, exist_ok=True)
             record.unlink(missing_ok=True)
-            dubbing.dub(video, audio, output, models, config, progress=False)  # written atomically
-            temp = record.with_name(record.name + ".tmp")
-            temp.write_text(json.dumps(wanted, indent=1, sort_keys=True))
-            os.replace(temp, record)
+            try:
+                dubbing.dub(video, audio, output, models, config, progress=False)  # written atomically
+            except Exception as error:  # dubbing/ names a full disk as a DiskError; anything else that says so too
+                problem = error.problem.split(" (")[0] if isinstance(error, DiskError) else disk_problem(error)
+                if problem is None:
+                    raise
+                raise DiskError(output, f"{problem} (video not written; the {len(outputs)} before it are kept and "
+                                        "reused by the next run)") from None
+            write_files({record: json.dumps(wanted, indent=1, sort_keys=True)},
+                        "video made, but its record not written: it is made again next time")
         outputs.append(output)
     return outputs, reused
 
@@ -257,7 +265,8 @@ def run_generation(args: argparse.Namespace, job: Job) -> int:
     videos = [video_file(args.video_root, n) for n in names]
     audios = [video_file(args.video_root, n) for n in audio_names]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sampled.tsv").write_text("".join(f"{v}\t{a}\n" for v, a in zip(names, audio_names)))
+    write_files({args.out / "sampled.tsv": "".join(f"{v}\t{a}\n" for v, a in zip(names, audio_names))},
+                "sample list not written")
     job.settings.update({"mode": "generation", "setting": args.setting, "filelist": str(args.filelist),
                          "video_root": str(args.video_root), "num_videos": count, "seed": seed,
                          "landmark_ckpt": str(args.landmark_ckpt), "renderer_ckpt": str(args.renderer_ckpt),
@@ -293,6 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
+    except DiskError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return DISK_STATUS
+    except OSError as error:  # any other write (a folder, a weight file's download) on a disk that cannot take it
+        if disk_problem(error) is None:
+            raise
+        print(f"error: {error.filename or args.out}: {disk_problem(error)}", file=sys.stderr)
+        return DISK_STATUS
     except KeyboardInterrupt:
         print("interrupted; videos already generated are kept and reused by the next run", file=sys.stderr)
         return 130

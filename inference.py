@@ -24,8 +24,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from config import INFERENCE_CONFIG, in_shard, parse_shard
+from config import INFERENCE_CONFIG
 from data.errors import DISK_STATUS, DiskError, InputError
+from shards import parse_shard, shard_share
 
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv")
 SOME_FAILED = 3
@@ -54,9 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                          "receives <audio name>.mp4 for each")
     parser.add_argument("--tasks", type=Path, help="YAML list of {video, audio, output}: many dubs in one run")
     parser.add_argument("--shard", type=parse_shard, default=(0, 1),
-                        help="I/N: run only shard I of N of the dubs, chosen by a hash of each output path (one "
-                             "process per GPU, a SLURM array; with --device cuda, shard I takes GPU I mod the "
-                             "visible GPUs); default 0/1")
+                        help="I/N: run only shard I of N of the dubs: every N-th of the list sorted by output path, "
+                             "from the I-th, so shard sizes differ by at most one (one process per GPU, a SLURM "
+                             "array; every shard must be given the same list; with --device cuda, shard I takes GPU "
+                             "I mod the visible GPUs); default 0/1")
     parser.add_argument("--landmark-ckpt", help="landmark generator checkpoint (default: checkpoints.landmark in "
                                                 "the config)")
     parser.add_argument("--renderer-ckpt", help="renderer checkpoint (default: checkpoints.renderer in the config)")
@@ -148,8 +150,8 @@ def plan(args: argparse.Namespace) -> list[Task]:
 
 
 def shard_of(tasks: list[Task], shard: tuple[int, int]) -> list[Task]:
-    """This process's share of the dubs: by a hash of each output path (as preprocess.py shards videos)."""
-    return [task for task in tasks if in_shard(task.output.as_posix(), shard)]
+    """This process's share of the dubs, by position in the list sorted by output path (shards.py)."""
+    return shard_share(tasks, shard, lambda task: task.output.as_posix())
 
 
 def device_for_shard(device: str, shard: tuple[int, int]) -> str:

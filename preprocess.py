@@ -9,12 +9,16 @@ are listed with the reason in failures.tsv under the output root.
 
 Exit status: 0 when the shard's videos have records (finished now or before), except those listed in the
 failures file; 3 when the shard has videos and none of them could be recorded; 2 for bad arguments (a missing
-input folder, a malformed --shard) or an input folder with no videos in it; 1 is an unexpected crash.
+input folder, a malformed --shard) or an input folder with no videos in it; 74 when a disk is full, over quota,
+read-only or failing: the run stops at the first such failure, in one line naming the file (no video after it is
+started, the records finished stay, none is left half-written, and a rerun goes on where it stopped); 1 is an
+unexpected crash.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -25,13 +29,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from config import in_shard, parse_shard
 from data.audio import load_audio, melspectrogram
 from data.crop import crop_face
-from data.errors import InputError, one_line
+from data.errors import DISK_STATUS, DiskError, InputError, disk_problem, one_line
 from data.facemesh import track_faces
-from data.records import FACE_FORMATS, encode_face, is_complete, write_record
+from data.records import FACE_FORMATS, encode_face, is_complete, record_paths, write_record
 from data.video import FPS, VIDEO_EXTENSIONS, VideoReader, find_videos
+from shards import parse_shard, shard_share
 
 MIN_FRAMES = 25
 
@@ -92,24 +96,31 @@ def preprocess_video(video: Path, stem: Path, options: Options) -> int:
 
 
 def _job(video: Path, stem: Path, options: Options) -> tuple[int, str | None]:
-    """(frames, None) when recorded, (0, reason) when the video is unusable; never raises."""
+    """(frames, None) when recorded, (0, reason) when the video is unusable. A full, read-only or failing disk
+    raises a DiskError naming the record instead: every later video would meet the same disk."""
     try:
         return preprocess_video(video, stem, options), None
     except InputError as error:
         return 0, error.problem
     except Exception as error:  # a bad file must not stop a long run: report it and go on
+        problem = disk_problem(error)
+        if problem is not None:
+            raise DiskError(record_paths(stem)[0], problem) from None  # pickles: reaches the main process whole
         return 0, f"unexpected {type(error).__name__}: {one_line(error)}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    description, exit_status = __doc__.split("\nExit status: ")
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="exit status: " + exit_status)
     parser.add_argument("--input-root", type=Path, required=True, help="folder searched recursively for videos")
     parser.add_argument("--output-root", type=Path, required=True,
                         help="records are written here at each video's relative path")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="worker processes (default: one per CPU core; 0 = in this process)")
     parser.add_argument("--shard", type=parse_shard, default=(0, 1),
-                        help="I/N: process only shard I of N (e.g. a SLURM array index); default 0/1")
+                        help="I/N: process only shard I of N (e.g. a SLURM array index): every N-th video of the "
+                             "sorted list from the I-th, so shard sizes differ by at most one; default 0/1")
     parser.add_argument("--overwrite", action="store_true", help="redo videos whose record already exists")
     parser.add_argument("--face-format", choices=FACE_FORMATS, default="jpg",
                         help="jpg (default, quality --jpeg-quality) or png (lossless: about 4x the bytes and "
@@ -144,7 +155,9 @@ def _process_context():
 
 
 def _run_jobs(jobs: list[tuple[Path, Path]], workers: int, options: Options):
-    """Yield (video, frames, reason) as jobs finish; a worker that crashes fails its video, not the run."""
+    """Yield (video, frames, reason) as jobs finish; a worker that crashes fails its video, not the run. A
+    DiskError from a job stops the run: no job is started after it, and the ones under way end first (a record
+    being written then is either finished or removed)."""
     if workers == 0:
         for video, stem in jobs:
             yield video, *_job(video, stem, options)
@@ -153,11 +166,16 @@ def _run_jobs(jobs: list[tuple[Path, Path]], workers: int, options: Options):
     retry = []
     with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_quiet_worker) as pool:
         running = {pool.submit(_job, video, stem, options): (video, stem) for video, stem in jobs}
-        for future in futures.as_completed(running):
-            try:
-                yield running[future][0], *future.result()
-            except futures.process.BrokenProcessPool:
-                retry.append(running[future])
+        try:
+            for future in futures.as_completed(running):
+                try:
+                    yield running[future][0], *future.result()
+                except futures.process.BrokenProcessPool:
+                    retry.append(running[future])
+        except BaseException:  # a DiskError, Ctrl-C, the caller stopping: start nothing more
+            for future in running:
+                future.cancel()
+            raise
     # A native crash breaks the whole pool: run each video it interrupted alone, so only the culprit fails.
     for video, stem in retry:
         with futures.ProcessPoolExecutor(1, mp_context=context, initializer=_quiet_worker) as pool:
@@ -165,6 +183,20 @@ def _run_jobs(jobs: list[tuple[Path, Path]], workers: int, options: Options):
                 yield video, *pool.submit(_job, video, stem, options).result()
             except futures.process.BrokenProcessPool:
                 yield video, 0, "the worker process crashed on this video"
+
+
+def _stopped_by(error: DiskError, input_root: Path, jobs: list[tuple[Path, Path]], failures_path: Path, done: int,
+               skipped: int) -> int:
+    """The end of a run that met a full or failing disk: one line, a note in the failures file where it can still
+    be written, and exit status 74."""
+    print(f"error: {error} (preprocessing stopped: {done} videos recorded in this run, {skipped} before; rerun to "
+          "go on where it stopped)", file=sys.stderr)
+    video = {str(record_paths(stem)[0]): video for video, stem in jobs}.get(error.path)
+    with contextlib.suppress(OSError):  # the failures file may well be on the disk that failed
+        with open(failures_path, "a") as failures:
+            name = video.relative_to(input_root).as_posix() if video else error.path
+            failures.write(f"{name}\t{error.problem} (preprocessing stopped here; rerun to go on)\n")
+    return DISK_STATUS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.input_root}: no videos ({', '.join(VIDEO_EXTENSIONS)}) in this folder or below",
               file=sys.stderr)
         return 2
-    videos = [v for v in found if in_shard(v.relative_to(args.input_root), args.shard)]
+    # The whole sorted list is sharded, done records included, so that each video keeps its shard across reruns.
+    videos = shard_share(found, args.shard, lambda video: video.relative_to(args.input_root).as_posix())
     jobs, skipped = [], 0
     for video in videos:
         stem = args.output_root / video.relative_to(args.input_root).with_suffix("")
@@ -184,25 +217,33 @@ def main(argv: list[str] | None = None) -> int:
             skipped += 1
         else:
             jobs.append((video, stem))
-    args.output_root.mkdir(parents=True, exist_ok=True)
     index, count = args.shard
     failures_path = args.output_root / ("failures.tsv" if count == 1 else f"failures.shard-{index}-of-{count}.tsv")
     print(f"{len(videos)} videos in shard {index}/{count}: {skipped} already done, {len(jobs)} to process",
           file=sys.stderr)
     done = failed = frames = 0
     started = time.perf_counter()
-    with open(failures_path, "w") as failures, tqdm(total=len(jobs), unit="video") as bar:
-        for video, video_frames, reason in _run_jobs(jobs, args.workers, options):
-            relative = video.relative_to(args.input_root)
-            if reason is None:
-                done, frames = done + 1, frames + video_frames
-            else:
-                failed += 1
-                failures.write(f"{relative.as_posix()}\t{reason}\n")
-                failures.flush()
-                tqdm.write(f"failed: {relative}: {reason}", file=sys.stderr)
-            bar.update(1)
-            bar.set_postfix(frames=frames, failed=failed)
+    try:
+        args.output_root.mkdir(parents=True, exist_ok=True)
+        with open(failures_path, "w") as failures, tqdm(total=len(jobs), unit="video") as bar:
+            for video, video_frames, reason in _run_jobs(jobs, args.workers, options):
+                relative = video.relative_to(args.input_root)
+                if reason is None:
+                    done, frames = done + 1, frames + video_frames
+                else:
+                    failed += 1
+                    failures.write(f"{relative.as_posix()}\t{reason}\n")
+                    failures.flush()
+                    tqdm.write(f"failed: {relative}: {reason}", file=sys.stderr)
+                bar.update(1)
+                bar.set_postfix(frames=frames, failed=failed)
+    except DiskError as error:
+        return _stopped_by(error, args.input_root, jobs, failures_path, done, skipped)
+    except OSError as error:  # the output folder or the failures file itself
+        if disk_problem(error) is None:
+            raise
+        stop = DiskError(error.filename or failures_path, disk_problem(error))
+        return _stopped_by(stop, args.input_root, jobs, failures_path, done, skipped)
     seconds = time.perf_counter() - started
     print(f"videos: {done} done, {skipped} skipped, {failed} failed; {frames} frames in {seconds:.1f} s "
           f"({frames / max(seconds, 1e-9):.1f} frames/s)" + (f"; failures listed in {failures_path}" if failed else ""))

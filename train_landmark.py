@@ -76,10 +76,12 @@ def train(config: dict, resume: str | None) -> int:
     velocity_weight = config["loss"]["velocity_weight"]
     train_set = LandmarkWindows(loop.record_list(data, "train"), sample["steps"], sample["refs"],
                                 sample["min_face_frames"], seed=config["seed"], repeats=sample["epoch_repeats"],
-                                progress=env.main, pack_dir=data["pack_dir"])
+                                progress=env.main, pack_dir=data["pack_dir"],
+                                on_bad_record=schedule["on_bad_record"])
     val_stems = loop.record_list(data, "val")
     val_set = (LandmarkWindows(val_stems, sample["steps"], sample["refs"], sample["min_face_frames"],
-                               seed=config["seed"] + 1, pack_dir=data["pack_dir"]) if val_stems else None)
+                               seed=config["seed"] + 1, pack_dir=data["pack_dir"],
+                               on_bad_record=schedule["on_bad_record"]) if val_stems else None)
     loop.report_data(env, train_set, val_set, sample["min_face_frames"])
 
     model_args = dict(config["model"])

@@ -127,10 +127,10 @@ def train(config: dict, resume: str | None) -> int:
                                              "sees one value per channel)")
     train_set = RenderFrames(loop.record_list(data, "train"), sample["refs"], sample["min_face_frames"],
                              seed=config["seed"], repeats=sample["epoch_repeats"], progress=env.main,
-                             pack_dir=data["pack_dir"])
+                             pack_dir=data["pack_dir"], on_bad_record=schedule["on_bad_record"])
     val_stems = loop.record_list(data, "val")
     val_set = RenderFrames(val_stems, sample["refs"], sample["min_face_frames"], seed=config["seed"] + 1,
-                           pack_dir=data["pack_dir"]) if val_stems else None
+                           pack_dir=data["pack_dir"], on_bad_record=schedule["on_bad_record"]) if val_stems else None
     loop.report_data(env, train_set, val_set, sample["min_face_frames"])
 
     vgg = config["vgg19"]

@@ -1,4 +1,11 @@
-"""Training datasets over preprocessed records, and the file lists that split them."""
+"""Training datasets over preprocessed records, and the file lists that split them.
+
+What a sample reads while training: the landmark generator's, nothing but the split's pack (data/packs.py, made
+when the run starts); the renderer's, also its faces from the record's .faces file. A read that fails there (the
+file deleted, cut short or undecodable, its file system failing) is a BadRecord naming the file, which the training
+loop turns into a checkpoint and exit 75 (on_bad_record 'stop'); with on_bad_record 'skip' the dataset gives the
+next item that reads instead, and the sample says how many it passed over (SKIPPED, SKIPPED_NOTE).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,9 +14,9 @@ import numpy as np
 import torch
 
 from data.crop import FACE_SIZE, box_size
-from data.errors import InputError
+from data.errors import BadRecord, InputError, one_line
 from data.packs import Video, open_pack
-from data.records import decode_face_planes
+from data.records import AGAIN, decode_face_planes
 from data.sketch import draw_sketch
 
 
@@ -38,6 +45,10 @@ def records_under(root: str | Path) -> list[Path]:
 
 RENDER_IMAGES = ("face", "ref_images")
 RENDER_SKETCHES = ("sketches", "ref_sketches")
+BAD_RECORD_MODES = ("stop", "skip")
+# Keys of a sample in skip mode: the bad items passed over to give it (an int64 tensor), and 'PATH: problem' of the
+# first of them ('' when none); `skipped_in` reads them from a batch and `to_device` leaves them out.
+SKIPPED, SKIPPED_NOTE = "skipped_records", "skipped_note"
 
 
 class RecordSamples(torch.utils.data.Dataset):
@@ -48,11 +59,19 @@ class RecordSamples(torch.utils.data.Dataset):
     frames whose audio windows lie inside the mel; the others are listed in `skipped` (and absent records in
     `missing`). Samples are drawn from the split's pack (data/packs.py: made once, memory-mapped by every
     worker), in `pack_dir` or, when None, in a `.packs` folder beside the records.
+
+    on_bad_record (schedule.on_bad_record): a record that cannot be read for an item raises BadRecord ('stop'), or
+    the item is replaced by the next one that reads, each video tried once ('skip'; deterministic, so the batch
+    keeps its size and a resumed run draws the same).
     """
 
     def __init__(self, stems: list[Path], steps: int = 5, min_face_frames: int = 25, seed: int = 0,
-                 repeats: int = 1, progress: bool = False, pack_dir: str | Path | None = None):
+                 repeats: int = 1, progress: bool = False, pack_dir: str | Path | None = None,
+                 on_bad_record: str = "stop"):
+        if on_bad_record not in BAD_RECORD_MODES:  # before the pack, which can take a while to make
+            raise InputError("schedule.on_bad_record", f"must be 'stop' or 'skip', got {on_bad_record!r}")
         self.steps, self.seed, self.epoch, self.repeats = steps, seed, 0, repeats
+        self.on_bad_record = on_bad_record
         self.pack = open_pack(stems, steps, min_face_frames, pack_dir, progress)
         self.stems, self.skipped, self.missing = self.pack.stems, self.pack.skipped, self.pack.missing
 
@@ -63,13 +82,37 @@ class RecordSamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.stems) * self.repeats
 
-    def _draw(self, key: int | tuple[int, int]) -> tuple[np.random.Generator, Video, np.ndarray, np.ndarray]:
-        """(rng, video, window, others): a random valid window of the item's video and its other face frames.
-
-        key is an index (drawn in self.epoch) or (epoch, index), as a sampler that carries the epoch yields it:
-        persistent workers hold their own copy of the dataset, which set_epoch in the main process never reaches.
-        """
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Item `key`: an index (drawn in self.epoch) or (epoch, index), as a sampler that carries the epoch yields
+        it (persistent workers hold their own copy of the dataset, which set_epoch in the main process never
+        reaches). See on_bad_record for a record that cannot be read."""
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        first = None
+        for attempt in range(len(self.stems)):  # the next items come from the next videos: each is tried once
+            item = (index + attempt) % len(self)
+            try:
+                sample = self._sample(epoch, item)
+            except (InputError, OSError) as error:
+                bad = error if isinstance(error, BadRecord) else self._bad_record(error, item)
+                if self.on_bad_record == "stop":
+                    raise bad from None
+                first = first or bad
+                continue
+            if self.on_bad_record == "skip":
+                sample[SKIPPED], sample[SKIPPED_NOTE] = torch.tensor(attempt), str(first or "")
+            return sample
+        raise BadRecord(first.path, f"{first.problem}; and no other record of the split could be read either")
+
+    def _bad_record(self, error: InputError | OSError, item: int) -> BadRecord:
+        if isinstance(error, InputError):
+            return BadRecord(error.path, error.problem)
+        return BadRecord(error.filename or self.stems[item % len(self.stems)], one_line(error))
+
+    def _sample(self, epoch: int, index: int) -> dict:
+        raise NotImplementedError
+
+    def _draw(self, epoch: int, index: int) -> tuple[np.random.Generator, Video, np.ndarray, np.ndarray]:
+        """(rng, video, window, others): a random valid window of the item's video and its other face frames."""
         rng = np.random.default_rng([self.seed, epoch, index])
         video = self.pack.video(index % len(self.stems))
         # The draw rng.choice(video.starts) makes, from the same stream, without its argument checks.
@@ -82,10 +125,18 @@ class RecordSamples(torch.utils.data.Dataset):
         others = np.concatenate([faces[:first], faces[first + self.steps:]])
         return rng, video, window, others
 
+    @staticmethod
+    def skipped_in(batch: dict) -> tuple[int, str]:
+        """Skip mode: how many bad items the samples of a collated batch passed over, and 'PATH: problem' of the
+        first ('' when none); read from host tensors, before the batch goes to the device."""
+        if SKIPPED not in batch:
+            return 0, ""
+        return int(batch[SKIPPED].sum()), next((note for note in batch[SKIPPED_NOTE] if note), "")
+
     def to_device(self, batch: dict, device: torch.device) -> dict:
-        """The collated batch on `device`: every tensor moved with non_blocking=True."""
+        """The collated batch on `device`: every tensor moved with non_blocking=True; skip mode's notes left out."""
         return {name: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
-                for name, value in batch.items()}
+                for name, value in batch.items() if name not in (SKIPPED, SKIPPED_NOTE)}
 
 
 class LandmarkWindows(RecordSamples):
@@ -94,12 +145,13 @@ class LandmarkWindows(RecordSamples):
     are read; face images are never decoded."""
 
     def __init__(self, stems: list[Path], steps: int = 5, refs: int = 15, min_face_frames: int = 25,
-                 seed: int = 0, repeats: int = 1, progress: bool = False, pack_dir: str | Path | None = None):
-        super().__init__(stems, steps, min_face_frames, seed, repeats, progress, pack_dir)
+                 seed: int = 0, repeats: int = 1, progress: bool = False, pack_dir: str | Path | None = None,
+                 on_bad_record: str = "stop"):
+        super().__init__(stems, steps, min_face_frames, seed, repeats, progress, pack_dir, on_bad_record)
         self.refs = refs
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
-        rng, video, window, others = self._draw(key)
+    def _sample(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+        rng, video, window, others = self._draw(epoch, index)
         refs = rng.choice(others, self.refs, replace=len(others) < self.refs)
         frames = np.concatenate([window, refs])  # one gather for the window and the references
         pose, content = video.pose[frames], video.content[frames]  # (T + Nl, 2, 74), (T + Nl, 2, 57)
@@ -126,13 +178,26 @@ def _sketches(video: Video, frames: np.ndarray) -> torch.Tensor:
 
 
 def _faces(video: Video, frames: np.ndarray) -> np.ndarray:
-    """(k, 3, 128, 128) uint8 RGB faces of the given frames, decoded from the video's .faces file."""
+    """(k, 3, 128, 128) uint8 RGB faces of the given frames, decoded from the video's .faces file. The file is read
+    while training, long after the pack checked it: a file deleted, cut short or undecodable since, or one that
+    cannot be read, is an InputError naming it."""
     out = np.empty((len(frames), 3, FACE_SIZE, FACE_SIZE), np.uint8)
-    with open(video.faces_path, "rb") as handle:
-        for slot, t in enumerate(frames):
-            start, end = video.face_bytes[t]
-            handle.seek(int(start))
-            decode_face_planes(handle.read(int(end - start)), out[slot])
+    path = video.faces_path
+    try:
+        with open(path, "rb") as handle:
+            for slot, t in enumerate(frames):
+                start, end = (int(offset) for offset in video.face_bytes[t])
+                handle.seek(start)
+                data = handle.read(end - start)
+                if len(data) != end - start:
+                    raise InputError(path, f"damaged record: the face file was cut short during training{AGAIN}")
+                decode_face_planes(data, out[slot])
+    except FileNotFoundError:
+        raise InputError(path, "the face file vanished during training (deleted or moved)") from None
+    except OSError as error:
+        raise InputError(path, f"the face file cannot be read ({one_line(error)})") from None
+    except ValueError:  # decode_face_planes: bytes that are no image
+        raise InputError(path, f"damaged record: frame {t}'s face does not decode{AGAIN}") from None
     return out
 
 
@@ -143,12 +208,13 @@ class RenderFrames(RecordSamples):
     seventh of the float bytes to collate and copy; `to_device` turns a batch into what the renderer takes."""
 
     def __init__(self, stems: list[Path], refs: int = 3, min_face_frames: int = 25, seed: int = 0,
-                 repeats: int = 1, progress: bool = False, pack_dir: str | Path | None = None):
-        super().__init__(stems, 5, min_face_frames, seed, repeats, progress, pack_dir)
+                 repeats: int = 1, progress: bool = False, pack_dir: str | Path | None = None,
+                 on_bad_record: str = "stop"):
+        super().__init__(stems, 5, min_face_frames, seed, repeats, progress, pack_dir, on_bad_record)
         self.refs = refs
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
-        rng, video, window, others = self._draw(key)
+    def _sample(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+        rng, video, window, others = self._draw(epoch, index)
         refs = rng.choice(others, self.refs, replace=len(others) < self.refs)
         target = window[2]
         faces = torch.from_numpy(_faces(video, np.concatenate([[target], refs])))

@@ -9,27 +9,44 @@ DISK_PROBLEMS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk qu
 DISK_STATUS = 74  # EX_IOERR: every script's exit status for a DiskError
 
 
+def _path_and_problem(kind: str, message: str) -> tuple[str, str]:
+    """(path, problem) from 'PATH: PROBLEM', or from a worker's traceback whose last line is 'KIND: PATH: PROBLEM'
+    (with the module before KIND)."""
+    last = (str(message).strip().splitlines() or [""])[-1]
+    path, _, problem = last.split(f"{kind}: ", 1)[-1].partition(": ")
+    return path, problem
+
+
 class InputError(Exception):
     """A user-facing problem with an input file or setting; str(error) is one line naming the file.
 
     InputError(message) with one argument rebuilds the error from a message alone: that is how a DataLoader
     re-raises an error from a worker process, and then the message is the worker's traceback, whose last line is
-    'InputError: PATH: PROBLEM'. So an error raised in a loader worker reaches the main process as itself.
+    'InputError: PATH: PROBLEM'. So an error raised in a loader worker reaches the main process as itself (and so
+    does one of a subclass, or a DiskError, by the same rule).
     """
 
     def __init__(self, path: object, problem: str | None = None):
         if problem is None:
-            lines = str(path).strip().splitlines() or [""]
-            path, _, problem = lines[-1].split("InputError: ", 1)[-1].partition(": ")
+            path, problem = _path_and_problem(type(self).__name__, path)
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
 
-class DiskError(Exception):
-    """Writing `path` failed because its disk is full, over quota, read-only or failing; one line, exit 74."""
+class BadRecord(InputError):
+    """A record that could not be read while training (deleted, cut short, or its file system failing): raised by a
+    training dataset for a sample, in a loader worker or in the main process. The training loop saves a checkpoint
+    of the step reached and stops on it (exit 75), unless schedule.on_bad_record is skip."""
 
-    def __init__(self, path: object, problem: str):
+
+class DiskError(Exception):
+    """Writing `path` failed because its disk is full, over quota, read-only or failing; one line, exit 74.
+    Rebuilt from its message alone as InputError is (a worker process's error, pickled)."""
+
+    def __init__(self, path: object, problem: str | None = None):
+        if problem is None:
+            path, problem = _path_and_problem(type(self).__name__, path)
         self.path, self.problem = str(path), problem
         super().__init__(f"{self.path}: {problem}")
 

@@ -1,4 +1,6 @@
 """Table 1 as files: the Markdown table (with the paper's rows), per-video CSV and a JSON record of everything.
+They are written together and atomically (`write_files`): a full disk leaves the reports of an earlier run as they
+were, and no partial or temporary file.
 
 The paper's numbers are those of docs/method.md, section 6. Values print with the paper's digits; a metric that
 could not be computed is "n/a" with its reason below the table; one not asked for is "-".
@@ -6,9 +8,11 @@ could not be computed is "n/a" with its reason below the table; one not asked fo
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
 import math
+import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -16,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.errors import DiskError, disk_problem
 from metrics.scoring import Scores
 
 COLUMNS = (  # (summary key, header, digits)
@@ -84,23 +89,47 @@ def versions() -> dict[str, str]:
     return found
 
 
+def write_files(files: dict[Path, str], what: str = "report not written") -> None:
+    """Write text files together: each under a temporary name first, then all renamed into place, so a failure
+    leaves every one as it was and no temporary file behind. A full, read-only or failing disk is a DiskError
+    naming the file (`what` says what was lost)."""
+    temps = {path: path.with_name(f".{path.name}.tmp") for path in files}
+    current = None
+    try:
+        for path, text in files.items():
+            current = path
+            with open(temps[path], "w", newline="") as handle:  # the text's own line endings (CSV's \r\n)
+                handle.write(text)
+        for path, temp in temps.items():
+            current = path
+            os.replace(temp, path)
+    except BaseException as error:
+        for temp in temps.values():
+            temp.unlink(missing_ok=True)
+        problem = disk_problem(error)
+        if problem is None:
+            raise
+        raise DiskError(current, f"{problem} ({what})") from None
+
+
 def write_reports(out: Path, name: str, scores: Scores, metrics: tuple[str, ...], settings: dict,
                   lists: dict, dataset: str | None, notes: list[str]) -> str:
-    """Write table.md, per_video.csv and results.json under `out`; returns the Markdown table."""
+    """Write table.md, per_video.csv and results.json under `out` (together: see write_files); returns the Markdown
+    table."""
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(name, scores, metrics, dataset, notes)
-    (out / "table.md").write_text(table)
     columns = ["name", "frames"] + [key for key in ("psnr", "ssim", "lpips", "lip_lmd", "lip_frames", "csim",
                                                      "csim_frames", "lse_c", "lse_d", "sync_offset", "sync_note",
                                                      "lip_jitter", "lip_jitter_real", "jitter_ratio", "jitter_frames",
                                                      "resized", "generated", "reference")
                                     if any(key in row for row in scores.per_video)]
-    with open(out / "per_video.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in scores.per_video:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    rows = io.StringIO()
+    writer = csv.DictWriter(rows, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in scores.per_video:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     results = {"method": name, "summary": scores.summary, "not_available": scores.reasons, "settings": settings,
                "lists": lists, "per_video": scores.per_video, "notes": notes, "versions": versions()}
-    (out / "results.json").write_text(json.dumps(_plain(results), indent=2) + "\n")
+    write_files({out / "table.md": table, out / "per_video.csv": rows.getvalue(),
+                 out / "results.json": json.dumps(_plain(results), indent=2) + "\n"})
     return table

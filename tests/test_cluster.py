@@ -2,12 +2,14 @@
 evaluation into the same folder. The trainers run the landmark smoke config, made tiny."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,6 +139,134 @@ def test_preprocessing_redoes_a_damaged_record(records, samples, tmp_path, capsy
     assert preprocess.main(["--input-root", str(inputs), "--output-root", str(root), "--workers", "0"]) == 0
     assert "1 done, 1 skipped, 0 failed" in capsys.readouterr().out
     assert is_complete(root / "talk_a")
+
+
+# ---------------------------------------------------------------- records that vanish or break mid-run
+def _record_trainer(damage_at: int, damage):
+    """train(config, resume) for cli.main: the renderer's dataset (which reads .faces files per sample), the loop,
+    loader workers, checkpoints and exit statuses, with a one-weight network instead of the renderer's cost;
+    `damage()` runs in the damage_at-th step."""
+    from data.datasets import RenderFrames
+    from training import checkpoints, distributed, loop
+
+    def train(config: dict, resume: str | None) -> int:
+        env = distributed.begin(config)
+        dataset = RenderFrames(loop.record_list(config["data"], "train"), refs=1, min_face_frames=25,
+                               repeats=config["sample"]["epoch_repeats"],
+                               on_bad_record=config["schedule"]["on_bad_record"])
+        model = torch.nn.Linear(1, 1)
+        optimiser = torch.optim.SGD(model.parameters(), lr=0.01)
+        step = checkpoints.resume(resume, config, env, model, {"model": optimiser})
+        calls = {"n": 0}
+
+        def train_step(batch: dict, epoch: int) -> dict:
+            calls["n"] += 1
+            if calls["n"] == damage_at:
+                damage()
+            loss = model(batch["face"].mean().reshape(1, 1)).square().mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            return {"loss": loss.detach()}
+
+        logger = loop.Logger(Path(config["run_dir"]), env.main)
+        save = checkpoints.Saver(config, env, "test", model, {"model": optimiser}, {})
+        loop.fit(config, env, dataset, step, train_step, lambda step: None, save, logger, LossGuard(env, "stop"))
+        loop.finish(env, logger, [model])
+        return 0
+
+    return train
+
+
+def _tiny_records(tmp_path, damage: str):
+    """Two small records, and what damages the first: its .faces file deleted, or cut short."""
+    from test_packs import write_records
+
+    stems = write_records(tmp_path / "records")
+    faces = record_paths(stems[0])[1]
+    if damage == "deleted":
+        return tmp_path / "records", faces, faces.unlink
+    return tmp_path / "records", faces, lambda: faces.write_bytes(faces.read_bytes()[:1000])
+
+
+def _run_on_records(root, run_dir, damage_at, damage, workers, *extra, resume=False) -> int:
+    from training import cli
+
+    args = ["--config", str(REPO / "configs" / "render_smoke.yaml"), f"data.records={root}", f"run_dir={run_dir}",
+            "data.val_list=null", f"data.num_workers={workers}", "optim.batch_size=2", "sample.epoch_repeats=12",
+            "schedule.max_steps=12", "schedule.save_every=1000", "schedule.eval_every=1000", "schedule.log_every=4",
+            "schedule.sync_every=4", *extra]
+    return cli.main("test trainer", _record_trainer(damage_at, damage), (["--resume", "auto"] if resume else []) + args)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_a_record_that_breaks_mid_run_stops_it_with_a_checkpoint_of_the_step_reached(damage, workers, tmp_path,
+                                                                                     capsys):
+    root, faces, spoil = _tiny_records(tmp_path, damage)
+    kept = faces.read_bytes()
+    run = tmp_path / "run"
+    assert _run_on_records(root, run, 2, spoil, workers) == PREEMPTED
+    err = capsys.readouterr().err
+    errors = _error_lines(err)
+    assert len(errors) == 1 and errors[0].startswith(f"error: {faces}: ") and "Traceback" not in err, err
+    assert ("vanished during training" if damage == "deleted" else "cut short during training") in errors[0]
+    saved = list(run.glob("step_*.pt"))
+    assert len(saved) == 1 and (run / "last_exit").read_text() == "75\n"
+    step = torch.load(saved[0], weights_only=True)["step"]
+    assert 2 <= step < 12 and f"stopped at step {step} after writing its checkpoint" in errors[0]
+    if damage == "deleted" and workers == 0:  # the record mended, --resume auto goes on from there
+        faces.write_bytes(kept)
+        assert _run_on_records(root, run, 0, None, workers, resume=True) == 0
+        assert f"resumed from {saved[0]} at step {step}" in capsys.readouterr().err
+        assert (run / "step_000000012.pt").is_file()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_skip_mode_replaces_samples_of_a_record_that_breaks_and_counts_them(damage, workers, tmp_path, monkeypatch,
+                                                                            capsys):
+    from training import loop
+
+    logged = {}
+    scalars = loop.Logger.scalars
+    monkeypatch.setattr(loop.Logger, "scalars", lambda self, values, step, prefix="": logged.update(
+        {f"{prefix}{name}": value for name, value in values.items()}) or scalars(self, values, step, prefix))
+    root, faces, spoil = _tiny_records(tmp_path, damage)
+    assert _run_on_records(root, tmp_path / "run", 2, spoil, workers, "schedule.on_bad_record=skip") == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in _error_lines(err) if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: {faces}: ") and "Traceback" not in err, err
+    assert "replaced by another" in warnings[0] and not [line for line in _error_lines(err) if "error" in line[:6]]
+    assert logged["train/skipped_samples"] > 0 and (tmp_path / "run" / "step_000000012.pt").is_file()
+
+
+# ---------------------------------------------------------------- a full disk for TensorBoard
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # the writer thread's traceback
+@pytest.mark.parametrize("where", ["add_scalar", "event_thread"])
+def test_a_full_disk_for_tensorboard_warns_once_and_training_goes_on(where, tmp_path, monkeypatch, capsys):
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    from torch.utils.tensorboard import SummaryWriter
+
+    owner, name = (SummaryWriter, "add_scalar") if where == "add_scalar" else (RecordWriter, "write")
+    original, calls = getattr(owner, name), {"n": 0}
+
+    def full(self, *args, **kwargs):  # the third write and all after it meet a full disk
+        calls["n"] += 1
+        if calls["n"] >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, full)
+    root, _, _ = _tiny_records(tmp_path, "deleted")
+    run = tmp_path / "run"
+    assert _run_on_records(root, run, 0, None, 0, "schedule.log_every=1", "schedule.save_every=6") == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {run}: no space left on device; TensorBoard logging stopped here, training goes "
+                        "on (checkpoints are still written)"] and "Traceback" not in err, err
+    assert calls["n"] >= 3 and sorted(p.name for p in run.glob("step_*.pt")) == ["step_000000006.pt",
+                                                                                 "step_000000012.pt"]
 
 
 # ---------------------------------------------------------------- preemption

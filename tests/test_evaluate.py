@@ -1,3 +1,4 @@
+import errno
 import itertools
 import json
 import shutil
@@ -10,7 +11,7 @@ from metric_networks import save_random_weights
 
 import evaluate
 from data.audio import load_audio
-from data.errors import InputError
+from data.errors import DISK_STATUS, DiskError, InputError
 from data.video import VideoReader, VideoWriter, read_frames
 from metrics.scoring import METRICS, Pair, load_networks, score_videos
 
@@ -225,3 +226,60 @@ def test_generation_dubs_at_25_fps_whatever_the_dubbing_config_says(tmp_path, mo
                                           tmp_path / "landmark.pt", tmp_path / "renderer.pt", "cpu", progress=False,
                                           inference_config=dub_config)
     assert rates == [25] and outputs == [tmp_path / "out" / "generated" / "v.mp4"]
+
+
+def test_a_full_disk_at_the_report_is_one_line_and_exit_74_with_the_earlier_report_intact(clips, tmp_path,
+                                                                                        monkeypatch, capsys):
+    import metrics.report
+
+    out = tmp_path / "out"
+    args = ["--generated", str(clips / "blurred"), "--reference", str(clips / "real"), "--metrics", "psnr",
+            "--out", str(out), "--quiet", "--device", "cpu"]
+    assert evaluate.main(args) == 0
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    capsys.readouterr()
+
+    def full_open(path, *args, **kwargs):  # the first report file is written, the second meets a full disk
+        handle = open(path, *args, **kwargs)
+        if "per_video" in str(path):
+            def full(text):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            handle.write = full
+        return handle
+
+    monkeypatch.setattr(metrics.report, "open", full_open, raising=False)
+    assert evaluate.main(args + ["--name", "other"]) == DISK_STATUS
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"error: {out / 'per_video.csv'}: no space left on device (report not "
+                                         "written)"] and captured.out == ""
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # no temporary file, nothing changed
+
+
+def test_a_full_disk_while_dubbing_names_the_video_and_keeps_the_ones_before(tmp_path, monkeypatch):
+    import types
+
+    import dubbing
+
+    def dub(video, audio, output, models, config, progress):
+        if output.name == "b.mp4":
+            raise OSError(errno.ENOSPC, "No space left on device", str(output.with_name(".b.partial.mp4")))
+        output.write_bytes(b"video")
+
+    monkeypatch.setattr(dubbing, "load_models", lambda *args: types.SimpleNamespace(device=torch.device("cpu")))
+    monkeypatch.setattr(dubbing, "dub", dub)
+    for name in ("landmark.pt", "renderer.pt", "video.mp4"):
+        (tmp_path / name).write_bytes(name.encode())
+    out = tmp_path / "out"
+
+    def generate():
+        return evaluate.generate_videos([tmp_path / "video.mp4"] * 2, [tmp_path / "video.mp4"] * 2, ["a", "b"], out,
+                                        tmp_path / "landmark.pt", tmp_path / "renderer.pt", "cpu", progress=False)
+
+    with pytest.raises(DiskError) as caught:
+        generate()
+    assert str(caught.value) == (f"{out / 'generated' / 'b.mp4'}: no space left on device (video not written; the 1 "
+                                 "before it are kept and reused by the next run)")
+    assert sorted(p.name for p in (out / "generated_with").iterdir()) == ["a.json"]  # no temporary file
+    monkeypatch.setattr(dubbing, "dub", lambda video, audio, output, *rest, **options: output.write_bytes(b"video"))
+    assert generate()[1] == 1  # the video made before the disk filled is reused

@@ -173,8 +173,10 @@ def test_shards_partition_a_task_list_with_no_overlap_and_no_gap(tmp_path):
     shards = [inference.shard_of(tasks, (i, 4)) for i in range(4)]
     outputs = [task.output for shard in shards for task in shard]
     assert sorted(outputs) == sorted(task.output for task in tasks) and len(outputs) == len(set(outputs))
-    assert all(len(shard) > 5 for shard in shards)
-    assert inference.shard_of(tasks, (0, 1)) == tasks
+    assert [len(shard) for shard in shards] == [15, 15, 15, 15]
+    assert inference.shard_of(tasks, (0, 1)) == tasks  # one shard: the list as written
+    six = [inference.Task(Path("t.mp4"), Path("a.wav"), tmp_path / f"s{i}.mp4") for i in range(6)]
+    assert [len(inference.shard_of(six, (i, 2))) for i in range(2)] == [3, 3]  # a CRC32 put all six in one
 
 
 # ---------------------------------------------------------------- steady faces

@@ -1,5 +1,7 @@
+import errno
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -7,8 +9,9 @@ import pytest
 
 import preprocess
 from conftest import REPO, numbered_frames, tone
+from data import records as record_files
 from data.audio import load_audio
-from data.records import is_complete, load_clip
+from data.records import is_complete, load_clip, write_record
 from data.video import VideoWriter, read_frames
 
 
@@ -117,15 +120,6 @@ def test_resume_skips_finished_records(records, samples, tmp_path, capsys):
     assert (out / "talk_a.npz").stat().st_mtime_ns == before
 
 
-def test_shards_partition_the_videos(tmp_path):
-    names = [f"spk{i}/{j:05d}.mp4" for i in range(20) for j in range(5)]
-    from pathlib import Path
-
-    shards = [{n for n in names if preprocess.in_shard(Path(n), (i, 4))} for i in range(4)]
-    assert set().union(*shards) == set(names)
-    assert sum(len(s) for s in shards) == len(names) and all(len(s) > 10 for s in shards)
-
-
 def test_finding_videos_by_extension(tmp_path):
     for name in ("a.MP4", "b.mov", "c.mkv", "d.avi", "e.webm", "f.txt", "g.wav"):
         (tmp_path / name).write_bytes(b"")
@@ -144,7 +138,6 @@ def test_command_line_errors_are_one_line(tmp_path):
 
 def test_a_worker_crash_fails_only_its_video(tmp_path, monkeypatch):
     import os
-    from pathlib import Path
 
     def fake(video, stem, options):
         if video.name == "crash.mp4":
@@ -173,3 +166,52 @@ def test_exit_status_when_nothing_could_be_recorded(tmp_path):
     assert result.returncode == 2 and result.stderr.strip().startswith("error: empty: no videos")
     assert "exit status" in subprocess.run([sys.executable, str(REPO / "preprocess.py"), "--help"], cwd=tmp_path,
                                            capture_output=True, text=True, timeout=300).stdout.lower()
+
+
+def _tiny_record(video, stem, options):
+    """preprocess_video without decoding or FaceMesh: a small record that reads back whole."""
+    frames = 30
+    write_record(stem, faces=[b"face"] * frames, landmarks=np.zeros((frames, 131, 2)), boxes=np.zeros((frames, 4)),
+                 has_face=np.ones(frames, bool), mel=np.zeros((130, 80)), source_fps=25.0, source_size=(64, 64),
+                 face_format="jpg")
+    return frames
+
+
+def _full_for(name: str):
+    """open() for data/records.py on a disk that is full when the record `name` is written (in any process)."""
+    def fake_open(path, mode="r", *args, **kwargs):
+        handle = open(path, mode, *args, **kwargs)
+        if "w" in mode and Path(path).name.startswith(name):
+            def full(data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            handle.write = full
+        return handle
+
+    return fake_open
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_full_disk_stops_preprocessing_at_once_and_a_rerun_finishes(workers, tmp_path, monkeypatch, capsys):
+    (tmp_path / "in").mkdir()
+    for i in range(1, 6):
+        (tmp_path / "in" / f"v{i}.mp4").write_bytes(b"")
+    out = tmp_path / "out"
+    args = ["--input-root", str(tmp_path / "in"), "--output-root", str(out), "--workers", str(workers)]
+    monkeypatch.setattr(preprocess, "preprocess_video", _tiny_record)  # forked workers inherit the patches
+    with monkeypatch.context() as disk:
+        disk.setattr(record_files, "open", _full_for("v3."), raising=False)
+        assert preprocess.main(args) == 74
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert errors[0].startswith(f"error: {out / 'v3.npz'}: no space left on device (preprocessing stopped: ")
+    assert not list(out.glob("*.tmp-*")) and not is_complete(out / "v3")  # nothing half-written
+    if workers == 0:  # in one process the order is fixed: the two before finished, none after was started
+        assert "2 videos recorded in this run" in errors[0]
+        assert is_complete(out / "v1") and is_complete(out / "v2") and not list(out.glob("v[45].*"))
+    assert "v3.mp4\tno space left on device (preprocessing stopped here" in (out / "failures.tsv").read_text()
+    finished = {p.name for p in out.glob("*.npz")}
+    assert preprocess.main(args) == 0
+    assert f"{5 - len(finished)} done, {len(finished)} skipped, 0 failed" in capsys.readouterr().out
+    assert all(is_complete(out / f"v{i}") for i in range(1, 6))

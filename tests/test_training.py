@@ -15,7 +15,7 @@ import train_landmark
 import train_render
 from conftest import REPO
 from data.datasets import LandmarkWindows
-from data.errors import DISK_STATUS, InputError
+from data.errors import DISK_STATUS, BadRecord, DiskError, InputError
 from training import checkpoints, loop
 from training.distributed import Distributed, device_line
 from training.stopping import Diverged, LossGuard
@@ -258,23 +258,28 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_exit_74_with_the_older_one_
     assert errors == [f"error: {tmp_path / 'step_000000004.pt'}: no space left on device (checkpoint not written; "
                       "step_000000002.pt is the newest complete one)"] and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_000000002.pt"]  # no .tmp, the older one kept
+    assert (tmp_path / "last_exit").read_text() == "74\n"  # a job script does not requeue this
     assert checkpoints.read_checkpoint(tmp_path / "step_000000002.pt")["step"] == 2
 
 
 class _Damaged(torch.utils.data.Dataset):
+    def __init__(self, error: type):
+        self.error = error
+
     def __len__(self) -> int:
         return 4
 
     def __getitem__(self, index):
         if index == 2:
-            raise InputError("records/a/b.npz", "damaged record: landmarks has shape (3,), expected (9, 131, 2)")
+            raise self.error("records/a/b.npz", "damaged record: landmarks has shape (3,), expected (9, 131, 2)")
         return torch.zeros(1)
 
 
-def test_an_input_error_in_a_loader_worker_reaches_the_main_process_as_itself():
-    loader = torch.utils.data.DataLoader(_Damaged(), batch_size=1, num_workers=2)
-    with pytest.raises(InputError) as caught:
+@pytest.mark.parametrize("error", [InputError, BadRecord, DiskError])
+def test_the_project_errors_raised_in_a_loader_worker_reach_the_main_process_as_themselves(error):
+    loader = torch.utils.data.DataLoader(_Damaged(error), batch_size=1, num_workers=2)
+    with pytest.raises(error) as caught:
         list(loader)
+    assert type(caught.value) is error
     assert str(caught.value) == "records/a/b.npz: damaged record: landmarks has shape (3,), expected (9, 131, 2)"
     assert caught.value.path == "records/a/b.npz"
-

@@ -111,16 +111,20 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int) -> Path:
 
 class Saver:
     """saver(step) for fit, called on every rank: gathers the ranks' RNG states, then on the main rank refuses
-    non-finite parameters and writes step_<step>.pt, pruning to schedule.keep_last."""
+    non-finite parameters and writes step_<step>.pt, pruning to schedule.keep_last.
+
+    saver(step, alone=True), called on one rank only (a rank that cannot go on, such as one whose data loader met
+    a bad record): no collective; this rank writes the checkpoint with its own RNG states, which every rank then
+    resumes with (under DDP the replicas hold the same parameters and optimiser states, so any rank can)."""
 
     def __init__(self, config: dict, env: Distributed, kind: str, model: torch.nn.Module, optimisers: dict,
                  model_args: dict, others: dict | None = None):
         self.config, self.env, self.kind, self.model = config, env, kind, model
         self.optimisers, self.model_args, self.others = optimisers, model_args, others or {}
 
-    def __call__(self, step: int) -> None:
-        rng = gather_rng_states(self.env)
-        if self.env.main:
+    def __call__(self, step: int, alone: bool = False) -> None:
+        rng = [rng_state(self.env.device)] if alone else gather_rng_states(self.env)
+        if self.env.main or alone:
             check_finite_parameters({self.kind: self.model, **self.others}, step)
             state = training_state(self.model, self.optimisers, step, self.config, self.kind, self.model_args,
                                    self.others, rng)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from config import load_config
 from data.errors import DISK_STATUS, DiskError, InputError
 from training.distributed import teardown
-from training.stopping import DIVERGED, EXIT_STATUS, PREEMPTED, Diverged, Preempted
+from training.stopping import DIVERGED, EXIT_STATUS, PREEMPTED, Diverged, Preempted, RecordStop
 
 
 def main(doc: str, train, argv: list[str] | None = None) -> int:
@@ -30,6 +31,7 @@ def main(doc: str, train, argv: list[str] | None = None) -> int:
     except DiskError as error:
         teardown()
         print(f"error: {error}", file=sys.stderr)
+        note_last_exit(Path(config["run_dir"]), DISK_STATUS)
         return DISK_STATUS
     except Preempted as stop:
         teardown()
@@ -37,6 +39,12 @@ def main(doc: str, train, argv: list[str] | None = None) -> int:
             print(f"stopped by {stop.signal_name} at step {stop.step} after writing its checkpoint; rerun with "
                   "--resume auto to continue", file=sys.stderr)
         status = PREEMPTED
+    except RecordStop as stop:
+        teardown()
+        print(f"error: {stop}", file=sys.stderr)
+        # Whatever this rank: only the rank whose loader met the record knows (torchrun ends the others).
+        note_last_exit(Path(config["run_dir"]), PREEMPTED)
+        return PREEMPTED
     except Diverged as error:
         teardown()
         print(f"error: {error}", file=sys.stderr)
@@ -55,3 +63,14 @@ def write_last_exit(run_dir: Path, status: int) -> None:
     temp = run_dir / "last_exit.tmp"
     temp.write_text(f"{status}\n")
     os.replace(temp, run_dir / "last_exit")
+
+
+def note_last_exit(run_dir: Path, status: int) -> None:
+    """write_last_exit where the disk may be what failed: when the file cannot be written, a stale one is removed
+    (if even that can be done), so that a job script never requeues on the 75 of an earlier run."""
+    try:
+        write_last_exit(run_dir, status)
+    except OSError:
+        for name in ("last_exit.tmp", "last_exit"):
+            with contextlib.suppress(OSError):
+                (run_dir / name).unlink(missing_ok=True)

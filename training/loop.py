@@ -5,7 +5,9 @@ TensorBoard events. Single process on CPU or one GPU, or many with `torchrun` (D
 """
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +15,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from data.errors import InputError
+from data.errors import BadRecord, InputError, disk_problem
 from training.distributed import Distributed, check_replicas, teardown
-from training.stopping import Diverged, LossGuard, Preempted, StopSignals
+from training.stopping import Diverged, LossGuard, Preempted, RecordStop, StopSignals
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -88,28 +90,68 @@ def eval_batches(loader, device: torch.device, batches: int):
 
 # ---------------------------------------------------------------- logging
 class Logger:
-    """TensorBoard on the main rank only; other ranks get a logger that does nothing."""
+    """TensorBoard on the main rank only; other ranks get a logger that does nothing.
+
+    A disk that cannot take the event file (full, over quota, read-only, failing) ends the logging with one warning
+    and the run goes on: the checkpoints are what must be written, and a failing one stops the run by its own rule.
+    """
 
     def __init__(self, run_dir: Path, enabled: bool):
-        self.writer = None
+        self.writer, self.run_dir = None, run_dir
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir))
+            _quiet_disk_errors_in_threads()
+            self._guarded(lambda: setattr(self, "writer", SummaryWriter(str(run_dir))))
+
+    def _guarded(self, write) -> None:
+        """Run a write to the event file; on a disk problem, warn once and write nothing more."""
+        try:
+            write()
+        except Exception as error:
+            problem = disk_problem(error)
+            if problem is None:
+                raise
+            writer, self.writer = self.writer, None
+            tqdm.write(f"warning: {self.run_dir}: {problem}; TensorBoard logging stopped here, training goes on "
+                       "(checkpoints are still written)", file=sys.stderr)
+            if writer is not None:
+                with contextlib.suppress(Exception):  # its last flush meets the same disk
+                    writer.close()
 
     def scalars(self, values: dict, step: int, prefix: str = "") -> None:
         if self.writer:
-            for name, value in values.items():
-                self.writer.add_scalar(prefix + name, float(value), step)
+            def write():
+                for name, value in values.items():
+                    self.writer.add_scalar(prefix + name, float(value), step)
+
+            self._guarded(write)
 
     def image(self, name: str, image: np.ndarray, step: int) -> None:
         """(H, W, 3) uint8 or float in 0..1."""
         if self.writer:
-            self.writer.add_image(name, image, step, dataformats="HWC")
+            self._guarded(lambda: self.writer.add_image(name, image, step, dataformats="HWC"))
 
     def close(self) -> None:
         if self.writer:
-            self.writer.close()
+            self._guarded(self.writer.close)
+            self.writer = None
+
+
+def _quiet_disk_errors_in_threads() -> None:
+    """TensorBoard writes its events in a thread of its own, and a write that fails there prints the thread's
+    traceback before the next add_* call raises the error again in the caller (who warns in one line). Leave out
+    that traceback for disk problems only, once per process."""
+    previous = threading.excepthook
+    if getattr(previous, "quiet_disk_errors", False):
+        return
+
+    def hook(args) -> None:
+        if disk_problem(args.exc_value) is None:
+            previous(args)
+
+    hook.quiet_disk_errors = True
+    threading.excepthook = hook
 
 
 def log_eval(logger: Logger, step: int, scores: dict, grid_name: str, grid: np.ndarray | None, line: str) -> None:
@@ -143,19 +185,49 @@ class RunningMeans:
         return means
 
 
+class SkippedSamples:
+    """Skip mode (schedule.on_bad_record: skip): counts the samples a dataset replaced because their record could
+    not be read, and warns about the first, naming its record."""
+
+    def __init__(self):
+        self.count = 0
+
+    def add(self, count: int, note: str) -> None:
+        """A batch's count and first note (`dataset.skipped_in(batch)`)."""
+        if count and self.count == 0:
+            tqdm.write(f"warning: {note}; the sample was replaced by another (schedule.on_bad_record: skip), and "
+                       "such samples are counted in train/skipped_samples", file=sys.stderr)
+        self.count += count
+
+    def total(self, env: Distributed) -> int:
+        """The count over all ranks (an all-reduce under DDP: call it where every rank does, at log steps)."""
+        if env.world == 1:
+            return self.count
+        count = torch.tensor([self.count], device=env.device)
+        dist.all_reduce(count)
+        return int(count.item())
+
+
 # ---------------------------------------------------------------- the loop
 def fit(config: dict, env: Distributed, dataset, step: int, train_step, evaluate, save, logger: Logger,
         guard: LossGuard) -> int:
     """Train from `step` to schedule.max_steps; returns the final step.
 
     train_step(batch, epoch) -> {name: loss tensor or float} runs one optimisation step on a batch made ready on
-    the device (`dataset.to_device`); batches of optim.batch_size / world per rank come from an EpochSampler,
-    resumed mid-epoch at `step`. Nothing in a step waits for the device: the host reads loss values, the guard's
-    notes and (under DDP) the stop signals only at sync steps, which are every schedule.sync_every steps and
-    every log, eval and save step, and the last. There the running means go to TensorBoard (log_every),
+    the device (`dataset.to_device`, after `dataset.skipped_in`); batches of optim.batch_size / world per rank
+    come from an EpochSampler, resumed mid-epoch at `step`. Nothing in a step waits for the device: the host reads
+    loss values, the guard's notes and (under DDP) the stop signals only at sync steps, which are every
+    schedule.sync_every steps and every log, eval and save step, and the last. There the running means go to
+    TensorBoard (log_every),
     evaluate(step) runs on the main rank (eval_every), save(step) runs (save_every and at the end), a non-finite
     loss raises Diverged (nothing after the previous sync is saved), and a SIGTERM/SIGUSR1 saves and raises
     Preempted. In one process a signal is seen at the step it arrives in (a host flag costs nothing to read).
+
+    A record that cannot be read (a BadRecord from the loader or from evaluate; schedule.on_bad_record: stop) saves
+    the step reached and raises RecordStop. Only the rank that met it knows, so it saves alone (no collective);
+    under torchrun the other ranks then wait in their step's all-reduce until torchrun, seeing a worker exit, ends
+    them (SIGTERM, then SIGKILL after 30 s). In skip mode the dataset replaces such samples and the loop counts
+    them (train/skipped_samples).
     """
     schedule = config["schedule"]
     per_rank = batch_per_rank(config, env)
@@ -171,13 +243,15 @@ def fit(config: dict, env: Distributed, dataset, step: int, train_step, evaluate
     epoch, offset = step // batches_per_epoch, (step % batches_per_epoch) * per_rank
     every = {name: schedule[name] for name in ("sync_every", "log_every", "eval_every", "save_every")}
     guard.reset(step)
-    running, skipped, checked = RunningMeans(), guard.skipped, step
+    running, skipped, checked, saved_at = RunningMeans(), guard.skipped, step, None
+    skipped_samples = SkippedSamples()
     bar = tqdm(total=schedule["max_steps"], initial=step, disable=not env.main, unit="step")
     try:
         with StopSignals() as signals:
             while step < schedule["max_steps"]:
                 sampler.set_epoch(epoch, offset)
                 for batch in loader:
+                    skipped_samples.add(*dataset.skipped_in(batch))  # host tensors: no device sync
                     running.add(train_step(dataset.to_device(batch, env.device), epoch))
                     step += 1
                     bar.update(1)
@@ -200,9 +274,11 @@ def fit(config: dict, env: Distributed, dataset, step: int, train_step, evaluate
                     checked = step
                     if step % every["log_every"] == 0:
                         means = {**running.read(), "skipped_steps": guard.skipped}
+                        if schedule["on_bad_record"] == "skip":
+                            means["skipped_samples"] = skipped_samples.total(env)
                         logger.scalars(means, step, "train/")
-                        bar.set_postfix({name: f"{value:.4f}" for name, value in means.items()
-                                         if name != "lr" and not (name == "skipped_steps" and value == 0)})
+                        bar.set_postfix({name: f"{value:.4f}" for name, value in means.items() if name != "lr"
+                                         and not (name in ("skipped_steps", "skipped_samples") and value == 0)})
                     if step % every["eval_every"] == 0:
                         if env.main:
                             evaluate(step)
@@ -211,6 +287,7 @@ def fit(config: dict, env: Distributed, dataset, step: int, train_step, evaluate
                     saved = step % every["save_every"] == 0 or last
                     if saved:
                         save(step)
+                        saved_at = step
                     if signals.requested(env):
                         if not saved:
                             save(step)
@@ -220,6 +297,15 @@ def fit(config: dict, env: Distributed, dataset, step: int, train_step, evaluate
                     if last:
                         break
                 epoch, offset = epoch + 1, 0
+    except BadRecord as error:
+        try:
+            if saved_at != step:
+                guard.check(alone=True)  # a step after a non-finite loss is never saved
+                save(step, alone=True)
+        finally:
+            bar.close()
+            logger.close()
+        raise RecordStop(step, error, skip_hint=schedule["on_bad_record"] == "stop") from None
     except BaseException:
         bar.close()  # before the caller's one-line message, which would otherwise share the bar's line
         logger.close()

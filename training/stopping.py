@@ -22,8 +22,10 @@ EXIT_STATUS = ("exit status: 0 when the run reached its last step; 2 for a user 
                "(nothing after the last finite check saved; --resume auto restarts from the last good checkpoint); "
                "74 when a checkpoint could not be written (full, read-only or failing disk; named in one line, nothing "
                "partial left, earlier checkpoints intact); 75 when SIGTERM or SIGUSR1 (a scheduler's preemption "
-               "notice) stopped the run after it wrote a checkpoint at the step reached (requeue it with --resume "
-               "auto); 130 when interrupted (Ctrl-C)")
+               "notice), or a record that could not be read during training (deleted, cut short, a failing file "
+               "system; named in one line; schedule.on_bad_record: skip replaces such samples instead), stopped the "
+               "run after it wrote a checkpoint at the step reached (requeue it with --resume auto); 130 when "
+               "interrupted (Ctrl-C)")
 
 
 class Preempted(Exception):
@@ -32,6 +34,17 @@ class Preempted(Exception):
     def __init__(self, step: int, signal_name: str, main: bool):
         super().__init__(f"stopped by {signal_name} at step {step}")
         self.step, self.signal_name, self.main = step, signal_name, main
+
+
+class RecordStop(Exception):
+    """Raised by fit after it saved a checkpoint because a record could not be read (schedule.on_bad_record: stop);
+    `record` is the BadRecord, which names the file."""
+
+    def __init__(self, step: int, record: Exception, skip_hint: bool = True):
+        hint = ", or set schedule.on_bad_record=skip to train on without it" if skip_hint else ""
+        super().__init__(f"{record} (stopped at step {step} after writing its checkpoint; mend the record and rerun "
+                         f"with --resume auto{hint})")
+        self.step, self.record = step, record
 
 
 class Diverged(Exception):
@@ -137,13 +150,13 @@ class LossGuard:
                     buffer.copy_(kept)
         return False
 
-    def check(self) -> None:
+    def check(self, alone: bool = False) -> None:
         """Stop mode: raise Diverged if any part noted since the start was not finite (one read; an all-reduce
-        under DDP, so every rank raises together)."""
+        under DDP, so every rank raises together; `alone`: this rank's notes only, no collective)."""
         if self.mode != "stop":
             return
         first = self.first
-        if self.env.world > 1:
+        if self.env.world > 1 and not alone:
             flag = (first[0] >= 0).to(torch.int32)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             first = torch.cat([first, flag.float()[None]])
