@@ -15,6 +15,7 @@ import torch
 
 from data.crop import FACE_SIZE, box_size
 from data.errors import BadRecord, InputError, one_line
+from data.landmarks import SKETCH_WINDOW
 from data.packs import Video, open_pack
 from data.records import AGAIN, decode_face_planes
 from data.sketch import draw_sketch
@@ -65,7 +66,7 @@ class RecordSamples(torch.utils.data.Dataset):
     keeps its size and a resumed run draws the same).
     """
 
-    def __init__(self, stems: list[Path], steps: int = 5, min_face_frames: int = 25, seed: int = 0,
+    def __init__(self, stems: list[Path], steps: int = SKETCH_WINDOW, min_face_frames: int = 25, seed: int = 0,
                  repeats: int = 1, progress: bool = False, pack_dir: str | Path | None = None,
                  on_bad_record: str = "stop"):
         if on_bad_record not in BAD_RECORD_MODES:  # before the pack, which can take a while to make
@@ -144,7 +145,7 @@ class LandmarkWindows(RecordSamples):
     video and `refs` reference frames drawn from its other face frames. Only landmarks, face flags and the mel
     are read; face images are never decoded."""
 
-    def __init__(self, stems: list[Path], steps: int = 5, refs: int = 15, min_face_frames: int = 25,
+    def __init__(self, stems: list[Path], steps: int = SKETCH_WINDOW, refs: int = 15, min_face_frames: int = 25,
                  seed: int = 0, repeats: int = 1, progress: bool = False, pack_dir: str | Path | None = None,
                  on_bad_record: str = "stop"):
         super().__init__(stems, steps, min_face_frames, seed, repeats, progress, pack_dir, on_bad_record)
@@ -202,21 +203,21 @@ def _faces(video: Video, frames: np.ndarray) -> np.ndarray:
 
 
 class RenderFrames(RecordSamples):
-    """Samples for the renderer: the centre frame of a random window of 5 face frames (the target), the sketches
-    of the window, `refs` reference faces and their sketches drawn from the video's other face frames, and the
+    """Samples for the renderer: the centre frame of a random window of SKETCH_WINDOW face frames (the target), the
+    sketches of the window, `refs` reference faces and their sketches drawn from the video's other face frames, and the
     target's audio window. Images are RGB uint8 (3, 128, 128) and sketches one uint8 channel (1, 128, 128), a
     seventh of the float bytes to collate and copy; `to_device` turns a batch into what the renderer takes."""
 
     def __init__(self, stems: list[Path], refs: int = 3, min_face_frames: int = 25, seed: int = 0,
                  repeats: int = 1, progress: bool = False, pack_dir: str | Path | None = None,
                  on_bad_record: str = "stop"):
-        super().__init__(stems, 5, min_face_frames, seed, repeats, progress, pack_dir, on_bad_record)
+        super().__init__(stems, SKETCH_WINDOW, min_face_frames, seed, repeats, progress, pack_dir, on_bad_record)
         self.refs = refs
 
     def _sample(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
         rng, video, window, others = self._draw(epoch, index)
         refs = rng.choice(others, self.refs, replace=len(others) < self.refs)
-        target = window[2]
+        target = window[SKETCH_WINDOW // 2]
         faces = torch.from_numpy(_faces(video, np.concatenate([[target], refs])))
         return {
             "face": faces[0],  # (3, 128, 128) uint8

@@ -10,7 +10,7 @@ import torch
 
 from data.audio import mel_windows
 from data.crop import box_size
-from data.landmarks import content_of, pose_of
+from data.landmarks import SKETCH_WINDOW, content_of, pose_of
 from data.packs import valid_starts
 from data.records import load_clip
 from data.sketch import sketch_tensor
@@ -26,7 +26,7 @@ def draw(stems: list[Path], seed: int, epoch: int, index: int, steps: int):
     return rng, clip, window, others
 
 
-def landmark_sample(stems: list[Path], seed: int, epoch: int, index: int, steps: int = 5, refs: int = 15
+def landmark_sample(stems: list[Path], seed: int, epoch: int, index: int, steps: int = SKETCH_WINDOW, refs: int = 15
                     ) -> dict[str, torch.Tensor]:
     """LandmarkWindows' sample (same keys, shapes and values), read from the record."""
     rng, clip, window, others = draw(stems, seed, epoch, index, steps)
@@ -49,9 +49,9 @@ def _float_sketches(clip, frames: np.ndarray) -> torch.Tensor:
 
 def render_sample(stems: list[Path], seed: int, epoch: int, index: int, refs: int = 3) -> dict[str, torch.Tensor]:
     """RenderFrames' sample as the renderer takes it (float32 RGB and 3-channel sketches in 0..1), from the record."""
-    rng, clip, window, others = draw(stems, seed, epoch, index, 5)
+    rng, clip, window, others = draw(stems, seed, epoch, index, SKETCH_WINDOW)
     chosen = rng.choice(others, refs, replace=len(others) < refs)
-    target = window[2]
+    target = window[SKETCH_WINDOW // 2]
     faces = clip.faces[np.concatenate([[target], chosen])]
     return {"face": _float_images(faces[:1])[0], "sketches": _float_sketches(clip, window),
             "ref_images": _float_images(faces[1:]), "ref_sketches": _float_sketches(clip, chosen),
