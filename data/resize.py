@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 import torch
 
+from data.tensors import upload
+
 AREA, LINEAR = cv2.INTER_AREA, cv2.INTER_LINEAR
 
 
@@ -63,9 +65,7 @@ def area_enlarging(source: int, target: int) -> np.ndarray:
 def _axis(source: int, target: int, rule: str, device: torch.device) -> torch.Tensor:
     """One axis's weights as float32 on `device`, kept: boxes repeat from frame to frame."""
     weights = {"linear": linear, "area": area, "area_enlarging": area_enlarging}[rule](source, target)
-    tensor = torch.from_numpy(weights.astype(np.float32))
-    # Pinned and non-blocking on CUDA: a copy from pageable memory would wait for the queued network work.
-    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor.to(device)
+    return upload(weights.astype(np.float32), device)
 
 
 def resize_weights(source: tuple[int, int], target: tuple[int, int], interpolation: int, device: torch.device

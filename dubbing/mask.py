@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data.tensors import upload
+
 FIXED_ONE = 1 << 16  # OpenCV's XY_ONE: fill edges step in 16.16 fixed point
 NONE = 1 << 40  # "no pixel" for a row's first (as +NONE) or last (as -NONE)
 
@@ -119,8 +121,7 @@ def convex_mask(outline: np.ndarray, height: int, width: int, device: torch.devi
     """(height, width) float32 mask on `device`: 1 on the convex hull of outline points (P, 2) pixels, filled as
     cv2.fillConvexPoly fills it in a mask of that size."""
     edges, lines = polygon_segments(hull_points(outline), width, height)
-    corners = torch.from_numpy(np.concatenate([edges, lines]))  # one small copy to the device
-    corners = corners.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else corners.to(device)
+    corners = upload(np.concatenate([edges, lines]), device)  # one small copy to the device
     fill_first, fill_last = fill_rows(corners[:len(edges)], height)
     line_first, line_last = line_rows(corners[len(edges):], height)
     # The lines lie along the fill's ends: together one run per row.
@@ -133,8 +134,7 @@ def convex_mask(outline: np.ndarray, height: int, width: int, device: torch.devi
 @lru_cache(maxsize=8)
 def _gaussian(kernel: int, sigma: float, device: torch.device) -> torch.Tensor:
     """cv2.getGaussianKernel(kernel, sigma) as float32 on `device`, kept."""
-    weights = torch.from_numpy(cv2.getGaussianKernel(kernel, sigma).astype(np.float32)[:, 0])
-    return weights.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else weights.to(device)
+    return upload(cv2.getGaussianKernel(kernel, sigma).astype(np.float32)[:, 0], device)
 
 
 def reflect_101(count: int, reach: int, device: torch.device) -> torch.Tensor:

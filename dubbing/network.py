@@ -15,6 +15,7 @@ from config import autocast, pick_device
 from data.crop import box_size, crop_face
 from data.landmarks import content_of, pose_of
 from data.sketch import draw_sketch
+from data.tensors import upload
 from dubbing.prepare import LandmarkInputs, RenderInputs
 from dubbing.template import Template
 from models.checkpoints import load_landmark_generator, load_renderer
@@ -47,14 +48,6 @@ def load_models(landmark_ckpt: str | Path, renderer_ckpt: str | Path, device: st
     """Both networks from this project's checkpoints or the official files (told apart by their contents)."""
     device = device if isinstance(device, torch.device) else pick_device(device)
     return Models(load_landmark_generator(landmark_ckpt, device), load_renderer(renderer_ckpt, device), device)
-
-
-def upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A host array on `device`: on CUDA through pinned memory, without blocking the host."""
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
-    if device.type != "cuda":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def padded(tensor: torch.Tensor, rows: int) -> torch.Tensor:
