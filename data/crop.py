@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
+
+from data.resize import resize_image, to_uint8
 
 MARGIN = 0.05
 FACE_SIZE = 128
@@ -52,12 +55,24 @@ def denormalise_from_box(landmarks: np.ndarray, box: np.ndarray) -> np.ndarray:
     return (landmarks * size + origin).astype(np.float32)
 
 
+def crop_interpolation(height: int, width: int, size: int = FACE_SIZE) -> int:
+    """How a (height, width) crop is resized to (size, size): area filter when shrinking, else bilinear."""
+    return cv2.INTER_AREA if height > size or width > size else cv2.INTER_LINEAR
+
+
 def crop_face(frame: np.ndarray, box: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
-    """Cut the box out of an (H, W, 3) frame and resize it to (size, size, 3); area filter when shrinking."""
+    """Cut the box out of an (H, W, 3) frame and resize it to (size, size, 3) uint8 (`crop_interpolation`)."""
     x0, y0, x1, y1 = (int(v) for v in box)
     region = frame[y0:y1, x0:x1]
-    shrinking = region.shape[0] > size or region.shape[1] > size
-    return cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return cv2.resize(region, (size, size), interpolation=crop_interpolation(*region.shape[:2], size))
+
+
+def crop_face_tensor(frame: torch.Tensor, box: np.ndarray, size: int = FACE_SIZE) -> torch.Tensor:
+    """crop_face in torch on the frame's device: an (H, W, 3) uint8 tensor -> (size, size, 3) uint8, the same
+    resampling rule (data/resize.py) to within 1 grey level."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    region = frame[y0:y1, x0:x1]
+    return to_uint8(resize_image(region, (size, size), crop_interpolation(*region.shape[:2], size)))
 
 
 def smooth_boxes(boxes: np.ndarray, has_face: np.ndarray, window: int, frame_size: tuple[int, int]) -> np.ndarray:

@@ -1,8 +1,18 @@
-"""Images as the networks take them: RGB uint8 frames or crops -> float32 tensors in 0..1, channels first."""
+"""Host arrays onto the networks' device, and images as the networks take them: RGB uint8 frames or crops ->
+float32 tensors in 0..1, channels first."""
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+
+def upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on `device`: on CUDA through pinned memory, without blocking the host (a copy from pageable
+    memory would wait for the work queued before it)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def image_tensor(images: np.ndarray | list[np.ndarray], device: torch.device | str | None = None) -> torch.Tensor:

@@ -17,6 +17,7 @@ from config import autocast, pick_device
 from data.crop import box_size, crop_face
 from data.landmarks import content_of, pose_of
 from data.sketch import draw_sketch
+from data.tensors import upload
 from dubbing.prepare import LandmarkInputs, RenderInputs
 from dubbing.template import Template
 from models.checkpoints import load_landmark_generator, load_renderer
@@ -60,14 +61,6 @@ def _compiled_step(step: RenderStep) -> RenderStep:
 def compiled(models: Models) -> Models:
     """`models` with its render step compiled by torch.compile (the config's `compile: true`), once per process."""
     return dataclasses.replace(models, render_step=_compiled_step(models.render_step))
-
-
-def upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A host array on `device`: on CUDA through pinned memory, without blocking the host."""
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
-    if device.type != "cuda":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def padded(tensor: torch.Tensor, rows: int) -> torch.Tensor:
@@ -134,18 +127,18 @@ def predict_content(models: Models, tokens: torch.Tensor, inputs: LandmarkInputs
     return content[:windows].float().cpu().numpy()
 
 
-class Faces:
-    """A batch's generated faces on their way to the host: (k, 128, 128, 3) uint8 once `ready()` returns."""
+class HostCopy:
+    """uint8 images (..., H, W, 3) on their way from the device to the host: one pinned buffer and one CUDA event
+    (the copy does not block the host); `ready()` waits for this copy alone and returns them as an array."""
 
-    def __init__(self, generated: torch.Tensor):
-        faces = (generated.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1)
-        if faces.device.type == "cuda":
-            self._host = torch.empty(faces.shape, dtype=torch.uint8, pin_memory=True)
-            self._host.copy_(faces, non_blocking=True)
+    def __init__(self, images: torch.Tensor):
+        if images.device.type == "cuda":
+            self._host = torch.empty(images.shape, dtype=torch.uint8, pin_memory=True)
+            self._host.copy_(images, non_blocking=True)
             self._done = torch.cuda.Event()
             self._done.record()
         else:
-            self._host, self._done = faces.contiguous(), None
+            self._host, self._done = images.contiguous(), None
 
     def ready(self) -> np.ndarray:
         if self._done is not None:
@@ -153,16 +146,33 @@ class Faces:
         return self._host.numpy()
 
 
-def render(models: Models, refs: References, inputs: RenderInputs, bf16: bool | str, rows: int = 0) -> Faces:
-    """Generated faces for a render batch (the copies to the device and back do not block the host). With
-    `rows`, the call is padded to that many rows."""
-    device, count = models.device, len(inputs.faces)
-    faces = as_images(upload(inputs.faces, device))
+def upload_frames(frames: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    """A batch of (H, W, 3) uint8 frames as one (B, H, W, 3) tensor on `device`, a copy of its own (paste-back
+    writes into it): on CUDA gathered into pinned memory and sent without blocking the host."""
+    if device.type != "cuda":
+        return torch.from_numpy(np.stack(frames)).to(device)
+    host = torch.empty((len(frames), *frames[0].shape), dtype=torch.uint8, pin_memory=True)
+    np.stack(frames, out=host.numpy())
+    return host.to(device, non_blocking=True)
+
+
+def generate(models: Models, refs: References, inputs: RenderInputs, bf16: bool | str, rows: int = 0,
+             faces: torch.Tensor | None = None) -> torch.Tensor:
+    """Generated faces (k, 128, 128, 3) uint8 on the networks' device for a render batch, from its face crops:
+    `faces` (k, 128, 128, 3) uint8 when already on the device, else the batch's own, uploaded. With `rows`, the
+    call is padded to that many rows."""
+    device, count = models.device, len(inputs.boxes)
+    faces = as_images(upload(inputs.faces, device) if faces is None else faces)
     sketches = _three_channels(upload(inputs.sketches, device))  # (k, 5, 3, 128, 128)
     mels = upload(inputs.mels, device)
     if rows:
         faces, sketches, mels = (padded(t, fixed_rows(count, rows)) for t in (faces, sketches, mels))
     with torch.inference_mode(), autocast(device, bf16):
         generated = models.render_step(models.renderer, refs, faces, sketches, mels)
-    return Faces(generated[:count])
+    return (generated[:count].float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1)
 
+
+def render(models: Models, refs: References, inputs: RenderInputs, bf16: bool | str, rows: int = 0) -> HostCopy:
+    """Generated faces (k, 128, 128, 3) uint8 for a render batch, on their way to the host (the copies to the
+    device and back do not block the host). With `rows`, the call is padded to that many rows."""
+    return HostCopy(generate(models, refs, inputs, bf16, rows))

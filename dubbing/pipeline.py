@@ -30,11 +30,22 @@ from tqdm import tqdm
 
 from config import INFERENCE_CONFIG, load_config
 from data.audio import MEL_STEPS, SAMPLE_RATE, frames_covered, load_audio, melspectrogram
+from data.crop import crop_face_tensor
 from data.errors import DiskError, InputError, disk_problem
 from dubbing.cache import cache_dir
 from dubbing.frames import FrameSpool, read_selected, spool_template, template_frames
-from dubbing.network import Encoded, Faces, Models, compiled, encode_references, predict_content, render
-from dubbing.paste import mask_outline, paste_face, sketch_frame
+from dubbing.network import (
+    Encoded,
+    HostCopy,
+    Models,
+    compiled,
+    encode_references,
+    generate,
+    predict_content,
+    render,
+    upload_frames,
+)
+from dubbing.paste import mask_outline, paste_face, paste_face_tensor, sketch_frame
 from dubbing.prepare import FrameBatch, RenderInputs, blend_windows, landmark_inputs, render_inputs
 from dubbing.template import (
     MAX_TEMPLATE_FPS,
@@ -49,6 +60,7 @@ from dubbing.writer import ENCODERS, Outputs, choose_encoder
 
 MIN_AUDIO_SECONDS = MEL_STEPS / 80  # one audio window, 0.2 s
 QUEUE_DEPTH = 2  # batches waiting between two stages
+FRAME_WORK = ("auto", "device", "host")  # where crop and paste-back run (frames_on_device)
 
 
 def default_config() -> dict:
@@ -75,6 +87,8 @@ def check_config(config: dict) -> None:
     for key in ("pipeline", "compile"):
         if config[key] not in (True, False):
             raise InputError(f"{key}={config[key]}", f"{key} takes true or false")
+    if config["frame_work"] not in FRAME_WORK:
+        raise InputError(f"frame_work={config['frame_work']}", f"frame_work takes one of {', '.join(FRAME_WORK)}")
 
 
 def batch_size_for(config: dict, device: torch.device) -> int:
@@ -83,6 +97,12 @@ def batch_size_for(config: dict, device: torch.device) -> int:
     if config["batch_size"] == "auto":
         return 16 if device.type == "cuda" else 1
     return int(config["batch_size"])
+
+
+def frames_on_device(config: dict, device: torch.device) -> bool:
+    """Whether the face crops and paste-back run in torch on the networks' device (`frame_work`): 'auto' on CUDA
+    only (on the CPU OpenCV is faster, bench/frame_work.py), 'device' anywhere, 'host' never."""
+    return config["frame_work"] == "device" or (config["frame_work"] == "auto" and device.type == "cuda")
 
 
 def load_driving_audio(path: str | Path) -> np.ndarray:
@@ -180,6 +200,10 @@ class Dub:
         torch.compile and CUDA graphs); 0 (no padding) on the CPU, where a padded row costs a real one's time."""
         return self.batch_size if self.models.device.type == "cuda" else 0
 
+    @property
+    def on_device(self) -> bool:
+        return frames_on_device(self.config, self.models.device)
+
 
 def new_dub(prepared: Prepared, audio: str | Path, output: Path, models: Models, config: dict) -> Dub:
     """The state of one dub; raises InputError for an audio that is missing, unreadable or too short."""
@@ -218,36 +242,62 @@ def prepare_batch(dub: Dub, batch: FrameBatch) -> tuple[FrameBatch, RenderInputs
         return batch, None
     inputs = landmark_inputs(dub.template, dub.mel, dub.grid, dub.count, batch.steps[batch.live])
     content = predict_content(dub.models, dub.prepared.encoded.tokens, inputs, dub.config["bf16"], dub.rows)
-    return batch, render_inputs(dub.template, dub.mel, dub.grid, dub.count, batch, blend_windows(content, inputs))
+    return batch, render_inputs(dub.template, dub.mel, dub.grid, dub.count, batch, blend_windows(content, inputs),
+                                crop=not dub.on_device)
 
 
 def render_batch(dub: Dub, item: tuple[FrameBatch, RenderInputs | None]
-                 ) -> tuple[FrameBatch, RenderInputs | None, Faces | None]:
-    """Stage 2: the generated faces, on their way back to the host."""
+                 ) -> tuple[FrameBatch, RenderInputs | None, HostCopy | None]:
+    """Stage 2: the generated faces on their way back to the host; or, with the frame work on the device, the
+    batch's frames uploaded once, cropped for the renderer, the faces pasted back, and the output frames on their
+    way back."""
     batch, inputs = item
     if inputs is None:
         return batch, None, None
-    return batch, inputs, render(dub.models, dub.prepared.encoded.refs, inputs, dub.config["bf16"], dub.rows)
+    models, refs, bf16 = dub.models, dub.prepared.encoded.refs, dub.config["bf16"]
+    if not dub.on_device:
+        return batch, inputs, render(models, refs, inputs, bf16, dub.rows)
+    with torch.inference_mode():
+        frames = upload_frames(batch.frames, models.device)  # (B, H, W, 3) uint8
+        crops = torch.stack([crop_face_tensor(frames[i], box) for i, box in zip(batch.live, inputs.boxes)])
+        generated = generate(models, refs, inputs, bf16, dub.rows, crops)
+        kernel, sigma = _mask_blur(dub)
+        for n, i in enumerate(batch.live):
+            paste_face_tensor(frames[i], generated[n], inputs.boxes[n], _outline(dub, batch, inputs, n), kernel,
+                              sigma)
+    return batch, inputs, HostCopy(frames)
 
 
-def paste_batch(dub: Dub, item: tuple[FrameBatch, RenderInputs | None, Faces | None], want_sketches: bool
+def paste_batch(dub: Dub, item: tuple[FrameBatch, RenderInputs | None, HostCopy | None], want_sketches: bool
                 ) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
-    """Stage 3's work: the batch's output frames (and sketch views), faces pasted where rendered."""
-    batch, inputs, faces = item
+    """Stage 3's work: the batch's output frames (and sketch views), faces pasted where rendered (on the device
+    path they arrive pasted)."""
+    batch, inputs, copy = item
     frames = list(batch.frames)
     sketches: list[np.ndarray | None] = [np.zeros_like(f) for f in frames] if want_sketches else [None] * len(frames)
     if inputs is None:
         return frames, sketches
-    generated = faces.ready()
-    kernel, sigma = int(dub.config["mask"]["kernel"]), float(dub.config["mask"]["sigma"])
-    template = dub.template
-    for n, i in enumerate(batch.live):
-        box, landmarks = inputs.boxes[n], inputs.landmarks[n]
-        outline = mask_outline(template.landmarks[dub.order[batch.steps[i]]], landmarks, box)
-        frames[i] = paste_face(frames[i], generated[n], box, outline, kernel, sigma)
-        if want_sketches:
-            sketches[i] = sketch_frame(landmarks, box, template.size)
+    if dub.on_device:
+        frames = list(copy.ready())
+    else:
+        generated, (kernel, sigma) = copy.ready(), _mask_blur(dub)
+        for n, i in enumerate(batch.live):
+            frames[i] = paste_face(frames[i], generated[n], inputs.boxes[n], _outline(dub, batch, inputs, n),
+                                   kernel, sigma)
+    if want_sketches:
+        for n, i in enumerate(batch.live):
+            sketches[i] = sketch_frame(inputs.landmarks[n], inputs.boxes[n], dub.template.size)
     return frames, sketches
+
+
+def _mask_blur(dub: Dub) -> tuple[int, float]:
+    return int(dub.config["mask"]["kernel"]), float(dub.config["mask"]["sigma"])
+
+
+def _outline(dub: Dub, batch: FrameBatch, inputs: RenderInputs, n: int) -> np.ndarray:
+    """The pasted hull's points (pixels) for the batch's n-th rendered frame."""
+    frame = dub.order[batch.steps[batch.live[n]]]
+    return mask_outline(dub.template.landmarks[frame], inputs.landmarks[n], inputs.boxes[n])
 
 
 # ---------------------------------------------------------------- running them
@@ -294,7 +344,7 @@ def _run(state: Dub, output: Path, sketch_output: str | Path | None, progress: b
     template, outputs, rendered = state.template, None, 0
     bar = tqdm(total=state.count, desc="dubbing", unit="frame", disable=not progress)
 
-    def finish(item: tuple[FrameBatch, RenderInputs | None, Faces | None]) -> None:
+    def finish(item: tuple[FrameBatch, RenderInputs | None, HostCopy | None]) -> None:
         nonlocal rendered
         frames, sketches = paste_batch(state, item, outputs.sketch is not None)
         for frame, sketch in zip(frames, sketches):
