@@ -22,7 +22,7 @@ the renderer's per-frame forward with a pass-through (everything else runs: netw
 landmarks predicted, frames decoded, pasted and encoded); the renderer's activations for one batch do not depend
 on the audio's length. --real-memory keeps the real renderer (use it on a GPU).
 Pipeline: pass 2 alone (the template prepared beforehand) on the demo template at 256x256 and scaled to 1280x720,
-100 output frames, N=25, batch 16, with both networks replaced by stand-ins that cost nothing, so only the host's
+200 output frames, N=25, batch 16, with both networks replaced by stand-ins that cost nothing, so only the host's
 work is left: milliseconds per output frame that each stage spends in the calling thread (decode, prepare:
 landmark inputs, sketches, crops; network; paste; encode), and wall time per frame, `pipeline: false` (every stage
 in series, one thread) against `pipeline: true` (three overlapping stages). Then the network stage made to hold
@@ -346,7 +346,7 @@ def scaled_template(folder: Path, size: tuple[int, int], frames: int) -> Path:
 
 def pipeline(args, folder: Path) -> None:
     """Pass 2's host work by stage, in series against overlapped, with stand-in networks (see the docstring)."""
-    frames, batch = 100, 16
+    frames, batch = 200, 16  # 13 batches: filling and draining the queues costs little beside them
     audio = write_wav(folder / "pipeline.wav", demo_speech(frames / 25))
     real = dubbing.load_models(args.landmark_ckpt, args.renderer_ckpt, args.device)
     print(f"\npipeline: pass 2 of {frames} output frames, N=25, batch {batch}, stand-in networks; ms per output "

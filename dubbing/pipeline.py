@@ -1,12 +1,14 @@
 """A dub from start to end: the template prepared once (analysis, references), then for each audio pass 2, in
-three stages joined by bounded queues:
+four stages joined by bounded queues:
 
 1. decode the template frames and prepare each batch: the landmark generator's inputs and prediction, the
    target sketches, the face crops and the audio windows (a thread of its own; on CUDA its own stream);
-2. the renderer (the calling thread, which feeds the GPU);
-3. paste-back and encoding (a thread of its own).
+2. the renderer (the calling thread, which feeds the GPU; with frame_work on the device, crop and paste too);
+3. paste-back (a thread of its own; on the device path it only waits for the pasted frames);
+4. encoding and muxing (a thread of its own).
 
-With `pipeline: false` the same three functions run one after the other in one thread; the output is the same
+Each stage's heavy calls (PyAV, OpenCV, numpy, torch) release the GIL (bench/README.md). With `pipeline: false`
+the same functions run one after the other in one thread; the output is the same
 frame for frame. At most `batch_size` output frames are held by each stage and queue, so memory does not grow with
 the audio's length. When the audio outlasts the template, the template loops forwards and backwards in its own
 frames, read back from a raw spool file on disk (in the output's folder) instead of being held in memory.
@@ -223,7 +225,7 @@ def new_dub(prepared: Prepared, audio: str | Path, output: Path, models: Models,
                ping_pong(np.arange(count), len(template)))
 
 
-# ---------------------------------------------------------------- the three stages
+# ---------------------------------------------------------------- the stages
 def frame_batches(dub: Dub, spool: FrameSpool | None) -> Iterator[FrameBatch]:
     """Stage 1's source: the template frames of every batch of output frames, in output order."""
     frames = template_frames(dub.template, dub.order, spool)
@@ -339,17 +341,21 @@ def _check_output(output: Path, *inputs: Path) -> None:
 
 
 def _run(state: Dub, output: Path, sketch_output: str | Path | None, progress: bool, started: float) -> DubResult:
-    """Pass 2: render, paste and encode every output frame, in three overlapping stages or in series. A full,
+    """Pass 2: render, paste and encode every output frame, in overlapping stages or in series. A full,
     read-only or failing disk under the output (or its spool) is one DiskError, and no partial file stays."""
     template, outputs, rendered = state.template, None, 0
     bar = tqdm(total=state.count, desc="dubbing", unit="frame", disable=not progress)
 
-    def finish(item: tuple[FrameBatch, RenderInputs | None, HostCopy | None]) -> None:
+    def paste(item: tuple[FrameBatch, RenderInputs | None, HostCopy | None]
+              ) -> tuple[FrameBatch, list[np.ndarray], list[np.ndarray | None]]:
+        return item[0], *paste_batch(state, item, outputs.sketch is not None)
+
+    def encode(item: tuple[FrameBatch, list[np.ndarray], list[np.ndarray | None]]) -> None:
         nonlocal rendered
-        frames, sketches = paste_batch(state, item, outputs.sketch is not None)
+        batch, frames, sketches = item
         for frame, sketch in zip(frames, sketches):
             outputs.write(frame, sketch)
-        rendered += len(item[0].live)
+        rendered += len(batch.live)
         bar.update(len(frames))
 
     try:
@@ -361,10 +367,11 @@ def _run(state: Dub, output: Path, sketch_output: str | Path | None, progress: b
         setup = time.perf_counter() - started
         prepared = (prepare_batch(state, batch) for batch in frame_batches(state, spool))
         if state.config["pipeline"]:
-            run_overlapped(prepared, lambda item: render_batch(state, item), finish, _stage_stream(state.models))
+            run_overlapped(prepared, lambda item: render_batch(state, item), paste, encode,
+                           source_context=_stage_stream(state.models))
         else:
             for item in prepared:
-                finish(render_batch(state, item))
+                encode(paste(render_batch(state, item)))
         outputs.close()
     except BaseException as error:
         if outputs is not None:
@@ -390,14 +397,15 @@ class _Stopped(Exception):
     """Another stage failed: this one stops where it is."""
 
 
-def run_overlapped(source: Iterable, middle: Callable, sink: Callable,
+def run_overlapped(source: Iterable, middle: Callable, *after: Callable,
                    source_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                    depth: int = QUEUE_DEPTH) -> None:
-    """sink(middle(item)) for every item of `source`, in order, with `source` drawn in one thread, `middle` in the
-    calling thread and `sink` in another, joined by queues of `depth` items. The first error of any stage (or a
-    KeyboardInterrupt in the calling thread) stops all three, and is raised here once every thread has ended."""
+    """Every item of `source` through `middle` and then each of `after` in turn, in order: `source` drawn in one
+    thread, `middle` in the calling thread and each of `after` in a thread of its own (the last one's results are
+    dropped), joined by queues of `depth` items. The first error of any stage (or a KeyboardInterrupt in the
+    calling thread) stops them all, and is raised here once every thread has ended."""
     stop, errors, done = threading.Event(), [], object()
-    inbox, outbox = queue.Queue(depth), queue.Queue(depth)
+    boxes = [queue.Queue(depth) for _ in range(len(after) + 1)]  # into middle, then into each of after
 
     def put(box: queue.Queue, item) -> None:
         while not stop.is_set():
@@ -430,27 +438,30 @@ def run_overlapped(source: Iterable, middle: Callable, sink: Callable,
         with source_context():
             try:
                 for item in source:
-                    put(inbox, item)
+                    put(boxes[0], item)
             finally:
                 getattr(source, "close", lambda: None)()
-        put(inbox, done)
+        put(boxes[0], done)
 
-    def consume() -> None:
-        while (item := get(outbox)) is not done:
-            sink(item)
+    def stage(work: Callable, inbox: queue.Queue, outbox: queue.Queue | None) -> Callable[[], None]:
+        def run() -> None:
+            while (item := get(inbox)) is not done:
+                result = work(item)
+                if outbox is not None:
+                    put(outbox, result)
+            if outbox is not None:
+                put(outbox, done)
+        return run
 
-    threads = [threading.Thread(target=guarded(work), name=f"dub-{name}", daemon=True)
-               for work, name in ((produce, "prepare"), (consume, "paste"))]
+    threads = [threading.Thread(target=guarded(produce), name="dub-prepare", daemon=True)]
+    for n, work in enumerate(after):
+        outbox = boxes[n + 2] if n + 2 < len(boxes) else None
+        threads.append(threading.Thread(target=guarded(stage(work, boxes[n + 1], outbox)), daemon=True,
+                                        name=f"dub-{getattr(work, '__name__', n)}"))
     for thread in threads:
         thread.start()
-
-    def feed() -> None:
-        while (item := get(inbox)) is not done:
-            put(outbox, middle(item))
-        put(outbox, done)
-
     try:
-        guarded(feed)()
+        guarded(stage(middle, boxes[0], boxes[1] if after else None))()
     except BaseException as error:  # a KeyboardInterrupt that lands outside the guarded call
         errors.append(error)
         stop.set()

@@ -86,7 +86,7 @@ def _no_output_left(folder: Path) -> None:
     assert not _dub_threads(), "a stage thread is still running"
 
 
-@pytest.mark.parametrize("stage", ["prepare", "network", "paste"])
+@pytest.mark.parametrize("stage", ["prepare", "network", "paste", "encode"])
 def test_a_failing_stage_leaves_no_output_and_no_thread(stage, media, models, tmp_path, monkeypatch):
     template, audio = media
     calls = {"n": 0}
@@ -101,6 +101,8 @@ def test_a_failing_stage_leaves_no_output_and_no_thread(stage, media, models, tm
 
     if stage == "network":
         models = replace(models, render_step=fail_on_second(_drawn))
+    elif stage == "encode":
+        monkeypatch.setattr(dubbing.writer.Outputs, "write", fail_on_second(dubbing.writer.Outputs.write))
     else:
         name = {"prepare": "render_inputs", "paste": "paste_face"}[stage]
         monkeypatch.setattr(dubbing.pipeline, name, fail_on_second(getattr(dubbing.pipeline, name)))
