@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +24,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import seconds_per_call  # noqa: E402
 
 from config import pick_device  # noqa: E402
 from data.crop import crop_face, crop_face_tensor  # noqa: E402
@@ -53,16 +55,7 @@ def scene(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def ms_per_call(work: Callable[[], object], calls: int, device: torch.device) -> float:
-    """Mean wall time of `work` in ms, after one warm-up call; synchronised on CUDA."""
-    work()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    started = time.perf_counter()
-    for _ in range(calls):
-        work()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - started) / calls * 1000
+    return seconds_per_call(work, calls, device) * 1000
 
 
 def measure(name: str, device: torch.device, calls: int) -> dict[str, tuple[float, float | None]]:

@@ -25,6 +25,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import seconds_per_call  # noqa: E402
 
 from config import autocast, load_config, pick_device  # noqa: E402
 from data.errors import InputError  # noqa: E402
@@ -131,15 +134,7 @@ def steps_and_resume(device: torch.device, sizes: dict) -> dict:
 
 
 def _rate(step, repeats: int, device: torch.device) -> float:
-    step()  # warm-up: allocator, cudnn.benchmark's search
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return repeats / (time.perf_counter() - start)
+    return 1 / seconds_per_call(step, repeats, device)
 
 
 def step_rates(device: torch.device, sizes: dict) -> dict:
