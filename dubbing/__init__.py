@@ -6,9 +6,9 @@ One module per stage a frame passes through:
 - frames: the template's frames for pass 2, decoded or read back from a spool;
 - prepare: per batch, the landmark generator's inputs, the target sketches, face crops and audio windows;
 - network: both networks, the references encoded once, a batch predicted and rendered;
-- paste: the generated face blended back into its frame;
+- paste: the generated face blended back into its frame (mask: its hull and blur in torch);
 - writer: encoding and muxing;
-- pipeline: `prepare_template`, `dub`, `dub_prepared`, and the stages run overlapped or in series.
+- pipeline: `prepare_template`, `dub`, `dub_prepared`, and the stages run overlapped (overlap) or in series.
 
 The output's frame rate (`output.fps`, `dubbing_rate`): the template's own for a constant-rate video up to 60 fps,
 else 25 fps, or a rate the config names. The networks keep their 25 fps semantics at any rate (docs/method.md,

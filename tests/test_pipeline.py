@@ -19,6 +19,7 @@ import torch
 import dubbing
 import dubbing.cache
 import dubbing.network
+import dubbing.overlap
 import dubbing.pipeline
 import dubbing.writer
 import inference
@@ -136,7 +137,7 @@ def test_run_overlapped_keeps_order_and_overlaps_the_stages():
             time.sleep(0.3)  # a slow first encode: the other stages must not wait for it
         events.append(("written", item))
 
-    dubbing.pipeline.run_overlapped(source(), lambda i: i * 10, sink)
+    dubbing.overlap.run_overlapped(source(), lambda i: i * 10, sink)
     assert [item for kind, item in events if kind == "written"] == [0, 10, 20, 30, 40, 50]
     # While the first item was being written, the source went on drawing (up to what the queues hold).
     assert events.index(("drawn", 3)) < events.index(("written", 0))
@@ -152,7 +153,7 @@ def test_run_overlapped_raises_the_first_error_and_ends_every_thread():
         return i
 
     with pytest.raises(ValueError, match="third"):
-        dubbing.pipeline.run_overlapped(source(), middle, lambda item: None)
+        dubbing.overlap.run_overlapped(source(), middle, lambda item: None)
     assert not _dub_threads()
 
 
