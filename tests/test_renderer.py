@@ -13,7 +13,7 @@ from losses.perceptual import PerceptualLoss, gram, load_vgg19_features
 from models import Renderer, load_renderer
 from models.checkpoints import official_renderer_name, renamed_renderer_state
 from models.discriminator import MultiscaleDiscriminator
-from models.renderer import flow_to_grid, reference_chunk
+from models.renderer import ALIGNMENT_BUDGET, PAIR_BYTES, flow_to_grid, reference_chunk
 
 
 def _inputs(batch=2, refs=3, seed=0):
@@ -49,10 +49,13 @@ def test_shared_modulation_equals_the_per_reference_formulation(renderer, batch,
     assert (generated - expected_generated).abs().max() < 1e-5
 
 
-def test_reference_chunks_bound_cpu_passes_only():
+def test_reference_chunks_bound_every_pass():
+    """On CPU a few (frame, reference) pairs a pass (cache-sized); on CUDA as many as the memory budget holds."""
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert [reference_chunk(1, 25, cpu), reference_chunk(1, 2, cpu), reference_chunk(4, 3, cpu)] == [3, 2, 1]
-    assert reference_chunk(16, 25, cuda) == 25
+    pairs = ALIGNMENT_BUDGET // PAIR_BYTES
+    assert reference_chunk(1, 25, cuda) == 25 and reference_chunk(16, 600, cuda) == pairs // 16
+    assert reference_chunk(pairs * 2, 25, cuda) == 1  # never less than one reference a pass
 
 
 def test_allocator_setting_takes_on_glibc():
