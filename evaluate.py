@@ -171,8 +171,8 @@ def generate_videos(videos: list[Path], audios: list[Path], names: list[str], ou
             record.unlink(missing_ok=True)
             try:
                 dubbing.dub(video, audio, output, models, config, progress=False)  # written atomically
-            except Exception as error:  # dubbing/ names a full disk as a DiskError; anything else that says so too
-                problem = error.problem.split(" (")[0] if isinstance(error, DiskError) else disk_problem(error)
+            except Exception as error:  # dubbing/'s DiskError keeps the OSError it came from as its context
+                problem = disk_problem(error)
                 if problem is None:
                     raise
                 raise DiskError(output, f"{problem} (video not written; the {len(outputs)} before it are kept and "

@@ -15,8 +15,13 @@ def upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
+def as_images(array: torch.Tensor) -> torch.Tensor:
+    """uint8 images (..., H, W, 3) -> float32 (..., 3, H, W) in 0..1, on the tensor's own device."""
+    return array.movedim(-1, -3).float().div_(255)
+
+
 def image_tensor(images: np.ndarray | list[np.ndarray], device: torch.device | str | None = None) -> torch.Tensor:
     """RGB uint8 images (k, H, W, 3) (an array or a list) -> (k, 3, H, W) float32 in 0..1, on `device` (the copy
     is uint8, a quarter of the float bytes; the conversion runs on the device)."""
     array = np.ascontiguousarray(np.stack(images) if isinstance(images, list) else images)
-    return torch.from_numpy(array).to(device).permute(0, 3, 1, 2).float().div_(255)
+    return as_images(torch.from_numpy(array).to(device))

@@ -17,7 +17,7 @@ from config import autocast, pick_device
 from data.crop import box_size, crop_face
 from data.landmarks import content_of, pose_of
 from data.sketch import draw_sketch
-from data.tensors import upload
+from data.tensors import as_images, upload
 from dubbing.prepare import LandmarkInputs, RenderInputs
 from dubbing.template import Template
 from models.checkpoints import load_landmark_generator, load_renderer
@@ -74,11 +74,6 @@ def padded(tensor: torch.Tensor, rows: int) -> torch.Tensor:
 def fixed_rows(count: int, step: int) -> int:
     """`count` rounded up to a multiple of `step` (at least one step): the rows a padded call has."""
     return max(1, -(-count // step)) * step
-
-
-def as_images(array: torch.Tensor) -> torch.Tensor:
-    """uint8 images (..., H, W, 3) -> float (..., 3, H, W) in 0..1."""
-    return array.movedim(-1, -3).float().div_(255)
 
 
 @dataclass

@@ -283,3 +283,27 @@ def test_a_full_disk_while_dubbing_names_the_video_and_keeps_the_ones_before(tmp
     assert sorted(p.name for p in (out / "generated_with").iterdir()) == ["a.json"]  # no temporary file
     monkeypatch.setattr(dubbing, "dub", lambda video, audio, output, *rest, **options: output.write_bytes(b"video"))
     assert generate()[1] == 1  # the video made before the disk filled is reused
+
+
+def test_a_full_disk_reported_by_dubbing_itself_is_named_alike(tmp_path, monkeypatch):
+    """dubbing/ raises a DiskError of its own (from the writer's OSError); evaluate.py names it as any full disk."""
+    import types
+
+    import dubbing
+
+    def dub(video, audio, output, models, config, progress):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise DiskError(output, "no space left on device (video not written)") from None
+
+    monkeypatch.setattr(dubbing, "load_models", lambda *args: types.SimpleNamespace(device=torch.device("cpu")))
+    monkeypatch.setattr(dubbing, "dub", dub)
+    for name in ("landmark.pt", "renderer.pt", "video.mp4"):
+        (tmp_path / name).write_bytes(name.encode())
+    out = tmp_path / "out"
+    with pytest.raises(DiskError) as caught:
+        evaluate.generate_videos([tmp_path / "video.mp4"], [tmp_path / "video.mp4"], ["a"], out,
+                                 tmp_path / "landmark.pt", tmp_path / "renderer.pt", "cpu", progress=False)
+    assert str(caught.value) == (f"{out / 'generated' / 'a.mp4'}: no space left on device (video not written; the 0 "
+                                 "before it are kept and reused by the next run)")
