@@ -182,13 +182,16 @@ class Dub:
     mel: np.ndarray
     grid: int
     muxed: np.ndarray
-    audio_rate: int
     count: int
     order: np.ndarray
 
     @property
     def template(self) -> Template:
         return self.prepared.template
+
+    @property
+    def audio_rate(self) -> int:
+        return int(self.config["output"]["audio_rate"])
 
     @property
     def batch_size(self) -> int:
@@ -205,21 +208,27 @@ class Dub:
         return frames_on_device(self.config, self.models.device)
 
 
-def new_dub(prepared: Prepared, audio: str | Path, output: Path, models: Models, config: dict) -> Dub:
-    """The state of one dub; raises InputError for an audio that is missing, unreadable or too short."""
-    audio = Path(audio)
+def read_driving(audio: str | Path, config: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The driving audio of one dub: 16 kHz mono samples (cut to `audio_seconds` when set) and the same stretch at
+    the output's audio rate, to mux. Raises InputError for an audio that is missing, unreadable or too short."""
     wav = load_driving_audio(audio)
     if config.get("audio_seconds"):
         wav = wav[:max(int(float(config["audio_seconds"]) * SAMPLE_RATE), int(MIN_AUDIO_SECONDS * SAMPLE_RATE))]
     rate = int(config["output"]["audio_rate"])
-    muxed = load_audio(audio, rate)[:int(round(len(wav) * rate / SAMPLE_RATE))]
+    return wav, load_audio(audio, rate)[:int(round(len(wav) * rate / SAMPLE_RATE))]
+
+
+def new_dub(prepared: Prepared, wav: np.ndarray, muxed: np.ndarray, output: Path, models: Models, config: dict
+            ) -> Dub:
+    """The state of one dub from its driving audio (`read_driving`); raises InputError when the audio lasts less
+    than one output frame."""
     template = prepared.template
     count = frames_covered(len(wav), fps=template.fps)
     if count == 0:
         raise InputError(output, f"the audio lasts less than one frame at {template.fps:g} fps")
     if config["compile"]:
         models = compiled(models)
-    return Dub(prepared, models, config, melspectrogram(wav), frames_covered(len(wav)), muxed, rate, count,
+    return Dub(prepared, models, config, melspectrogram(wav), frames_covered(len(wav)), muxed, count,
                ping_pong(np.arange(count), len(template)))
 
 
@@ -313,10 +322,10 @@ def dub(video: str | Path, audio: str | Path, output: str | Path, models: Models
     if not video.is_file():
         raise InputError(video, "no such file")
     _check_output(output, video, Path(audio))
-    load_driving_audio(audio)  # a bad audio file fails before the template's FaceMesh pass
+    wav, muxed = read_driving(audio, config)  # a bad audio file fails before the template's FaceMesh pass
     prepared = prepare_template(video, models, config, progress)
     try:
-        state = new_dub(prepared, audio, output, models, config)
+        state = new_dub(prepared, wav, muxed, output, models, config)
         return _run(state, output, sketch_output, progress, started)
     finally:
         prepared.close()
@@ -329,7 +338,7 @@ def dub_prepared(prepared: Prepared, audio: str | Path, output: str | Path, mode
     started = time.perf_counter()
     output = Path(output)
     _check_output(output, prepared.template.path, Path(audio))
-    state = new_dub(prepared, audio, output, models, config)
+    state = new_dub(prepared, *read_driving(audio, config), output, models, config)
     return _run(state, output, sketch_output, progress, started)
 
 

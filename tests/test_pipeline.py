@@ -163,7 +163,8 @@ def test_padded_network_calls_give_the_unpadded_rows(media, models, tmp_path):
     template, audio = media
     config = _config()
     prepared = dubbing.prepare_template(template, models, config, progress=False)
-    state = dubbing.pipeline.new_dub(prepared, audio, tmp_path / "x.mp4", models, config)
+    state = dubbing.pipeline.new_dub(prepared, *dubbing.pipeline.read_driving(audio, config), tmp_path / "x.mp4",
+                                     models, config)
     batch = next(dubbing.pipeline.frame_batches(state, prepared.frame_spool(tmp_path)))
     inputs = dubbing.pipeline.landmark_inputs(state.template, state.mel, state.grid, state.count,
                                               batch.steps[batch.live])
