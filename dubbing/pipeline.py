@@ -57,7 +57,7 @@ from dubbing.template import (
     ping_pong,
     reference_count,
 )
-from dubbing.writer import ENCODERS, Outputs, choose_encoder
+from dubbing.writer import Outputs, check_encoder, choose_encoder
 
 MIN_AUDIO_SECONDS = MEL_STEPS / 80  # one audio window, 0.2 s
 FRAME_WORK = ("auto", "device", "host")  # where crop and paste-back run (frames_on_device)
@@ -81,9 +81,7 @@ def check_config(config: dict) -> None:
     if fps != "template" and not (isinstance(fps, (int, float)) and not isinstance(fps, bool)
                                   and 1 <= fps <= MAX_TEMPLATE_FPS):
         raise InputError(f"output.fps={fps}", f"output.fps takes 'template' or a rate from 1 to {MAX_TEMPLATE_FPS}")
-    if config["output"]["encoder"] not in ENCODERS:
-        raise InputError(f"output.encoder={config['output']['encoder']}",
-                         f"output.encoder takes one of {', '.join(ENCODERS)}")
+    check_encoder(config["output"]["encoder"])
     for key in ("pipeline", "compile"):
         if config[key] not in (True, False):
             raise InputError(f"{key}={config[key]}", f"{key} takes true or false")

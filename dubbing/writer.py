@@ -40,11 +40,16 @@ def _say_once(line: str) -> None:
     print(line, file=sys.stderr)
 
 
+def check_encoder(setting: str) -> None:
+    """A one-line InputError for an `output.encoder` this writer does not know."""
+    if setting not in ENCODERS:
+        raise InputError(f"output.encoder={setting}", f"output.encoder takes one of {', '.join(ENCODERS)}")
+
+
 def choose_encoder(setting: str, device: torch.device) -> str:
     """The encoder for `output.encoder` = `setting` on a run whose networks are on `device`; `auto` falling back
     from NVENC on CUDA says so in one line, once per process."""
-    if setting not in ENCODERS:
-        raise InputError(f"output.encoder={setting}", f"output.encoder takes one of {', '.join(ENCODERS)}")
+    check_encoder(setting)
     if setting == "libx264" or (setting == "auto" and device.type != "cuda"):
         return "libx264"
     problem = _nvenc_problem()
