@@ -15,7 +15,6 @@ REPO = Path(__file__).resolve().parents[1]
 # Equivalence tests compare float32 with float32: where the suite runs on a GPU, TF32 would shift them by ~1e-3.
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
-TEST_DATA = REPO / "tests" / "data"
 # Prepared templates (dubbing's pass-1 cache) go to a folder of this session's, never the user's cache; set in
 # the environment so that the scripts the tests start use it too.
 os.environ["IPLAP_TEMPLATES"] = tempfile.mkdtemp(prefix="iplap-templates-")
@@ -28,19 +27,6 @@ def samples() -> Path:
     from data.samples import samples_folder
 
     return samples_folder()
-
-
-def official_tensors(network: str) -> list[dict]:
-    """Every tensor of an official checkpoint ('landmark_generator' or 'renderer'): name, shape, dtype, in order."""
-    entries = []
-    for line in (TEST_DATA / "official_tensors.tsv").read_text().splitlines():
-        if line.startswith("#"):
-            continue
-        net, name, shape, dtype, _ = line.split("\t")
-        if net == network:
-            entries.append({"name": name, "shape": [] if shape == "-" else [int(n) for n in shape.split("x")],
-                            "dtype": dtype})
-    return entries
 
 
 @pytest.fixture(scope="session")
@@ -74,17 +60,9 @@ def records(samples, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def random_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     """A landmark generator and a renderer with random weights, saved in this project's checkpoint format."""
-    import torch
+    from testing.checkpoints import project_checkpoints
 
-    from models.landmark_generator import LandmarkGenerator
-    from models.renderer import Renderer
-
-    folder = tmp_path_factory.mktemp("checkpoints")
-    torch.manual_seed(0)
-    landmark, renderer = folder / "landmark.pt", folder / "renderer.pt"
-    torch.save({"kind": "landmark_generator", "model": LandmarkGenerator().state_dict(), "model_args": {}}, landmark)
-    torch.save({"kind": "renderer", "model": Renderer().state_dict(), "model_args": {}}, renderer)
-    return landmark, renderer
+    return project_checkpoints(tmp_path_factory.mktemp("checkpoints"))
 
 
 def tone(seconds: float, sample_rate: int = 16000, frequency: float = 440.0) -> np.ndarray:

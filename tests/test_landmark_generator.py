@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import official_tensors
 from data.errors import InputError
 from losses.landmark import landmark_loss, velocity_loss
 from models import LandmarkGenerator, load_landmark_generator
+from testing.checkpoints import official_state
 
 
 def _inputs(batch=2, steps=5, refs=15, seed=0):
@@ -54,21 +54,7 @@ def test_heads_read_interleaved_pairs():
 
 
 def _schema_state(prefix=""):
-    g = torch.Generator().manual_seed(1)
-    state = {}
-    for entry in official_tensors("landmark_generator"):
-        shape = entry["shape"]
-        if entry["name"].endswith("position_v.pe") or entry["name"].endswith("position_a.pe"):
-            from models.layers import sinusoidal_encoding
-
-            state[prefix + entry["name"]] = sinusoidal_encoding(shape[1], shape[2])[None]
-        elif entry["dtype"] == "int64":
-            state[prefix + entry["name"]] = torch.tensor(7)
-        elif entry["name"].endswith("running_var"):
-            state[prefix + entry["name"]] = torch.rand(shape, generator=g) + 0.5
-        else:
-            state[prefix + entry["name"]] = 0.05 * torch.randn(shape, generator=g)
-    return state
+    return official_state("landmark_generator", seed=1, prefix=prefix)
 
 
 @pytest.mark.parametrize("prefix", ["", "module."])

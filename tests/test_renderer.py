@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from reference_renderer import per_reference_forward
 
 from allocator import keep_freed_memory
-from conftest import official_tensors
 from data.errors import InputError
 from losses.gan import feature_matching_loss, lsgan_loss
 from losses.perceptual import PerceptualLoss, gram, load_vgg19_features
@@ -14,6 +13,7 @@ from models import Renderer, load_renderer
 from models.checkpoints import official_renderer_name, renamed_renderer_state
 from models.discriminator import MultiscaleDiscriminator
 from models.renderer import ALIGNMENT_BUDGET, PAIR_BYTES, flow_to_grid, reference_chunk
+from testing.checkpoints import official_state, official_tensors, save_official
 
 
 def _inputs(batch=2, refs=3, seed=0):
@@ -99,9 +99,7 @@ def test_zero_flow_is_the_identity_grid():
 
 def _official_file(state, path, prefix="module."):
     """`state` saved as the official release saves a renderer (official tensor names, under 'module.')."""
-    torch.save({"state_dict": {prefix + official_renderer_name(k): v for k, v in state.items()}, "optimizer": None,
-                "global_step": 0, "global_epoch": 0}, path)
-    return path
+    return save_official({prefix + official_renderer_name(k): v for k, v in state.items()}, path)
 
 
 def test_official_names_round_trip_through_the_rename_table():
@@ -120,15 +118,7 @@ def test_a_checkpoint_with_the_old_submodule_names_still_loads(renderer, tmp_pat
 
 
 def test_schema_state_loads_completely_vgg_is_routed(tmp_path):
-    g = torch.Generator().manual_seed(2)
-    state = {}
-    for entry in official_tensors("renderer"):
-        if entry["dtype"] == "int64":
-            state[entry["name"]] = torch.tensor(5)
-        elif entry["name"].endswith("running_var"):
-            state[entry["name"]] = torch.rand(entry["shape"], generator=g) + 0.5
-        else:
-            state[entry["name"]] = 0.02 * torch.randn(entry["shape"], generator=g)
+    state = official_state("renderer", seed=2, scale=0.02)
     path = _official_file(state, tmp_path / "renderer_checkpoint.pth")
     model = load_renderer(path)
     assert not model.training
