@@ -1,6 +1,7 @@
 """The renderer (paper section 3.2): alignment of N reference images by motion fields, then translation.
 
-Images are RGB in 0..1, (B, 3, 128, 128). Two steps, so that inference can encode a video's references once:
+Images are RGB in 0..1, (B, 3, S, S) with S the face size: 128 (the paper's network, and the official weights), 256 or
+512. Two steps, so that inference can encode a video's references once:
 
     refs = renderer.encode_references(ref_images, ref_sketches)     # per reference: h1, h2 (reusable)
     face, warped = renderer.render(face, target_sketches, refs, mels)  # per frame
@@ -8,7 +9,12 @@ Images are RGB in 0..1, (B, 3, 128, 128). Two steps, so that inference can encod
 `renderer(face, target_sketches, ref_images, ref_sketches, mels)` does both. In the alignment module the SPADE
 gamma/beta maps depend only on the target sketches, which all N references of a frame share: they are computed
 once per frame here, where the official network recomputes them for every reference (docs/method.md, section 7). The
-result is the same (tests/test_renderer.py keeps the per-reference formulation as the reference).
+result is the same (testing/renderer.py keeps the per-reference formulation as the reference).
+
+Above 128 the network grows at its ends only (docs/method.md, section 9): each doubling of S adds one stride-2 level
+in front of both encoders and one upsampling level, with a skip from the encoder, behind the decoder, so the motion
+fields, SPADE and AdaIN blocks work at the spatial sizes they have at 128, while the reference image is warped and
+blended at S.
 """
 from __future__ import annotations
 
@@ -19,9 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from data.landmarks import SKETCH_WINDOW
-from models.layers import AdaINBlock, SPADEBlock, audio_encoder
+from models.layers import AdaINBlock, SPADEBlock, SPADELayer, audio_encoder
 
 DRIVING = 3 * SKETCH_WINDOW  # channels of the target sketches, stacked
+BASE_SIZE = 128  # the paper's face size: the size every motion field and modulated block works at
+FACE_SIZES = (128, 256, 512)
+STEM_CHANNELS = 32  # channels of the stride-2 input levels above BASE_SIZE
 
 CPU_ROWS_PER_CHUNK = 3  # see reference_chunk
 # The alignment's working memory per (frame, reference) pair, an upper bound: a pass keeps about eight maps of
@@ -77,13 +86,39 @@ def warp(source: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def input_levels(channels: int, face_size: int) -> nn.ModuleList:
+    """The stride-2 levels that bring a face_size input down to BASE_SIZE: conv3x3/2, BatchNorm, ReLU each, the
+    first from `channels`, the rest from STEM_CHANNELS. None at BASE_SIZE."""
+    if face_size not in FACE_SIZES:
+        raise ValueError(f"face size {face_size} is not one of {FACE_SIZES}")
+    levels = []
+    for i in range((face_size // BASE_SIZE).bit_length() - 1):
+        conv = nn.Conv2d(channels if i == 0 else STEM_CHANNELS, STEM_CHANNELS, 3, 2, 1, bias=False)
+        levels.append(nn.Sequential(conv, nn.BatchNorm2d(STEM_CHANNELS), nn.ReLU()))
+    return nn.ModuleList(levels)
+
+
+def to_size(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, S, S) maps averaged down to (B, C, size, size): area pooling keeps a thin sketch line's mass where
+    nearest sampling would drop it. Unchanged when S == size."""
+    return maps if maps.shape[-1] == size else F.adaptive_avg_pool2d(maps, size)
+
+
+def at_size(weights: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 1, s, s) blending weights bilinearly resized to (B, 1, size, size); unchanged when s == size."""
+    if weights.shape[-1] == size:
+        return weights
+    return F.interpolate(weights, size=(size, size), mode="bilinear", align_corners=False)
+
+
 class Alignment(nn.Module):
     """Motion fields and weights per reference, conditioned on the 5 target sketches; warps each reference's
     image and its two feature maps and aggregates them: sum_i w_i x_i / (sum_i w_i + 1e-5)."""
 
-    def __init__(self, hidden: int = 256):
+    def __init__(self, hidden: int = 256, face_size: int = BASE_SIZE):
         super().__init__()
-        self.conv1 = nn.Conv2d(6, 32, 7, 1, 3)  # reference image + its sketch
+        self.stem = input_levels(6, face_size)  # reference image + its sketch, down to BASE_SIZE
+        self.conv1 = nn.Conv2d(STEM_CHANNELS if len(self.stem) else 6, 32, 7, 1, 3)
         self.conv1_bn = nn.BatchNorm2d(32)
         self.conv2 = nn.Conv2d(32, 256, 3, 2, 1)
         self.conv2_bn = nn.BatchNorm2d(256)
@@ -97,17 +132,21 @@ class Alignment(nn.Module):
     def encode_references(self, images: torch.Tensor, sketches: torch.Tensor) -> References:
         """(B, N, 3, H, W) images and sketches -> References. BatchNorm runs over all B*N references at once."""
         batch, count = images.shape[:2]
-        h1 = F.relu(self.conv1_bn(self.conv1(torch.cat([images, sketches], dim=2).flatten(0, 1))))
+        x = torch.cat([images, sketches], dim=2).flatten(0, 1)
+        for level in self.stem:
+            x = level(x)
+        h1 = F.relu(self.conv1_bn(self.conv1(x)))
         h2 = F.relu(self.conv2_bn(self.conv2(h1)))
         return References(images, h1.unflatten(0, (batch, count)), h2.unflatten(0, (batch, count)), sketches)
 
     def forward(self, refs: References, target_sketches: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """target_sketches (B, 5, 3, H, W) -> aggregated warped (h1 (B,32,H,W), h2 (B,256,H/2,W/2), image (B,3,H,W))."""
+        """target_sketches (B, 5, 3, S, S) -> aggregated warped h1 (B, 32, 128, 128), h2 (B, 256, 64, 64) and image
+        (B, 3, S, S)."""
         batch = target_sketches.shape[0]
         refs = refs.for_batch(batch)
         count = refs.h1.shape[1]
-        driving = target_sketches.flatten(1, 2)  # (B, DRIVING, H, W)
+        driving = to_size(target_sketches.flatten(1, 2), refs.h1.shape[-1])  # (B, DRIVING, 128, 128)
         small = F.interpolate(driving, size=refs.h2.shape[-2:], mode="nearest")
         # Shared by the N references of each frame: computed once per frame.
         modulation = (self.spade_1.modulation_of(small), self.spade_2.modulation_of(small),
@@ -120,7 +159,7 @@ class Alignment(nn.Module):
         h1, h2, image, weights = sums
         total = weights + 1e-5
         small_total = F.interpolate(total, size=refs.h2.shape[-2:], mode="nearest")
-        return h1 / total, h2 / small_total, image / total
+        return h1 / total, h2 / small_total, image / at_size(total, image.shape[-1])
 
     def _weighted(self, refs: References, modulation) -> tuple[torch.Tensor, ...]:
         """For a chunk of n references: sum_i w_i x_i for h1, h2 and the image, and sum_i w_i (all (B, C, h, w))."""
@@ -131,9 +170,9 @@ class Alignment(nn.Module):
         flow = self.flow(x)  # (B*n, 2, H, W), in pixels
         h1, h2, image = warp_in_float32(flow, (refs.h1.flatten(0, 1), refs.h2.flatten(0, 1),
                                                refs.images.flatten(0, 1)))
-        weight = self.weight_head(x).float()  # (B*n, 1, H, W)
+        weight = self.weight_head(x).float()  # (B*n, 1, 128, 128)
         small_weight = F.interpolate(weight, size=refs.h2.shape[-2:], mode="nearest")
-        terms = (h1 * weight, h2 * small_weight, image * weight, weight)
+        terms = (h1 * weight, h2 * small_weight, image * at_size(weight, image.shape[-1]), weight)
         return tuple(t.unflatten(0, (batch, count)).sum(dim=1) for t in terms)
 
 
@@ -171,10 +210,11 @@ class Translation(nn.Module):
     """Lower-half-masked target face + 5 target sketches -> face, modulated by the aggregated warped features
     (SPADE) and the audio (AdaIN), with its own audio encoder (ends in ReLU)."""
 
-    def __init__(self):
+    def __init__(self, face_size: int = BASE_SIZE):
         super().__init__()
         self.audio_encoder = audio_encoder(last_activation="relu")
-        self.conv1 = nn.Conv2d(3 + DRIVING, 32, 7, 1, 3, bias=False)
+        self.stem = input_levels(3 + DRIVING, face_size)
+        self.conv1 = nn.Conv2d(STEM_CHANNELS if len(self.stem) else 3 + DRIVING, 32, 7, 1, 3, bias=False)
         self.conv1_bn = nn.BatchNorm2d(32)
         self.conv2 = nn.Conv2d(32, 256, 3, 2, 1, bias=False)
         self.conv2_bn = nn.BatchNorm2d(256)
@@ -184,17 +224,48 @@ class Translation(nn.Module):
         self.spade_2 = SPADEBlock(64, 32)
         self.adain_2 = AdaINBlock(64, 512)
         self.spade_3 = SPADEBlock(64, 3)
-        self.conv_last = nn.Conv2d(64, 3, 7, 1, 3, bias=False)
+        # Above BASE_SIZE, one upsampling level per stride-2 input level, each fed the input level's skip.
+        skips = [3 + DRIVING] + [STEM_CHANNELS] * (len(self.stem) - 1) if self.stem else []  # at S .. 2 * BASE_SIZE
+        self.up = nn.ModuleList(UpLevel(64 if i == 0 else UP_CHANNELS, skip, UP_CHANNELS)
+                                for i, skip in enumerate(reversed(skips)))
+        self.conv_last = nn.Conv2d(UP_CHANNELS if len(self.up) else 64, 3, 7, 1, 3, bias=False)
 
     def forward(self, masked_and_sketches: torch.Tensor, warped_image: torch.Tensor, warped_h1: torch.Tensor,
                 warped_h2: torch.Tensor, mels: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.conv1_bn(self.conv1(masked_and_sketches)))
+        skips, x = [], masked_and_sketches
+        for level in self.stem:
+            skips.append(x)
+            x = level(x)
+        x = F.relu(self.conv1_bn(self.conv1(x)))
         x = F.relu(self.conv2_bn(self.conv2(x)))
         audio = self.audio_encoder(mels).flatten(1)  # (B, 512)
         x = self.adain_1(self.spade_1(x, warped_h2), audio)
         x = self.adain_2(self.spade_2(self.pixel_shuffle(x), warped_h1), audio)
-        x = self.spade_3(x, warped_image)
+        x = self.spade_3(x, to_size(warped_image, x.shape[-1]))
+        if self.up:
+            x = F.leaky_relu(x, 0.01)
+            for level, skip in zip(self.up, reversed(skips)):
+                x = level(x, skip, warped_image)
         return torch.sigmoid(self.conv_last(F.leaky_relu(x, 0.01)))  # slope 0.01 here, as the official
+
+
+UP_CHANNELS = 32  # channels of the upsampling levels above BASE_SIZE
+
+
+class UpLevel(nn.Module):
+    """One upsampling level above BASE_SIZE: nearest x2, concatenated with the encoder's input at that size, a 3x3
+    convolution, then a SPADE layer conditioned on the warped reference image at that size: the skip carries the
+    target's unmasked upper face and the modulation the references' mouth texture at full resolution."""
+
+    def __init__(self, channels: int, skip_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels + skip_channels, out_channels, 3, 1, 1)
+        self.norm = SPADELayer(out_channels, 3, hidden=out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, warped_image: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        x = self.conv(torch.cat([x, skip], dim=1))
+        return F.leaky_relu(self.norm(x, to_size(warped_image, x.shape[-1])), 0.2)
 
 
 def mask_lower_half(face: torch.Tensor) -> torch.Tensor:
@@ -207,14 +278,15 @@ def mask_lower_half(face: torch.Tensor) -> torch.Tensor:
 class Renderer(nn.Module):
     """renderer(face, target_sketches, ref_images, ref_sketches, mels) -> (generated face, warped reference).
 
-    face (B, 3, 128, 128) the unmasked target face (masked here); target_sketches (B, 5, 3, 128, 128);
-    ref_images, ref_sketches (B, N, 3, 128, 128), any N >= 1; mels (B, 1, 80, 16). RGB in 0..1.
+    face (B, 3, S, S) the unmasked target face (masked here); target_sketches (B, 5, 3, S, S);
+    ref_images, ref_sketches (B, N, 3, S, S), any N >= 1; mels (B, 1, 80, 16). RGB in 0..1. S is `face_size`.
     """
 
-    def __init__(self):
+    def __init__(self, face_size: int = BASE_SIZE):
         super().__init__()
-        self.alignment = Alignment()
-        self.translation = Translation()
+        self.face_size = face_size
+        self.alignment = Alignment(face_size=face_size)
+        self.translation = Translation(face_size=face_size)
 
     def encode_references(self, ref_images: torch.Tensor, ref_sketches: torch.Tensor) -> References:
         return self.alignment.encode_references(ref_images, ref_sketches)
