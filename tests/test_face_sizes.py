@@ -1,4 +1,4 @@
-"""The renderer at 256 and 512: the paper's network at its core, the resolution at its ends (docs/method.md, section 9)."""
+"""The renderer at 256 and 512: the paper's network at its core, the size at its ends (docs/method.md, section 9)."""
 import pytest
 import torch
 
