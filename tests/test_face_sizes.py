@@ -91,7 +91,7 @@ def test_the_upper_face_reaches_the_output_at_full_size(size=256):
 
 @pytest.mark.slow
 def test_two_samples_at_256_overfit(samples):
-    """On 2 real faces at 256 the reconstruction L1 falls at least 3x (the full architecture, N=1 reference)."""
+    """On 2 real faces at 256 the reconstruction L1 falls at least 3x in 20 Adam steps (the full architecture, N=1)."""
     import numpy as np
 
     from data.video import read_frames
@@ -109,9 +109,9 @@ def test_two_samples_at_256_overfit(samples):
     _, sketches, _, ref_sketches, mels = _inputs(256, batch=2, refs=1)
     refs = face.flip(0)[:, None]  # each sample's reference is the other face
     model = Renderer(256)
-    optimiser = torch.optim.Adam(model.parameters(), lr=2e-4)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
-    for _ in range(60):
+    for _ in range(20):
         out, _ = model(face, sketches, refs, ref_sketches, mels)
         loss = (out - face).abs().mean()
         optimiser.zero_grad()
