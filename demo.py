@@ -144,8 +144,9 @@ class Dubber:
 
         key = (landmark, renderer, *(_stamp(path) for path in (landmark, renderer)))
         if key not in self._models:
+            models = dubbing.load_models(landmark, renderer, self.device)  # a pair that fails keeps the last one
             self._models.clear()  # one pair in memory at a time
-            self._models[key] = dubbing.load_models(landmark, renderer, self.device)
+            self._models[key] = models
         return self._models[key]
 
     def dub(self, session: str, template: str | None, audio: str | None, landmark: str, renderer: str,
@@ -294,7 +295,8 @@ def build_page(dubber: Dubber, landmark: str, renderer: str, keep_minutes: float
                                        value=int(config["smooth_boxes"]), elem_id="smooth")
                     sketch = gr.Checkbox(label="also make the sketch video (predicted landmarks | result)",
                                          value=False, elem_id="sketch")
-                with gr.Accordion("Checkpoints", open=bool(missing_checkpoints(landmark, renderer))):
+                with gr.Accordion("Checkpoints", open=bool(missing_checkpoints(landmark, renderer)),
+                                  elem_id="checkpoints"):
                     landmark_box = gr.Textbox(label="landmark generator: a path or a hub reference", value=landmark,
                                               elem_id="landmark")
                     renderer_box = gr.Textbox(label="renderer: a path or a hub reference", value=renderer,
@@ -303,10 +305,11 @@ def build_page(dubber: Dubber, landmark: str, renderer: str, keep_minutes: float
                     start = gr.Button("Dub", variant="primary", elem_id="start")
                     stop = gr.Button("Stop", elem_id="stop")
             with gr.Column():
-                video = gr.Video(label="dubbed video", format=None, buttons=["download"], elem_id="dubbed")
-                sketch_video = gr.Video(label="sketch video (predicted sketch | result)", format=None,
-                                        buttons=["download"], elem_id="sketch-video")
+                video = gr.Video(label="dubbed video", format=None, buttons=["download"], height=360,
+                                 elem_id="dubbed")
                 status = gr.Textbox(label="status", interactive=False, elem_id="status")
+                sketch_video = gr.Video(label="sketch video (predicted sketch | result)", format=None,
+                                        buttons=["download"], height=240, elem_id="sketch-video")
 
         def on_dub(template, audio, landmark, renderer, refs, fps, seconds, smooth, sketch, request: gr.Request,
                    progress=gr.Progress()):  # noqa: B008 (Gradio finds the page's progress bar by this default)

@@ -113,6 +113,10 @@ class DemoPage:
         wait_for(lambda: self.find(f"#{part} input[type=file]"), 10, f"{part}'s upload field").send_keys(str(path))
         wait_for(lambda: self.find(f"#{part} button[aria-label='Clear']"), 30, f"{part}'s upload to finish")
 
+    def open(self, section: str) -> None:
+        """Unfold the accordion `section` (its fields are not in the page while it is folded)."""
+        self.find(f"#{section} .label-wrap").click()
+
     def type(self, part: str, value: str) -> None:
         """Replace the text of the field `part` (a textbox or a number)."""
         field = self.find(f"#{part} textarea") or self.find(f"#{part} input")

@@ -64,7 +64,7 @@ def _left_in(outputs: Path) -> list[str]:
     return sorted(str(path.relative_to(outputs)) for path in outputs.rglob("*") if path.is_file())
 
 
-def test_the_page_dubs_reuses_the_analysis_and_reports_a_photo_without_a_face(site, samples, tmp_path):
+def test_the_page_dubs_reuses_the_analysis_and_reports_bad_input(site, samples, tmp_path):
     page = DemoPage(site["driver"], site["url"])
     assert page.find("#notice").text == ""  # both checkpoints exist: no notice
     page.upload("template", samples / "template_129.mp4")
@@ -94,14 +94,28 @@ def test_the_page_dubs_reuses_the_analysis_and_reports_a_photo_without_a_face(si
     if os.environ.get("IPLAP_DEMO_SCREENSHOT"):
         _screenshot(page, Path(os.environ["IPLAP_DEMO_SCREENSHOT"]))
 
-    # A photo without a face: one line in the page, and the next dub goes through.
+    # Bad input, one line each in the page: a photo without a face, an audio too short, a missing checkpoint
+    # (which the notice names as soon as it is typed); and the next dub goes through.
+    outputs = _left_in(site["work"] / "outputs")
     cv2.imwrite(str(tmp_path / "wall.png"), np.full((240, 320, 3), 180, np.uint8))
     page.upload("template", tmp_path / "wall.png")
-    status = page.dub()
-    assert status == "error: wall.png: no face found in any of its 1 frames"
+    assert page.dub() == "error: wall.png: no face found in any of its 1 frames"
     page.upload("template", samples / "template_129.mp4")
+    write_wav(tmp_path / "blip.wav", speech[:1600])
+    page.upload("audio", tmp_path / "blip.wav")
+    assert page.dub() == "error: blip.wav: the audio lasts 0.100 s, shorter than one 0.2 s window"
+    page.upload("audio", tmp_path / "second.wav")
+    page.open("checkpoints")
+    renderer = wait_for(lambda: page.find("#renderer textarea"), 10, "the checkpoint fields").get_attribute("value")
+    absent = str(site["folder"] / "absent.pth")
+    page.type("renderer", absent)
+    wait_for(lambda: absent in page.find("#notice").text, 30, "the notice of a missing checkpoint")
+    status = page.dub()
+    assert status.startswith(f"error: {absent}: renderer checkpoint not found") and "\n" not in status
+    page.type("renderer", renderer)
+    wait_for(lambda: page.find("#notice").text == "", 30, "the notice to go")
     assert page.dub().startswith(f"{int(PREVIEW * FPS)} frames at {FPS} fps")
-    assert not [name for name in _left_in(site["work"] / "outputs") if "partial" in name]
+    assert len(_left_in(site["work"] / "outputs")) == len(outputs) + 2  # the video and its sketch, nothing else
 
 
 def test_a_cancelled_dub_leaves_nothing_and_the_next_one_is_served(site, samples):
@@ -126,7 +140,8 @@ def _screenshot(page: DemoPage, path: Path) -> None:
     """The page as it stands, as a 256-colour PNG (small enough for docs/)."""
     from PIL import Image
 
-    page.driver.execute_script("window.scrollTo(0, 0)")
+    height = page.driver.execute_script("return document.documentElement.scrollHeight")
+    page.driver.set_window_size(1280, min(int(height) + 140, 1600))  # the whole page; the window's frame is ~140
     page.driver.execute_script("document.querySelectorAll('video').forEach(v => { v.pause(); v.currentTime = 0.2; })")
     time.sleep(1)
     page.driver.save_screenshot(str(path))
