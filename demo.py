@@ -330,39 +330,47 @@ def build_page(dubber: Dubber, landmark: str, renderer: str, keep_minutes: float
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="iplap-demo-"))
-    if args.work_dir is None:
-        atexit.register(shutil.rmtree, work, True)
-    # Gradio reads these when imported: no usage reports (there may be no internet), uploads beside the results.
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    os.environ["GRADIO_TEMP_DIR"] = str(work / "uploads")
     try:
-        (work / "outputs").mkdir(parents=True, exist_ok=True)
-        dubber = Dubber(args.config, args.overrides, args.device, work / "outputs")
+        if args.keep_minutes <= 0:
+            raise InputError("--keep-minutes", "must be more than 0")
+        dubber = Dubber(args.config, args.overrides, args.device, Path())
         config = dubber.config()
         from dubbing.pipeline import check_config
 
         check_config(config)
-        landmark = args.landmark_ckpt or str(config["checkpoints"]["landmark"])
-        renderer = args.renderer_ckpt or str(config["checkpoints"]["renderer"])
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    landmark = args.landmark_ckpt or str(config["checkpoints"]["landmark"])
+    renderer = args.renderer_ckpt or str(config["checkpoints"]["renderer"])
+    for path in missing_checkpoints(landmark, renderer):
+        print(f"warning: {path}: checkpoint not found; the page says how to get one", file=sys.stderr)
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="iplap-demo-"))
+    if args.work_dir is None:
+        atexit.register(shutil.rmtree, work, True)
+    dubber.outputs = work / "outputs"
+    dubber.outputs.mkdir(parents=True, exist_ok=True)
     if dubber.device.type == "cpu":
         from allocator import keep_freed_memory
 
         keep_freed_memory()  # process-wide, as in inference.py: the renderer's CPU pass runs faster with it
-    for path in missing_checkpoints(landmark, renderer):
-        print(f"warning: {path}: checkpoint not found; the page says how to get one", file=sys.stderr)
+    # Gradio reads these when imported: no usage reports (there may be no internet), uploads beside the results.
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ["GRADIO_TEMP_DIR"] = str(work / "uploads")
     import gradio as gr
 
     page = build_page(dubber, landmark, renderer, args.keep_minutes)
     page.queue(default_concurrency_limit=1)
     print(f"dubbing on {dubber.device}; uploads and results in {work}, kept {args.keep_minutes:g} minutes",
           file=sys.stderr)
-    page.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=False,
-                theme=gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                                        font_mono=["ui-monospace", "monospace"]))
+    try:
+        page.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=False,
+                    theme=gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                                            font_mono=["ui-monospace", "monospace"]))
+    except OSError:  # Gradio's message names its own settings, not this script's options
+        print(f"error: {args.host}:{args.port}: cannot listen there (the port is taken, or the address is not this "
+              "machine's); choose another --port or --host", file=sys.stderr)
+        return 2
     return 0
 
 

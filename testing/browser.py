@@ -94,14 +94,19 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, every: 
 class DemoPage:
     """demo.py's page in a browser, by the elem_ids the page gives its parts."""
 
-    def __init__(self, driver, url: str):
+    def __init__(self, driver, url: str, new_tab: bool = False):
         from selenium.webdriver.common.by import By
 
         self.driver, self.by = driver, By
+        if new_tab:  # another visitor: a page load is a Gradio session of its own
+            driver.switch_to.new_window("tab")
+        self.window = driver.current_window_handle
         driver.get(url)
         wait_for(lambda: self.find("#start"), 60, "the page to load")
 
     def find(self, selector: str):
+        if self.driver.current_window_handle != self.window:
+            self.driver.switch_to.window(self.window)
         found = self.driver.find_elements(self.by.CSS_SELECTOR, selector)
         return found[0] if found else None
 
@@ -128,6 +133,7 @@ class DemoPage:
 
     def progress(self) -> str:
         """The progress text Gradio shows over the outputs while a dub runs ('' when none)."""
+        self.find("body")
         parts = self.driver.find_elements(self.by.CSS_SELECTOR, ".progress-text, .progress-level-inner, .meta-text")
         return " ".join(part.text for part in parts)
 

@@ -1,7 +1,8 @@
 """demo.py, the dubbing page, in a real browser (Debian's headless Chromium, testing/browser.py) against the app run
 as a subprocess with random official-layout checkpoints: uploads and a dub whose video is downloaded and decoded, a
-second audio on the same template without a FaceMesh pass, a photo without a face, a cancelled dub; then the page's
-rules without a browser (missing checkpoints, the sweep of old files, the settings as overrides).
+second audio on the same template without a FaceMesh pass, bad input (one line each), a second visitor's place in
+the queue while the first cancels; then the page's rules without a browser (missing checkpoints, the sweep of old
+files, the settings as overrides).
 
 IPLAP_DEMO_SCREENSHOT=docs/demo.png python -m pytest tests/test_demo.py  also saves the page after a dub there."""
 from __future__ import annotations
@@ -118,22 +119,28 @@ def test_the_page_dubs_reuses_the_analysis_and_reports_bad_input(site, samples, 
     assert len(_left_in(site["work"] / "outputs")) == len(outputs) + 2  # the video and its sketch, nothing else
 
 
-def test_a_cancelled_dub_leaves_nothing_and_the_next_one_is_served(site, samples):
-    page = DemoPage(site["driver"], site["url"])
+def test_a_second_visitor_waits_in_the_queue_and_is_served_after_a_cancel(site, samples):
+    first = DemoPage(site["driver"], site["url"])
     outputs = site["work"] / "outputs"
     before = _left_in(outputs)
-    page.upload("template", samples / "template_129.mp4")
-    page.upload("audio", samples / "speech_audio2.wav")
-    page.type("seconds", "4")  # 16 frames: time to press Stop mid-way
-    page.find("#start").click()
-    wait_for(lambda: "dubbing" in page.progress(), 120, "the frames to start")
-    page.find("#stop").click()
-    status = wait_for(lambda: page.status().startswith("cancelled") and page.status(), 120, "the cancel")
+    first.upload("template", samples / "template_129.mp4")
+    first.upload("audio", samples / "speech_audio2.wav")
+    first.type("seconds", "4")  # 16 frames: time to press Stop mid-way
+    first.find("#start").click()
+    wait_for(lambda: "dubbing" in first.progress(), 120, "the frames to start")
+    second = DemoPage(site["driver"], site["url"], new_tab=True)
+    second.upload("template", samples / "template_129.mp4")
+    second.upload("audio", samples / "speech_audio2.wav")
+    second.find("#start").click()
+    assert "queue: 1/1" in wait_for(lambda: "queue" in second.progress() and second.progress(), 30, "a queue place")
+    first.find("#stop").click()
+    status = wait_for(lambda: first.status().startswith("cancelled") and first.status(), 120, "the cancel")
     assert status.endswith("of 16 frames; nothing was kept"), status
-    assert _left_in(outputs) == before  # no partial file, no empty folder's file
-    page.type("seconds", str(PREVIEW))
-    assert page.dub().startswith(f"{int(PREVIEW * FPS)} frames at {FPS} fps")
-    assert len(_left_in(outputs)) == len(before) + 1
+    status = wait_for(lambda: second.status(), 120, "the waiting visitor's dub")
+    assert status.startswith(f"{int(PREVIEW * FPS)} frames at {FPS} fps"), status
+    assert len(_left_in(outputs)) == len(before) + 1  # the second visitor's video; nothing of the cancelled dub
+    site["driver"].close()
+    site["driver"].switch_to.window(first.window)
 
 
 def _screenshot(page: DemoPage, path: Path) -> None:
