@@ -158,7 +158,7 @@ class Dubber:
             with self.lock:
                 video, sketch_video, running.line = self._dub(running, template, audio, landmark.strip(),
                                                               renderer.strip(), page, sketch, progress)
-            return video, sketch_video, running.line
+                return video, sketch_video, running.line
         except Cancelled:
             running.line = f"cancelled after {_frames(running.frames)}; nothing was kept"
         except (InputError, DiskError) as error:
@@ -168,6 +168,8 @@ class Dubber:
             running.line = f"error: the dub failed unexpectedly ({one_line(error)}); the server's log has details"
         finally:
             running.done.set()
+            if self.running.get(session) is running:
+                del self.running[session]
         return None, None, running.line
 
     def _dub(self, running: Running, template: str | None, audio: str | None, landmark: str, renderer: str,
@@ -222,7 +224,7 @@ class Dubber:
         """Cancel the visitor's running dub and wait for it to end: the status line."""
         running = self.running.get(session)
         if running is None or running.done.is_set():
-            return "nothing to stop"
+            return "no dub of yours is running (one waiting in the queue leaves it)"
         running.cancel.set()
         running.done.wait(STOP_WAIT_SECONDS)
         return running.line or "stopping: the dub ends at its next batch"

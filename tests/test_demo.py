@@ -188,3 +188,16 @@ def test_page_settings_become_config_overrides_with_the_configs_checks():
     assert (config["refs"], config["output"]["fps"], config["audio_seconds"], config["smooth_boxes"]) == \
         (7, 12.5, 1.5, 3)
     assert dubber.config()["refs"] == 3  # the command line's override, under the page's
+
+
+def test_the_networks_load_once_per_checkpoint_pair(random_checkpoints):
+    landmark, renderer = (str(path) for path in random_checkpoints)
+    dubber = demo.Dubber(str(demo.INFERENCE_CONFIG), [], "cpu", Path("unused"))
+    models = dubber.models(landmark, renderer)
+    assert dubber.models(landmark, renderer) is models
+    stat = Path(renderer).stat()
+    os.utime(renderer, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # a rewritten file is loaded again
+    assert dubber.models(landmark, renderer) is not models
+    with pytest.raises(demo.InputError, match="renderer checkpoint not found"):
+        dubber.models(landmark, renderer + ".absent")
+    assert len(dubber._models) == 1  # a pair that fails to load leaves the last one in place
