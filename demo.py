@@ -102,9 +102,22 @@ def sweep(folder: Path, age_seconds: float, now: float | None = None) -> list[Pa
                 continue
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
             deleted.append(entry)
-        except FileNotFoundError:  # another sweep got there first
+        except OSError:  # gone already, or not ours to delete: the next sweep tries again
             pass
     return deleted
+
+
+def keep_sweeping(folder: Path, age_seconds: float, every: float = SWEEP_SECONDS) -> threading.Event:
+    """Sweep `folder` (`sweep`) every `every` seconds in a daemon thread, for as long as the app runs or until the
+    returned event is set."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(every):
+            sweep(folder, age_seconds)
+
+    threading.Thread(target=run, name="demo-sweep", daemon=True).start()
+    return stop
 
 
 # ---------------------------------------------------------------- the dubs
@@ -275,8 +288,8 @@ def build_page(dubber: Dubber, landmark: str, renderer: str, keep_minutes: float
     import gradio as gr
 
     config = dubber.config()
-    keep = max(60, int(keep_minutes * 60))
-    with gr.Blocks(title="IP_LAP dubbing", delete_cache=(min(keep, 3600), keep), analytics_enabled=False) as page:
+    keep = max(1, round(keep_minutes * 60))  # Gradio deletes its uploads and its copies of the results
+    with gr.Blocks(title="IP_LAP dubbing", delete_cache=(SWEEP_SECONDS, keep), analytics_enabled=False) as page:
         gr.Markdown("# IP_LAP dubbing\nA template (a video or a photo of a face) and a speech recording in; the "
                     "face speaking it out. One dub runs at a time: a waiting visitor sees their place in the queue.")
         notice = gr.Markdown(checkpoint_notice(landmark, renderer), elem_id="notice")
@@ -315,7 +328,6 @@ def build_page(dubber: Dubber, landmark: str, renderer: str, keep_minutes: float
 
         def on_dub(template, audio, landmark, renderer, refs, fps, seconds, smooth, sketch, request: gr.Request,
                    progress=gr.Progress()):  # noqa: B008 (Gradio finds the page's progress bar by this default)
-            sweep(dubber.outputs, keep)
             overrides = page_overrides(refs, fps, seconds, smooth)
             return dubber.dub(request.session_hash, template, audio, landmark, renderer, overrides, sketch, progress)
 
@@ -361,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["GRADIO_TEMP_DIR"] = str(work / "uploads")
     import gradio as gr
 
+    keep_sweeping(dubber.outputs, args.keep_minutes * 60)
     page = build_page(dubber, landmark, renderer, args.keep_minutes)
     page.queue(default_concurrency_limit=1)
     print(f"dubbing on {dubber.device}; uploads and results in {work}, kept {args.keep_minutes:g} minutes",

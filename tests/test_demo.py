@@ -178,6 +178,11 @@ def test_sweep_deletes_only_what_is_older_than_the_age(tmp_path):
     assert demo.sweep(tmp_path, 3600, now) == [old]
     assert [path.name for path in tmp_path.iterdir()] == ["new"]
     assert demo.sweep(tmp_path / "absent", 3600) == []
+    stop = demo.keep_sweeping(tmp_path, 0, every=0.05)  # the app's thread: everything older than 0 s goes
+    try:
+        wait_for(lambda: not list(tmp_path.iterdir()), 10, "the sweeping thread")
+    finally:
+        stop.set()
 
 
 def test_page_settings_become_config_overrides_with_the_configs_checks():
