@@ -125,7 +125,7 @@ def test_a_second_visitor_waits_in_the_queue_and_is_served_after_a_cancel(site, 
     before = _left_in(outputs)
     first.upload("template", samples / "template_129.mp4")
     first.upload("audio", samples / "speech_audio2.wav")
-    first.type("seconds", "4")  # 16 frames: time to press Stop mid-way
+    first.type("seconds", "10")  # 40 frames: time for a second visitor to arrive and for Stop mid-way
     first.find("#start").click()
     wait_for(lambda: "dubbing" in first.progress(), 120, "the frames to start")
     second = DemoPage(site["driver"], site["url"], new_tab=True)
@@ -135,7 +135,7 @@ def test_a_second_visitor_waits_in_the_queue_and_is_served_after_a_cancel(site, 
     assert "queue: 1/1" in wait_for(lambda: "queue" in second.progress() and second.progress(), 30, "a queue place")
     first.find("#stop").click()
     status = wait_for(lambda: first.status().startswith("cancelled") and first.status(), 120, "the cancel")
-    assert status.endswith("of 16 frames; nothing was kept"), status
+    assert status.endswith("of 40 frames; nothing was kept"), status
     status = wait_for(lambda: second.status(), 120, "the waiting visitor's dub")
     assert status.startswith(f"{int(PREVIEW * FPS)} frames at {FPS} fps"), status
     assert len(_left_in(outputs)) == len(before) + 1  # the second visitor's video; nothing of the cancelled dub
@@ -166,6 +166,13 @@ def test_missing_checkpoints_are_named_with_the_ways_to_get_them(tmp_path):
     assert f"`{absent}`" in notice and str(present) not in notice
     assert all(way in notice for way in ("hf://", "python -m models.export", "scripts/smoke.sh"))
     assert demo.checkpoint_notice(str(present), str(present)) == ""
+
+
+def test_a_page_started_without_checkpoints_names_them(tmp_path):
+    absent = [str(tmp_path / "landmark.pth"), "checkpoints/renderer_checkpoint.pth.absent"]
+    page = demo.build_page(demo.Dubber(str(demo.INFERENCE_CONFIG), [], "cpu", tmp_path), *absent, 60)
+    notice = next(block for block in page.blocks.values() if getattr(block, "elem_id", None) == "notice")
+    assert all(f"`{path}`" in notice.value for path in absent)
 
 
 def test_sweep_deletes_only_what_is_older_than_the_age(tmp_path):
