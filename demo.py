@@ -1,7 +1,7 @@
 """A dubbing page in the browser: drop in a template (a video or a photo of a face) and a speech recording (or record
 one), and get the dubbed video. A Gradio app over the same dubbing library as inference.py (dubbing/).
 
-    python demo.py [--landmark-ckpt PATH] [--renderer-ckpt PATH] [--config configs/inference.yaml]
+    python demo.py [--landmark-ckpt PATH|REF] [--renderer-ckpt PATH|REF] [--config configs/inference.yaml]
                    [--device cpu|cuda] [--host 127.0.0.1] [--port 7860] [--share] [--work-dir DIR]
                    [--keep-minutes 60] [key=value ...]
 
@@ -30,7 +30,6 @@ from config import INFERENCE_CONFIG
 from data.errors import DiskError, InputError, one_line
 from data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
-AUDIO_EXTENSIONS = (".wav", ".mp3", ".m4a", ".flac", ".ogg", ".webm", *VIDEO_EXTENSIONS)
 SWEEP_SECONDS = 60  # how often old uploads and results are looked for
 STOP_WAIT_SECONDS = 120  # how long Stop waits for the dub to reach its next batch and end
 
