@@ -213,9 +213,7 @@ def run(tasks: list[Task], args: argparse.Namespace, config: dict) -> list[tuple
                     continue
                 written += 1
                 seconds = result.seconds + (prepared.seconds if task is group[0] else 0.0)
-                rate = result.frames / seconds if seconds else float("inf")
-                print(f"{result.output}: {result.frames} frames at {prepared.template.fps:g} fps ({result.rendered} "
-                      f"with a face) in {seconds:.1f} s, {rate:.2f} frames/s")
+                print(f"{result.output}: {dubbing.summary(result, prepared.template.fps, seconds)}")
         finally:
             prepared.close()
     return failures

@@ -70,6 +70,20 @@ class VideoReader:
         self.size = (width, height)  # corrected on the first frame if the video is rotated
         self.has_audio = bool(self._container.streams.audio)
 
+    @property
+    def expected_frames(self) -> int | None:
+        """How many frames iterating gives, from the container's duration (1 for a still image; None when the
+        container does not say): for progress bars, not for sizing arrays."""
+        if self._container is None:
+            return 1
+        if self._stream.duration is not None and self._stream.time_base is not None:
+            seconds = float(self._stream.duration * self._stream.time_base)
+        elif self._container.duration is not None:
+            seconds = self._container.duration / av.time_base
+        else:
+            return None
+        return max(1, int(round(seconds * self.fps)))
+
     def __enter__(self) -> VideoReader:
         return self
 

@@ -8,14 +8,15 @@ One module per stage a frame passes through:
 - network: both networks, the references encoded once, a batch predicted and rendered;
 - paste: the generated face blended back into its frame (mask: its hull and blur in torch);
 - writer: encoding and muxing;
-- pipeline: `prepare_template`, `dub`, `dub_prepared`, and the stages run overlapped (overlap) or in series.
+- pipeline: `prepare_template`, `dub`, `dub_prepared`, and the stages run overlapped (overlap) or in series;
+- progress: each stage's bar and the report hook through which a caller follows (or cancels) a dub.
 
 The output's frame rate (`output.fps`, `dubbing_rate`): the template's own for a constant-rate video up to 60 fps,
 else 25 fps, or a rate the config names. The networks keep their 25 fps semantics at any rate (docs/method.md,
 section 5).
 """
 from dubbing.network import Models, load_models, render_faces
-from dubbing.pipeline import DubResult, Prepared, default_config, dub, dub_prepared, prepare_template
+from dubbing.pipeline import DubResult, Prepared, default_config, dub, dub_prepared, prepare_template, summary
 
 __all__ = ["DubResult", "Models", "Prepared", "default_config", "dub", "dub_prepared", "load_models",
-           "prepare_template", "render_faces"]
+           "prepare_template", "render_faces", "summary"]

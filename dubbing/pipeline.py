@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from config import INFERENCE_CONFIG, load_config
 from data.audio import MEL_STEPS, SAMPLE_RATE, frames_covered, load_audio, melspectrogram
@@ -48,6 +47,7 @@ from dubbing.network import (
 from dubbing.overlap import run_overlapped
 from dubbing.paste import mask_outline, paste_face, paste_face_tensor, sketch_frame
 from dubbing.prepare import FrameBatch, RenderInputs, blend_windows, landmark_inputs, render_inputs
+from dubbing.progress import FRAMES, Report, StageProgress
 from dubbing.template import (
     MAX_TEMPLATE_FPS,
     Template,
@@ -121,6 +121,15 @@ class DubResult:
     setup_seconds: float = 0.0  # the work before the first frame is rendered (for `dub`, the template's too)
 
 
+def summary(result: DubResult, fps: float, seconds: float | None = None) -> str:
+    """One dub in words: its frames at `fps`, those with a face, and the time it took (`seconds`, default the
+    dub's own) as seconds and frames per second."""
+    seconds = result.seconds if seconds is None else seconds
+    rate = result.frames / seconds if seconds else float("inf")
+    return (f"{result.frames} frames at {fps:g} fps ({result.rendered} with a face) in {seconds:.1f} s, "
+            f"{rate:.2f} frames/s")
+
+
 # ---------------------------------------------------------------- one state object per template
 @dataclass
 class Prepared:
@@ -145,9 +154,10 @@ class Prepared:
             self.spool = None
 
 
-def prepare_template(video: str | Path, models: Models, config: dict, progress: bool = True) -> Prepared:
+def prepare_template(video: str | Path, models: Models, config: dict, progress: bool = True,
+                     report: Report | None = None) -> Prepared:
     """Pass 1 (or its cached result) and the references, encoded once for every audio this template is dubbed
-    with. Raises InputError for a missing or unusable template."""
+    with. Raises InputError for a missing or unusable template. `report`: see dubbing/progress.py."""
     started = time.perf_counter()
     check_config(config)
     video = Path(video)
@@ -156,7 +166,7 @@ def prepare_template(video: str | Path, models: Models, config: dict, progress: 
     rate, note = dubbing_rate(video, config["output"]["fps"])
     template = analyse_template(video, smooth=int(config["smooth_boxes"]),
                                 detect_every_frame=config["detect_every_frame"], progress=progress,
-                                cache_dir=cache_dir(config), fps=rate)
+                                cache_dir=cache_dir(config), fps=rate, report=report)
     landmark_refs = choose_references(template, int(config["landmark_refs"]))
     # Distinct frames only: a repeated reference image would add cost and nothing else.
     image_refs = np.unique(choose_references(template, reference_count(config["refs"], template)))
@@ -309,10 +319,11 @@ def _outline(dub: Dub, batch: FrameBatch, inputs: RenderInputs, n: int) -> np.nd
 
 # ---------------------------------------------------------------- running them
 def dub(video: str | Path, audio: str | Path, output: str | Path, models: Models, config: dict | None = None,
-        sketch_output: str | Path | None = None, progress: bool = True) -> DubResult:
+        sketch_output: str | Path | None = None, progress: bool = True, report: Report | None = None) -> DubResult:
     """Dub `video` (any frame rate, or a still image) with `audio` into `output` (.mp4), at the rate
     `output.fps` chooses (`dubbing_rate`), at the template's size, carrying the driving audio. Raises InputError on
-    bad input and leaves no output file."""
+    bad input and leaves no output file. `report` hears of every FaceMesh frame and every batch written, and may
+    raise to stop the dub (dubbing/progress.py)."""
     started = time.perf_counter()
     config = default_config() if config is None else config
     check_config(config)
@@ -321,23 +332,25 @@ def dub(video: str | Path, audio: str | Path, output: str | Path, models: Models
         raise InputError(video, "no such file")
     _check_output(output, video, Path(audio))
     wav, muxed = read_driving(audio, config)  # a bad audio file fails before the template's FaceMesh pass
-    prepared = prepare_template(video, models, config, progress)
+    prepared = prepare_template(video, models, config, progress, report)
     try:
         state = new_dub(prepared, wav, muxed, output, models, config)
-        return _run(state, output, sketch_output, progress, started)
+        return _run(state, output, sketch_output, StageProgress(FRAMES, state.count, progress, report), started)
     finally:
         prepared.close()
 
 
 def dub_prepared(prepared: Prepared, audio: str | Path, output: str | Path, models: Models, config: dict,
-                 sketch_output: str | Path | None = None, progress: bool = True) -> DubResult:
+                 sketch_output: str | Path | None = None, progress: bool = True, report: Report | None = None
+                 ) -> DubResult:
     """Dub a prepared template (`prepare_template`) with one more audio: nothing of the template is analysed or
-    encoded again. The same output as `dub` with the same inputs and settings, frame for frame."""
+    encoded again. The same output as `dub` with the same inputs and settings, frame for frame. `report` hears
+    of every batch written and may raise to stop the dub (dubbing/progress.py)."""
     started = time.perf_counter()
     output = Path(output)
     _check_output(output, prepared.template.path, Path(audio))
     state = new_dub(prepared, *read_driving(audio, config), output, models, config)
-    return _run(state, output, sketch_output, progress, started)
+    return _run(state, output, sketch_output, StageProgress(FRAMES, state.count, progress, report), started)
 
 
 def _check_output(output: Path, *inputs: Path) -> None:
@@ -345,11 +358,12 @@ def _check_output(output: Path, *inputs: Path) -> None:
         raise InputError(output, "the output would overwrite an input")
 
 
-def _run(state: Dub, output: Path, sketch_output: str | Path | None, progress: bool, started: float) -> DubResult:
+def _run(state: Dub, output: Path, sketch_output: str | Path | None, bar: StageProgress, started: float
+         ) -> DubResult:
     """Pass 2: render, paste and encode every output frame, in overlapping stages or in series. A full,
-    read-only or failing disk under the output (or its spool) is one DiskError, and no partial file stays."""
+    read-only or failing disk under the output (or its spool) is one DiskError, and no partial file stays (nor
+    when `bar`'s report hook raises to cancel)."""
     template, outputs, rendered = state.template, None, 0
-    bar = tqdm(total=state.count, desc="dubbing", unit="frame", disable=not progress)
 
     def paste(item: tuple[FrameBatch, RenderInputs | None, HostCopy | None]
               ) -> tuple[FrameBatch, list[np.ndarray], list[np.ndarray | None]]:
@@ -361,7 +375,7 @@ def _run(state: Dub, output: Path, sketch_output: str | Path | None, progress: b
         for frame, sketch in zip(frames, sketches):
             outputs.write(frame, sketch)
         rendered += len(batch.live)
-        bar.update(len(frames))
+        bar.advance(len(frames))
 
     try:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from data.crop import denormalise_from_box, normalise_to_box, smooth_boxes
 from data.errors import InputError
 from data.facemesh import FaceTrack, track_faces
 from data.landmarks import lip_openness
 from data.video import FPS, VideoReader, is_image
+from dubbing.progress import ANALYSIS, Report, StageProgress
 
 MAX_TEMPLATE_FPS = 60  # the highest template rate dubbed at its own rate (output.fps: template)
 
@@ -50,18 +50,20 @@ def nearest_face(has_face: np.ndarray) -> np.ndarray:
 
 
 def analyse_template(path: str | Path, *, smooth: int, detect_every_frame: bool = False, progress: bool = True,
-                     cache_dir: str | Path | None = None, fps: float = FPS) -> Template:
+                     cache_dir: str | Path | None = None, fps: float = FPS, report: Report | None = None
+                     ) -> Template:
     """Pass 1: FaceMesh once per frame at `fps` of a video or image (or, with `cache_dir`, the result of an earlier
     pass over the same file with the same settings and rate); then no-face frames filled from their nearest face
     frame and the crop boxes smoothed over `smooth` frames (the config's smooth_boxes; data/crop.smooth_boxes;
-    landmarks follow their box)."""
+    landmarks follow their box). `report` hears of every frame FaceMesh reads (dubbing/progress.py), and of none
+    when the cache answers."""
     from dubbing.cache import cache_entry, read_cached_track, write_cached_track
 
     path = Path(path)
     entry = cache_entry(path, detect_every_frame, cache_dir, fps) if cache_dir is not None else None
     track = read_cached_track(*entry) if entry is not None else None
     if track is None:
-        track = _track(path, detect_every_frame, progress, fps)
+        track = _track(path, detect_every_frame, fps, progress, report)
         if entry is not None:
             write_cached_track(*entry, track)
     if not track.has_face.any():
@@ -75,12 +77,12 @@ def analyse_template(path: str | Path, *, smooth: int, detect_every_frame: bool 
     return Template(path, track.size, landmarks, boxes, track.has_face, lip_openness(pixels), fps)
 
 
-def _track(path: Path, detect_every_frame: bool, progress: bool, fps: float) -> FaceTrack:
+def _track(path: Path, detect_every_frame: bool, fps: float, progress: bool, report: Report | None) -> FaceTrack:
     from data.facemesh import FaceMesh
 
-    with VideoReader(path, fps) as reader, FaceMesh(video=not detect_every_frame) as mesh:
-        frames = tqdm(reader, desc="face landmarks", unit="frame", disable=not progress, leave=False)
-        return track_faces(frames, mesh)
+    with VideoReader(path, fps) as reader, FaceMesh(video=not detect_every_frame) as mesh, \
+            StageProgress(ANALYSIS, reader.expected_frames, progress, report, leave=False) as steps:
+        return track_faces(reader, mesh, on_frame=lambda frame, box: steps.advance())
 
 
 def dubbing_rate(video: str | Path, setting: str | int | float) -> tuple[float, str | None]:

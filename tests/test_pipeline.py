@@ -21,6 +21,7 @@ import dubbing.cache
 import dubbing.network
 import dubbing.overlap
 import dubbing.pipeline
+import dubbing.progress
 import dubbing.writer
 import inference
 from data.audio import SAMPLE_RATE, load_audio, write_wav
@@ -330,3 +331,64 @@ def test_compile_true_compiles_the_render_step_once(monkeypatch, media, models, 
                     progress=False)
     assert made == [{"mode": "reduce-overhead", "dynamic": False}]
     dubbing.network._compiled_step.cache_clear()
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def test_the_report_hook_hears_every_facemesh_frame_and_every_batch_written(media, models, tmp_path):
+    template, audio = media
+    config = _config(cache={"enabled": True, "dir": str(tmp_path / "cache")})
+    heard = []
+    result = dubbing.dub(template, audio, tmp_path / "out.mp4", models, config, progress=False,
+                         report=lambda *event: heard.append(event))
+    analysis = [event for event in heard if event[0] == dubbing.progress.ANALYSIS]
+    assert analysis == [(dubbing.progress.ANALYSIS, n, 10) for n in range(1, 11)]  # 10 template frames
+    written = [event for event in heard if event[0] == dubbing.progress.FRAMES]
+    assert written == [(dubbing.progress.FRAMES, n, 15) for n in (4, 8, 12, 15)]  # batches of 4, 15 frames
+    assert heard.index(analysis[-1]) < heard.index(written[0]) and result.frames == 15
+    # The same template again: the cache answers, so FaceMesh reads nothing and the hook hears no analysis.
+    heard.clear()
+    dubbing.dub(template, audio, tmp_path / "again.mp4", models, config, progress=False,
+                report=lambda *event: heard.append(event))
+    assert [event[0] for event in heard] == [dubbing.progress.FRAMES] * 4
+
+
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_a_report_hook_that_raises_cancels_the_dub_and_leaves_nothing(media, models, tmp_path, pipeline):
+    template, audio = media
+    config = _config(pipeline=pipeline, cache={"enabled": True, "dir": str(tmp_path / "cache")})
+
+    def cancel_at(stage, after):
+        def report(name, done, total):
+            if name == stage and done >= after:
+                raise _Cancelled
+        return report
+
+    # Mid-way through FaceMesh: no cache entry is written.
+    with pytest.raises(_Cancelled):
+        dubbing.dub(template, audio, tmp_path / "out.mp4", models, config, progress=False,
+                    report=cancel_at(dubbing.progress.ANALYSIS, 3))
+    assert not list((tmp_path / "cache").glob("*"))
+    _no_output_left(tmp_path)
+    # Mid-way through the frames: the output (and the sketch video) are removed, no stage thread is left.
+    with pytest.raises(_Cancelled):
+        dubbing.dub(template, audio, tmp_path / "out.mp4", models, config, tmp_path / "sketch.mp4", progress=False,
+                    report=cancel_at(dubbing.progress.FRAMES, 8))
+    _no_output_left(tmp_path)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1  # the finished FaceMesh pass was kept
+
+
+def test_stage_progress_reports_each_advance_and_outgrows_a_short_estimate():
+    heard = []
+    with dubbing.progress.StageProgress("stage", 3, show=False, report=lambda *event: heard.append(event)) as steps:
+        for n in (1, 2, 1):
+            steps.advance(n)
+    assert heard == [("stage", 1, 3), ("stage", 3, 3), ("stage", 4, 4)]
+
+
+def test_summary_says_frames_rate_and_speed():
+    result = dubbing.DubResult(Path("out.mp4"), frames=30, rendered=28, seconds=2.0)
+    assert dubbing.summary(result, 29.97) == "30 frames at 29.97 fps (28 with a face) in 2.0 s, 15.00 frames/s"
+    assert dubbing.summary(result, 25, seconds=3.0).endswith("in 3.0 s, 10.00 frames/s")

@@ -22,9 +22,11 @@ def test_resampling_to_25_fps_by_presentation_time(tmp_path, fps):
     count = 30
     path = _write(tmp_path / "v.mp4", numbered_frames(count), fps)
     with VideoReader(path) as reader:
+        expected_frames = reader.expected_frames
         frames = list(reader)
         assert reader.source_fps == pytest.approx(fps, rel=1e-3)
         assert reader.size == (64, 48)
+    assert abs(expected_frames - len(frames)) <= 1  # the estimate progress bars show
     duration = count / fps
     assert abs(len(frames) - duration * 25) <= 1
     # Output frame k shows the last source frame shown before (k + 0.5) / 25 s (ffmpeg's fps filter).
@@ -37,7 +39,10 @@ def test_real_30fps_template_gives_9_seconds_at_25fps(samples):
     with VideoReader(samples / "template_129.mp4") as reader:
         count = sum(1 for _ in reader)
         assert (reader.source_fps, reader.size, reader.has_audio) == (30.0, (256, 256), False)
+        assert reader.expected_frames == 225
     assert count == 225
+    with VideoReader(samples / "template_129.mp4", 30) as reader:
+        assert reader.expected_frames == sum(1 for _ in reader) == 270
 
 
 def test_still_image_is_a_one_frame_video(tmp_path):
@@ -46,6 +51,8 @@ def test_still_image_is_a_one_frame_video(tmp_path):
     cv2.imwrite(str(tmp_path / "face.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     frames = read_frames(tmp_path / "face.png")
     assert len(frames) == 1 and frames[0].shape == (40, 30, 3) and frames[0][0, 0, 0] == 200
+    with VideoReader(tmp_path / "face.png") as reader:
+        assert reader.expected_frames == 1
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path, samples):
