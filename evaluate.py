@@ -23,7 +23,7 @@ import torch
 from config import INFERENCE_CONFIG, pick_device
 from config import load_config as read_config
 from data.errors import DISK_STATUS, DiskError, InputError, disk_problem, one_line
-from data.video import VIDEO_EXTENSIONS, find_videos
+from data.video import FPS, VIDEO_EXTENSIONS, find_videos
 from metrics.report import PAPER_ROWS, write_files, write_reports
 from metrics.scoring import METRICS, Pair, load_networks, score_videos
 
@@ -154,7 +154,7 @@ def generate_videos(videos: list[Path], audios: list[Path], names: list[str], ou
         keep_freed_memory()  # as inference.py: the renderer's CPU pass runs faster with it
     config = dubbing.default_config() if inference_config is None else \
         read_config(inference_config, base=INFERENCE_CONFIG)
-    config["output"]["fps"] = 25  # LRS2/LRS3 are 25 fps and Table 1 is defined there, whatever the config says
+    config["output"]["fps"] = FPS  # LRS2/LRS3 are 25 fps and Table 1 is defined there, whatever the config says
     made_with = {"landmark_sha256": sha256(Path(landmark_ckpt)), "renderer_sha256": sha256(Path(renderer_ckpt)),
                  "settings": config, "device": torch.device(device).type}
     outputs, reused = [], 0

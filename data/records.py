@@ -22,9 +22,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from data.audio import N_MELS
 from data.crop import FACE_SIZE
 from data.errors import InputError, one_line
 from data.landmarks import NUM_LANDMARKS
+from data.video import FPS
 
 VERSION = 1
 AGAIN = "; preprocess its video again (preprocess.py redoes damaged records)"
@@ -60,7 +62,7 @@ def verify_record(stem: str | Path) -> Clip:
     frames = len(clip.has_face)
     landmarks, mel = clip.landmarks, clip.mel
     expected = {"landmarks": (landmarks.shape, (frames, NUM_LANDMARKS, 2)), "boxes": (clip.boxes.shape, (frames, 4)),
-                "has_face": (clip.has_face.shape, (frames,)), "mel": (mel.shape[1:], (80,))}
+                "has_face": (clip.has_face.shape, (frames,)), "mel": (mel.shape[1:], (N_MELS,))}
     for name, (shape, wanted) in expected.items():
         if tuple(shape) != wanted:
             raise InputError(clip.npz_path, f"damaged record: {name} has shape {tuple(shape)}, expected {wanted}"
@@ -116,7 +118,7 @@ def _replace_atomically(temp: Path, final: Path) -> None:
 
 def write_record(stem: str | Path, *, faces: Sequence[bytes], landmarks: np.ndarray, boxes: np.ndarray,
                  has_face: np.ndarray, mel: np.ndarray, source_fps: float, source_size: tuple[int, int],
-                 face_format: str, fps: float = 25.0, has_audio: bool = True) -> Path:
+                 face_format: str, fps: float = FPS, has_audio: bool = True) -> Path:
     """Write a record atomically (temporary files, then rename; .npz last); returns the .npz path."""
     npz_path, faces_path = record_paths(stem)
     count = len(faces)
@@ -136,7 +138,7 @@ def write_record(stem: str | Path, *, faces: Sequence[bytes], landmarks: np.ndar
                 source_size=np.asarray(source_size, np.int32), face_format=np.array(face_format),
                 has_audio=np.bool_(has_audio), landmarks=np.asarray(landmarks, np.float32),
                 boxes=np.asarray(boxes, np.int32), has_face=np.asarray(has_face, bool),
-                mel=np.asarray(mel, np.float32).reshape(-1, 80), face_offsets=offsets.astype(np.int64))
+                mel=np.asarray(mel, np.float32).reshape(-1, N_MELS), face_offsets=offsets.astype(np.int64))
         npz_path.unlink(missing_ok=True)  # an old record stops counting as complete before its faces change
         _replace_atomically(temp_faces, faces_path)
         _replace_atomically(temp_npz, npz_path)
@@ -181,7 +183,7 @@ class Clip:
     """A preprocessed video. Arrays load on first use; faces decode per frame (see FaceFrames).
 
     faces (T, 128, 128, 3) uint8 RGB; landmarks (T, 131, 2) float32, canonical order, normalised to the crop box;
-    boxes (T, 4) int32 (x0, y0, x1, y1) source pixels; has_face (T,) bool; mel (M, 80) float32; fps (25.0);
+    boxes (T, 4) int32 (x0, y0, x1, y1) source pixels; has_face (T,) bool; mel (M, 80) float32; fps (FPS);
     source_fps; source_size (width, height); has_audio.
     """
 

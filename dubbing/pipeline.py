@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from config import INFERENCE_CONFIG, load_config
-from data.audio import MEL_STEPS, SAMPLE_RATE, frames_covered, load_audio, melspectrogram
+from data.audio import MEL_PER_SECOND, MEL_STEPS, SAMPLE_RATE, frames_covered, load_audio, melspectrogram
 from data.crop import crop_face_tensor
 from data.errors import DiskError, InputError, disk_problem
 from dubbing.cache import cache_dir
@@ -59,7 +59,7 @@ from dubbing.template import (
 )
 from dubbing.writer import Outputs, check_encoder, choose_encoder
 
-MIN_AUDIO_SECONDS = MEL_STEPS / 80  # one audio window, 0.2 s
+MIN_AUDIO_SECONDS = MEL_STEPS / MEL_PER_SECOND  # one audio window, 0.2 s
 FRAME_WORK = ("auto", "device", "host")  # where crop and paste-back run (frames_on_device)
 
 
