@@ -31,7 +31,7 @@ from tqdm import tqdm
 from data.audio import MEL_STEPS, N_MELS, window_start
 from data.errors import InputError
 from data.landmarks import CONTENT_POSITIONS, NUM_LANDMARKS, POSE_POSITIONS, content_of, pose_of
-from data.records import record_paths, verify_record
+from data.records import record_paths, record_version, verify_record
 
 PACK_VERSION = 1
 PACK_FOLDER = ".packs"  # under the records' common folder when no pack_dir is given
@@ -118,8 +118,8 @@ def _map(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def pack_key(stems: list[Path], steps: int, min_face_frames: int) -> str:
-    """The hash naming a split's pack: version, settings, and each record's path and its two files' sizes and
-    modification times (None for an absent file)."""
+    """The hash naming a split's pack: its version and the records' (the crop rule's among them), settings, and
+    each record's path and its two files' sizes and modification times (None for an absent file)."""
     entries = []
     for stem in stems:
         entry = [os.path.abspath(stem)]
@@ -130,7 +130,7 @@ def pack_key(stems: list[Path], steps: int, min_face_frames: int) -> str:
             except FileNotFoundError:
                 entry += [None, None]
         entries.append(entry)
-    text = json.dumps([PACK_VERSION, steps, min_face_frames, entries])
+    text = json.dumps([PACK_VERSION, record_version(), steps, min_face_frames, entries])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
