@@ -125,8 +125,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "sorted list from the I-th, so shard sizes differ by at most one; default 0/1")
     parser.add_argument("--overwrite", action="store_true", help="redo videos whose record already exists")
     parser.add_argument("--face-format", choices=FACE_FORMATS, default=defaults.face_format,
-                        help=f"jpg (quality --jpeg-quality) or png (lossless: about 4x the bytes and 1.5 ms more per "
-                             f"frame); default {defaults.face_format}")
+                        help=f"jpg (quality --jpeg-quality) or png (lossless: about 4x the bytes, and slower); "
+                             f"default {defaults.face_format}")
     parser.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality,
                         help=f"JPEG quality, 95-100 (default {defaults.jpeg_quality})")
     parser.add_argument("--detect-every-frame", action="store_true",

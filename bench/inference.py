@@ -6,7 +6,7 @@
 Speed: output frames per second of the whole pipeline (inference.py's `dubbing.dub`: FaceMesh pass, landmark
 generator, sketches, renderer, paste-back, H.264/AAC encoding) on the first --seconds of the demo speech (1 s, as
 bench/README.md), for each N in --refs, against the same pipeline with the official renderer formulation
-(tests/reference_renderer.py: the alignment network once per reference, nothing reused between frames) and one
+(testing/reference_renderer.py: the alignment network once per reference, nothing reused between frames) and one
 frame per call. Both run in this process, one after the other; the ratio is what counts. The official script's
 figures from bench/README.md (0.41 frames/s at N=3, about 0.08 at N=25, measured on this kind of machine) are
 printed beside them.
@@ -47,7 +47,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 import dubbing  # noqa: E402
 import dubbing.pipeline  # noqa: E402
@@ -81,7 +80,7 @@ def demo_config() -> dict:
 
 def per_reference_step(renderer, refs, faces, sketches, mels):
     """The official formulation: every reference through the whole alignment network, for every frame."""
-    from reference_renderer import per_reference_forward
+    from testing.reference_renderer import per_reference_forward
 
     batch = faces.shape[0]
     return per_reference_forward(renderer, faces, sketches, refs.images.expand(batch, -1, -1, -1, -1),

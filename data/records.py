@@ -33,7 +33,7 @@ from data.landmarks import NUM_LANDMARKS
 from data.video import FPS
 
 VERSION = 1
-FIRST_CROP_RULE = "margin=0.05;size=128"  # the rule of the version-1 records written before crop_rule was stored
+FIRST_CROP_RULE = "margin=0.05;size=128"  # the rule of version-1 records that carry no crop_rule
 AGAIN = "; preprocess its video again (preprocess.py redoes damaged records)"
 # What a damaged .npz raises inside numpy/zipfile/zlib: a cut-short archive, a member that does not inflate, ...
 DAMAGED = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)

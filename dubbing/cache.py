@@ -20,7 +20,7 @@ from data.facemesh import FaceTrack
 from data.landmarks import NUM_LANDMARKS
 from data.video import FPS
 
-FORMAT = 2  # raise when what the cache holds, or how FaceMesh is run, changes (2: keyed on the rate)
+FORMAT = 2  # raise when what the cache holds, or how FaceMesh is run, changes
 DIR_ENV = "IPLAP_TEMPLATES"  # where prepared templates are cached when the config does not say
 
 

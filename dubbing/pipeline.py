@@ -8,10 +8,11 @@ four stages joined by bounded queues:
 4. encoding and muxing (a thread of its own).
 
 Each stage's heavy calls (PyAV, OpenCV, numpy, torch) release the GIL (bench/README.md). With `pipeline: false`
-the same functions run one after the other in one thread; the output is the same
-frame for frame. At most `batch_size` output frames are held by each stage and queue, so memory does not grow with
-the audio's length. When the audio outlasts the template, the template loops forwards and backwards in its own
-frames, read back from a raw spool file on disk (in the output's folder) instead of being held in memory.
+the same functions run one after the other in one thread; the output is the same frame for frame. Each stage holds
+the batch of `batch_size` output frames it works on, and each queue between two stages at most QUEUE_DEPTH (2)
+batches (dubbing/overlap.py), so memory does not grow with the audio's length. When the audio outlasts the
+template, the template loops forwards and backwards in its own frames, read back from a raw spool file on disk (in
+the output's folder) instead of being held in memory.
 
 Frames where FaceMesh finds no face are written unchanged; windows around them borrow the landmarks of the
 nearest face frame, so their neighbours still render.

@@ -8,7 +8,8 @@ Images are RGB in 0..1, (B, 3, 128, 128). Two steps, so that inference can encod
 `renderer(face, target_sketches, ref_images, ref_sketches, mels)` does both. In the alignment module the SPADE
 gamma/beta maps depend only on the target sketches, which all N references of a frame share: they are computed
 once per frame here, where the official network recomputes them for every reference (docs/method.md, section 7). The
-result is the same (tests/test_renderer.py keeps the per-reference formulation as the reference).
+result is the same (tests/test_renderer.py checks it against the per-reference formulation kept in
+testing/reference_renderer.py).
 """
 from __future__ import annotations
 

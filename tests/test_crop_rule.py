@@ -12,15 +12,7 @@ from data.errors import InputError
 from data.facemesh import FaceTrack
 from data.packs import pack_key
 from dubbing.cache import cache_entry, read_cached_track, write_cached_track
-
-
-def _record(stem) -> None:
-    rng = np.random.default_rng(0)
-    faces = [records.encode_face(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8), "png") for _ in range(3)]
-    records.write_record(stem, faces=faces, landmarks=rng.random((3, 131, 2)).astype(np.float32),
-                         boxes=np.tile(np.array([10, 20, 110, 140], np.int32), (3, 1)), has_face=np.ones(3, bool),
-                         mel=rng.random((10, 80)).astype(np.float32), source_fps=25.0, source_size=(320, 240),
-                         face_format="png")
+from testing.records import random_record
 
 
 def _wider_margin(monkeypatch) -> None:
@@ -32,7 +24,7 @@ def test_the_default_rule_is_the_one_version_1_records_were_cut_with():
 
 
 def test_records_of_another_crop_rule_are_refused_in_one_line_and_made_again(tmp_path, monkeypatch):
-    _record(tmp_path / "old")
+    random_record(tmp_path / "old")
     assert records.load_clip(tmp_path / "old").fps == 25.0
     _wider_margin(monkeypatch)
     with pytest.raises(InputError) as caught:
@@ -41,23 +33,23 @@ def test_records_of_another_crop_rule_are_refused_in_one_line_and_made_again(tmp
     assert "\n" not in message and str(tmp_path / "old.npz") in message
     assert "margin=0.05" in message and "margin=0.1" in message
     assert not records.is_complete(tmp_path / "old")  # so preprocess.py makes it again rather than skipping it
-    _record(tmp_path / "new")  # written under the new rule: read back under it
-    assert len(records.load_clip(tmp_path / "new")) == 3
+    random_record(tmp_path / "new")  # written under the new rule: read back under it
+    assert len(records.load_clip(tmp_path / "new")) == 6
 
 
 def test_a_record_without_a_stored_rule_counts_as_cut_with_the_first_one(tmp_path, monkeypatch):
-    _record(tmp_path / "v1")
+    random_record(tmp_path / "v1")
     npz = tmp_path / "v1.npz"
     with np.load(npz) as arrays:  # a version-1 record from before crop_rule was stored
         kept = {name: arrays[name] for name in arrays.files if name != "crop_rule"}
     np.savez_compressed(npz, **kept)
-    assert len(records.load_clip(tmp_path / "v1")) == 3
+    assert len(records.load_clip(tmp_path / "v1")) == 6
     _wider_margin(monkeypatch)
     assert not records.is_complete(tmp_path / "v1")
 
 
 def test_preprocessing_redoes_a_record_of_another_rule_without_overwrite(tmp_path, monkeypatch):
-    _record(tmp_path / "out" / "clip")
+    random_record(tmp_path / "out" / "clip")
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "clip.mp4").write_bytes(b"not a video")  # fails when attempted
     arguments = ["--input-root", str(tmp_path / "in"), "--output-root", str(tmp_path / "out"), "--workers", "0"]
@@ -68,7 +60,7 @@ def test_preprocessing_redoes_a_record_of_another_rule_without_overwrite(tmp_pat
 
 
 def test_packs_and_the_template_cache_are_keyed_on_the_rule(tmp_path, monkeypatch):
-    _record(tmp_path / "clip")
+    random_record(tmp_path / "clip")
     template = tmp_path / "template.mp4"
     template.write_bytes(b"the template's bytes")
     track = FaceTrack(np.zeros((2, 131, 2), np.float32), np.tile(np.array([1, 2, 30, 40], np.int32), (2, 1)),

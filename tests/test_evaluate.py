@@ -7,13 +7,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from metric_networks import save_random_weights
 
 import evaluate
 from data.audio import load_audio
 from data.errors import DISK_STATUS, DiskError, InputError
 from data.video import VideoReader, VideoWriter, read_frames
 from metrics.scoring import METRICS, Pair, load_networks, score_videos
+from testing.metric_networks import save_random_weights
 
 FRAMES = 8  # SyncNet needs at least 6
 

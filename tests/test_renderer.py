@@ -3,7 +3,6 @@ import platform
 import pytest
 import torch
 import torch.nn.functional as F
-from reference_renderer import per_reference_forward
 
 from allocator import keep_freed_memory
 from data.errors import InputError
@@ -14,6 +13,7 @@ from models.checkpoints import official_renderer_name, renamed_renderer_state
 from models.discriminator import MultiscaleDiscriminator
 from models.renderer import ALIGNMENT_BUDGET, PAIR_BYTES, flow_to_grid, reference_chunk
 from testing.checkpoints import official_state, official_tensors, save_official
+from testing.reference_renderer import per_reference_forward
 
 
 def _inputs(batch=2, refs=3, seed=0):

@@ -1,5 +1,5 @@
-"""The training samples as the datasets drew them before packs (each sample opens its record): the reference that
-the packed datasets in data/datasets.py must equal, sample for sample, and the "before" column of bench/loaders.py.
+"""The training samples drawn straight from the records (each sample opens its record): the reference that the
+packed datasets in data/datasets.py must equal, sample for sample, and the "before" column of bench/loaders.py.
 Slow on purpose (two .npz reads a sample, float32 images); not for training."""
 from __future__ import annotations
 
