@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     generate.add_argument("--seed", type=int, help="sampling and pairing seed (config: 0)")
     generate.add_argument("--inference-config", type=Path, help="dubbing settings (default: "
                                                                 "configs/inference.yaml, as inference.py); the "
-                                                                "videos are dubbed at 25 fps whatever its output.fps")
+                                                                f"videos are dubbed at {FPS} fps whatever its "
+                                                                "output.fps")
     common = parser.add_argument_group("weights and running")
     common.add_argument("--config", type=Path, default=CONFIG,
                         help="YAML settings laid over configs/evaluate.yaml (default: that file)")
