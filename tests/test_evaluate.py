@@ -54,7 +54,8 @@ def clips(samples, tmp_path_factory):
 
 
 class _FirstFeatures(torch.nn.Module):
-    """The FID network's first 64 features: keeps the test's 2048-d sqrtm (about 30 s here) out of the fast suite."""
+    """The FID network's first 64 features: keeps the 2048-d matrix square root, FID's slow
+    part, out of the fast suite."""
 
     def __init__(self, network):
         super().__init__()
