@@ -1,7 +1,9 @@
 """Settings for every script: YAML files with dotted `key=value` overrides, the device, mixed precision.
 
-Every default lives in a YAML file under configs/; the scripts read it through `load_config`, which refuses keys
-the file does not have, so a typo on the command line is an error rather than a silently ignored setting.
+The settings of a run (training, dubbing, evaluation) have their defaults in a YAML file under configs/; the
+scripts read it through `load_config`, which refuses keys the file does not have, so a typo on the command line
+is an error rather than a silently ignored setting. Paths, the device, shards and preprocess.py's options are
+command-line flags with their defaults in each script's argparse.
 """
 from __future__ import annotations
 

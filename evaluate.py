@@ -23,7 +23,7 @@ import torch
 from config import INFERENCE_CONFIG, pick_device
 from config import load_config as read_config
 from data.errors import DISK_STATUS, DiskError, InputError, disk_problem, one_line
-from data.video import VIDEO_EXTENSIONS, find_videos
+from data.video import FPS, VIDEO_EXTENSIONS, find_videos
 from metrics.report import PAPER_ROWS, write_files, write_reports
 from metrics.scoring import METRICS, Pair, load_networks, score_videos
 
@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     generate.add_argument("--seed", type=int, help="sampling and pairing seed (config: 0)")
     generate.add_argument("--inference-config", type=Path, help="dubbing settings (default: "
                                                                 "configs/inference.yaml, as inference.py); the "
-                                                                "videos are dubbed at 25 fps whatever its output.fps")
+                                                                f"videos are dubbed at {FPS} fps whatever its "
+                                                                "output.fps")
     common = parser.add_argument_group("weights and running")
     common.add_argument("--config", type=Path, default=CONFIG,
                         help="YAML settings laid over configs/evaluate.yaml (default: that file)")
@@ -154,7 +155,7 @@ def generate_videos(videos: list[Path], audios: list[Path], names: list[str], ou
         keep_freed_memory()  # as inference.py: the renderer's CPU pass runs faster with it
     config = dubbing.default_config() if inference_config is None else \
         read_config(inference_config, base=INFERENCE_CONFIG)
-    config["output"]["fps"] = 25  # LRS2/LRS3 are 25 fps and Table 1 is defined there, whatever the config says
+    config["output"]["fps"] = FPS  # LRS2/LRS3 are 25 fps and Table 1 is defined there, whatever the config says
     made_with = {"landmark_sha256": sha256(Path(landmark_ckpt)), "renderer_sha256": sha256(Path(renderer_ckpt)),
                  "settings": config, "device": torch.device(device).type}
     outputs, reused = [], 0

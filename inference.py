@@ -41,6 +41,10 @@ class Task:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from data.video import FPS
+    from dubbing.template import MAX_TEMPLATE_FPS
+    from dubbing.writer import ENCODERS
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="exit status: 0 when every video was written; 2 for bad input (missing or unreadable file, no "
@@ -65,9 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default=str(INFERENCE_CONFIG),
                         help="YAML settings laid over configs/inference.yaml (default: that file)")
     parser.add_argument("--fps", help="output frame rate: 'template' (the template's own: a constant-rate video up "
-                                      "to 60 fps, else 25), or a number such as 25 (the config's output.fps; "
-                                      "default template)")
-    parser.add_argument("--encoder", choices=("auto", "libx264", "h264_nvenc"),
+                                      f"to {MAX_TEMPLATE_FPS} fps, else {FPS}), or a number such as {FPS} (the "
+                                      "config's output.fps; default template)")
+    parser.add_argument("--encoder", choices=ENCODERS,
                         help="H.264 encoder (the config's output.encoder; default auto: NVENC on a CUDA GPU that has "
                              "it, else libx264 on the CPU, said in one line)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: CUDA when present)")

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data.audio import load_audio, melspectrogram
+from data.audio import N_MELS, load_audio, melspectrogram
 from data.crop import crop_face
 from data.errors import DISK_STATUS, DiskError, InputError, disk_problem, one_line
 from data.facemesh import track_faces
@@ -37,11 +37,12 @@ from data.records import FACE_FORMATS, encode_face, is_complete, record_paths, w
 from data.video import FPS, VIDEO_EXTENSIONS, VideoReader, find_videos
 from shards import parse_shard, shard_share
 
-MIN_FRAMES = 25
+MIN_FRAMES = FPS  # one second of video
 
 
 @dataclass(frozen=True)
 class Options:
+    """How videos become records; the defaults are the command line's."""
     face_format: str = "jpg"
     jpeg_quality: int = 95
     tracking: bool = True
@@ -74,7 +75,7 @@ def preprocess_video(video: Path, stem: Path, options: Options) -> int:
         if reader.has_audio:
             mel = melspectrogram(load_audio(video))
         elif options.allow_no_audio:
-            mel = np.zeros((0, 80), np.float32)
+            mel = np.zeros((0, N_MELS), np.float32)
         else:
             raise InputError(video, "no audio stream")
         faces = []
@@ -86,7 +87,7 @@ def preprocess_video(video: Path, stem: Path, options: Options) -> int:
         track = track_faces(reader, mesh, keep_face)
         source_fps, source_size = reader.source_fps, reader.size
     if len(track) < options.min_frames:
-        raise InputError(video, f"too short: {len(track)} frames at 25 fps (need at least {options.min_frames})")
+        raise InputError(video, f"too short: {len(track)} frames at {FPS} fps (need at least {options.min_frames})")
     if not track.has_face.any():
         raise InputError(video, f"no face found in any of its {len(track)} frames")
     write_record(stem, faces=faces, landmarks=track.landmarks, boxes=track.boxes, has_face=track.has_face, mel=mel,
@@ -111,6 +112,7 @@ def _job(video: Path, stem: Path, options: Options) -> tuple[int, str | None]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     description, exit_status = __doc__.split("\nExit status: ")
+    defaults = Options()
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="exit status: " + exit_status)
     parser.add_argument("--input-root", type=Path, required=True, help="folder searched recursively for videos")
@@ -122,10 +124,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="I/N: process only shard I of N (e.g. a SLURM array index): every N-th video of the "
                              "sorted list from the I-th, so shard sizes differ by at most one; default 0/1")
     parser.add_argument("--overwrite", action="store_true", help="redo videos whose record already exists")
-    parser.add_argument("--face-format", choices=FACE_FORMATS, default="jpg",
-                        help="jpg (default, quality --jpeg-quality) or png (lossless: about 4x the bytes and "
-                             "1.5 ms more per frame)")
-    parser.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality, 95-100 (default 95)")
+    parser.add_argument("--face-format", choices=FACE_FORMATS, default=defaults.face_format,
+                        help=f"jpg (quality --jpeg-quality) or png (lossless: about 4x the bytes, and slower); "
+                             f"default {defaults.face_format}")
+    parser.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality,
+                        help=f"JPEG quality, 95-100 (default {defaults.jpeg_quality})")
     parser.add_argument("--detect-every-frame", action="store_true",
                         help="run FaceMesh's face detector on every frame as the official code did "
                              "(slower); default: track the face between frames")

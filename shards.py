@@ -3,8 +3,8 @@ coordination, no overlap and no gap.
 
 Shard I takes the jobs at positions I, I + N, I + 2N, ... of the list sorted by each job's key (a relative path as
 a POSIX string), so shard sizes differ by at most one whatever the names. Every shard must see the same list: it
-is the position in that list, not the name alone, that decides (a hash of the name, as before, put names that
-differ in one digit into the same shard).
+is the position in that list, not the name alone, that decides (a hash of the name would put names that differ
+in one digit into the same shard).
 """
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ import dubbing.template  # noqa: E402
 from data.audio import SAMPLE_RATE, load_audio, write_wav  # noqa: E402
 from data.facemesh import FaceMesh, track_faces  # noqa: E402
 from data.samples import sample  # noqa: E402
-from data.video import VideoReader, VideoWriter, read_frames  # noqa: E402
+from data.video import FPS, VideoReader, VideoWriter, read_frames  # noqa: E402
 from metrics.steadiness import track_lip_jitter  # noqa: E402
 
 
@@ -98,7 +98,7 @@ def main() -> None:
               "| skips | box jitter (% of box per frame) | box jitter (% of box per s^2) | lip jitter (% of box per "
               "frame) | lip jitter (% of box per s^2) |")
         print("| --- " * 12 + "|")
-        for setting in ("template", 25):
+        for setting in ("template", FPS):
             config = dubbing.default_config()
             config.update(refs=1, batch_size=4)
             config["output"]["fps"] = setting

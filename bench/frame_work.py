@@ -7,7 +7,7 @@ The frame is talk_a's first (data/samples.py) scaled so that the face fills the 
 shot (256x256: the whole frame; 1280x720: a 720x720 square in the middle). The face box is talk_a's, scaled; the
 pasted hull is an oval of 131 points inside it, the generated face that box's own crop. Rows:
   crop    crop_face (OpenCV) / crop_face_tensor (torch), one 128x128 face from a frame already in place;
-  paste   paste_face (OpenCV: copies the frame) / paste_face_tensor (torch: in place), mask kernel 21, sigma 11;
+  paste   paste_face (OpenCV: copies the frame) / paste_face_tensor (torch: in place), configs/inference.yaml's mask;
   trip    the device path only: the frames' upload and the pasted frames' way back (network.upload_frames and
           HostCopy; on the CPU a copy of the batch), per frame of a batch of 16.
 On CUDA each torch row ends with a synchronisation, so it is the device's time for that work alone.
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from timing import seconds_per_call  # noqa: E402
 
-from config import pick_device  # noqa: E402
+from config import INFERENCE_CONFIG, load_config, pick_device  # noqa: E402
 from data.crop import crop_face, crop_face_tensor  # noqa: E402
 from data.samples import sample  # noqa: E402
 from data.video import VideoReader  # noqa: E402
@@ -36,6 +36,7 @@ from dubbing.network import HostCopy, upload_frames  # noqa: E402
 from dubbing.paste import paste_face, paste_face_tensor  # noqa: E402
 
 TALK_A_BOX = np.array([250, 300, 550, 620])  # talk_a's face (844x844 frame), about as FaceMesh boxes it
+MASK = load_config(INFERENCE_CONFIG)["mask"]  # the blur of the pasted face's mask
 SIZES = {"256x256": ((256, 256), 256, 0), "1280x720": ((1280, 720), 720, 280)}  # (frame, face square, x offset)
 
 
@@ -71,8 +72,9 @@ def measure(name: str, device: torch.device, calls: int) -> dict[str, tuple[floa
         return {
             "crop": (ms_per_call(lambda: crop_face(frame, box), calls, device),
                      ms_per_call(lambda: crop_face_tensor(on_device, box), calls, device)),
-            "paste": (ms_per_call(lambda: paste_face(frame, face, box, outline), calls, device),
-                      ms_per_call(lambda: paste_face_tensor(on_device, face_on_device, box, outline), calls, device)),
+            "paste": (ms_per_call(lambda: paste_face(frame, face, box, outline, **MASK), calls, device),
+                      ms_per_call(lambda: paste_face_tensor(on_device, face_on_device, box, outline, **MASK), calls,
+                                  device)),
             "trip": (0.0, ms_per_call(trip, max(calls // 16, 2), device) / len(batch)),
         }
 

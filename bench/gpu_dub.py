@@ -29,7 +29,8 @@ from data.audio import SAMPLE_RATE, load_audio, write_wav  # noqa: E402
 from data.errors import InputError  # noqa: E402
 from data.facemesh import FaceTrack  # noqa: E402
 from data.samples import sample  # noqa: E402
-from data.video import read_frames  # noqa: E402
+from data.tensors import as_images  # noqa: E402
+from data.video import FPS, read_frames  # noqa: E402
 from dubbing.cache import cache_entry, write_cached_track  # noqa: E402
 from metrics.image import psnr  # noqa: E402
 
@@ -63,7 +64,7 @@ def seed_cache(template: Path, cache: Path) -> None:
     with np.load(template.with_suffix(".track.npz")) as arrays:
         track = FaceTrack(arrays["landmarks"], arrays["boxes"], arrays["has_face"],
                           tuple(int(v) for v in arrays["size"]))
-    write_cached_track(*cache_entry(template, False, cache, 25.0), track)
+    write_cached_track(*cache_entry(template, False, cache, FPS), track)
 
 
 def random_models(folder: Path, device: str) -> dubbing.Models:
@@ -83,7 +84,7 @@ def run(args) -> dict:
         scratch = Path(scratch)
         models = random_models(scratch, args.device)
         speech = load_audio(sample("speech_audio2.wav"))
-        audio = write_wav(scratch / "speech.wav", np.tile(speech, 2)[:int(args.frames / 25 * SAMPLE_RATE)])
+        audio = write_wav(scratch / "speech.wav", np.tile(speech, 2)[:int(args.frames / FPS * SAMPLE_RATE)])
         for width, height in SIZES:
             template = args.templates / f"template_{width}x{height}.mp4"
             cache = scratch / "cache"
@@ -94,13 +95,13 @@ def run(args) -> dict:
                                             (True, True, "h264_nvenc"), (False, True, "libx264")):
                 config = dubbing.default_config()
                 config.update(refs=args.refs, bf16=bf16, pipeline=pipeline)
-                config["output"].update(fps=25, encoder=encoder)
+                config["output"].update(fps=FPS, encoder=encoder)
                 config["cache"] = {"enabled": True, "dir": str(cache)}
                 label = f"{name} {'bf16' if bf16 else 'float32'} {'overlapped' if pipeline else 'serial'} {encoder}"
                 try:
                     prepared = dubbing.prepare_template(template, models, config, progress=False)
                     dubbing.dub_prepared(prepared, audio, scratch / "warm.mp4", models,
-                                         {**config, "audio_seconds": min(1.0, args.frames / 25)}, progress=False)
+                                         {**config, "audio_seconds": min(1.0, args.frames / FPS)}, progress=False)
                     output = scratch / f"{label.replace(' ', '_')}.mp4"
                     result = dubbing.dub_prepared(prepared, audio, output, models, config, progress=False)
                     prepared.close()
@@ -112,7 +113,7 @@ def run(args) -> dict:
                 outputs[(bf16, pipeline, encoder)] = output
             bf16_out, fp32_out = outputs.get((True, True, "libx264")), outputs.get((False, True, "libx264"))
             if bf16_out and fp32_out:
-                a, b = (torch.from_numpy(np.stack(read_frames(path))).permute(0, 3, 1, 2) / 255
+                a, b = (as_images(torch.from_numpy(np.stack(read_frames(path))))
                         for path in (bf16_out, fp32_out))
                 scores = psnr(a, b).numpy()
                 table[f"{name} bf16 vs float32 PSNR dB (mean, min)"] = (f"{float(np.mean(scores)):.1f}, "
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--templates", type=Path, help="a folder --prepare wrote")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--frames", type=int, default=200, help="output frames per dub (default 200: 8 s)")
-    parser.add_argument("--refs", type=int, default=25)
+    parser.add_argument("--refs", type=int, default=dubbing.default_config()["refs"])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if args.prepare:

@@ -6,7 +6,7 @@
 Speed: output frames per second of the whole pipeline (inference.py's `dubbing.dub`: FaceMesh pass, landmark
 generator, sketches, renderer, paste-back, H.264/AAC encoding) on the first --seconds of the demo speech (1 s, as
 bench/README.md), for each N in --refs, against the same pipeline with the official renderer formulation
-(tests/reference_renderer.py: the alignment network once per reference, nothing reused between frames) and one
+(testing/reference_renderer.py: the alignment network once per reference, nothing reused between frames) and one
 frame per call. Both run in this process, one after the other; the ratio is what counts. The official script's
 figures from bench/README.md (0.41 frames/s at N=3, about 0.08 at N=25, measured on this kind of machine) are
 printed beside them.
@@ -47,14 +47,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 import dubbing  # noqa: E402
 import dubbing.pipeline  # noqa: E402
 from data.audio import SAMPLE_RATE, load_audio, write_wav  # noqa: E402
 from data.samples import sample  # noqa: E402
+from data.video import FPS  # noqa: E402
 
-OFFICIAL_FPS = {3: 0.41, 25: 0.08}  # bench/README.md (official reference figures): whole official script, CPU
+OFFICIAL_REFS = 25  # N of the official inference script (configs/inference.yaml's refs)
+# bench/README.md (official reference figures): the whole official script on the CPU, frames/s by N
+OFFICIAL_FPS = {3: 0.41, OFFICIAL_REFS: 0.08}
 
 
 def random_checkpoints(folder: Path) -> tuple[Path, Path]:
@@ -72,13 +74,13 @@ def demo_config() -> dict:
     """The dubbing settings at 25 fps: the demo template is 30 fps, and the official figures were measured with
     the official script, which resamples it to 25."""
     config = dubbing.default_config()
-    config["output"]["fps"] = 25
+    config["output"]["fps"] = FPS
     return config
 
 
 def per_reference_step(renderer, refs, faces, sketches, mels):
     """The official formulation: every reference through the whole alignment network, for every frame."""
-    from reference_renderer import per_reference_forward
+    from testing.reference_renderer import per_reference_forward
 
     batch = faces.shape[0]
     return per_reference_forward(renderer, faces, sketches, refs.images.expand(batch, -1, -1, -1, -1),
@@ -104,7 +106,7 @@ def memory_child(args) -> None:
         audio = write_wav(folder / "speech.wav", demo_speech(args.memory_child))
         models = dubbing.load_models(args.landmark_ckpt, args.renderer_ckpt, args.device)
         step = dubbing.render_faces if args.real_memory else pass_through_step
-        fps = dub_once(args, models, audio, folder / "out.mp4", 25, args.batch or "auto", step)
+        fps = dub_once(args, models, audio, folder / "out.mp4", OFFICIAL_REFS, args.batch or "auto", step)
     print(json.dumps({"seconds": args.memory_child, "peak_mib": peak_resident_mib(), "fps": fps}))
 
 
@@ -132,7 +134,7 @@ def main() -> None:
     keep_freed_memory()  # as inference.py does on CPU
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=1.0, help="speech length for the speed runs")
-    parser.add_argument("--refs", default="3,25", help="comma-separated N values")
+    parser.add_argument("--refs", default=f"3,{OFFICIAL_REFS}", help="comma-separated N values")
     parser.add_argument("--batch", type=int, help="our batch size (default: configs/inference.yaml)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--landmark-ckpt")
@@ -199,7 +201,7 @@ def many(args, folder: Path) -> None:
         print(f"| {refs} | {a:.2f} s | {b:.3f} s | {c:.2f} s | {b / a:.3f}x | {c / a:.3f}x |")
 
     common = ["--video", str(template), "--landmark-ckpt", str(args.landmark_ckpt), "--renderer-ckpt",
-              str(args.renderer_ckpt), "--device", args.device, "--quiet", "refs=3", "output.fps=25"]
+              str(args.renderer_ckpt), "--device", args.device, "--quiet", "refs=3", f"output.fps={FPS}"]
     script = str(ROOT / "inference.py")
     started = time.perf_counter()
     subprocess.run([sys.executable, script, *common, *[x for a in audios for x in ("--audio", str(a))], "--output",
@@ -223,7 +225,7 @@ def speed(args, folder: Path) -> None:
     models = dubbing.load_models(args.landmark_ckpt, args.renderer_ckpt, args.device)
     audio = write_wav(folder / "speech.wav", demo_speech(args.seconds))
     batch = args.batch or dubbing.pipeline.batch_size_for(dubbing.default_config(), torch.device(args.device))
-    print(f"speed: {args.seconds} s of speech ({int(args.seconds * 25)} output frames), template_129.mp4")
+    print(f"speed: {args.seconds} s of speech ({int(args.seconds * FPS)} output frames), template_129.mp4")
     print("| N | reference pipeline (per-reference, 1 frame/call) | ours (encode once, batch "
           f"{batch}) | ours / reference | ours / official script (BASELINES) |")
     print("| --- | --- | --- | --- | --- |")
@@ -250,7 +252,7 @@ def memory(args) -> None:
             raise SystemExit(f"memory run for {seconds} s failed:\n{result.stderr[-2000:]}")
         peaks[seconds] = json.loads(result.stdout.strip().splitlines()[-1])
     what = "real renderer" if args.real_memory else "renderer forward replaced by a pass-through"
-    print(f"memory ({what}, N=25): peak resident 5 s of speech {peaks[5.0]['peak_mib']:.0f} MiB, 60 s "
+    print(f"memory ({what}, N={OFFICIAL_REFS}): peak resident 5 s of speech {peaks[5.0]['peak_mib']:.0f} MiB, 60 s "
           f"{peaks[60.0]['peak_mib']:.0f} MiB, ratio {peaks[60.0]['peak_mib'] / peaks[5.0]['peak_mib']:.2f} "
           f"(60 s ran at {peaks[60.0]['fps']:.1f} frames/s)")
 
@@ -338,7 +340,7 @@ def scaled_template(folder: Path, size: tuple[int, int], frames: int) -> Path:
     from data.video import VideoReader, VideoWriter
 
     path = folder / f"template_{size[0]}x{size[1]}.mp4"
-    with VideoReader(sample("template_129.mp4")) as reader, VideoWriter(path, 25, crf=12) as writer:
+    with VideoReader(sample("template_129.mp4")) as reader, VideoWriter(path, FPS, crf=12) as writer:
         for frame in itertools.islice(reader, frames):
             writer.write(cv2.resize(frame, size, interpolation=cv2.INTER_CUBIC))
     return path
@@ -347,17 +349,17 @@ def scaled_template(folder: Path, size: tuple[int, int], frames: int) -> Path:
 def pipeline(args, folder: Path) -> None:
     """Pass 2's host work by stage, in series against overlapped, with stand-in networks (see the docstring)."""
     frames, batch = 200, 16  # 13 batches: filling and draining the queues costs little beside them
-    audio = write_wav(folder / "pipeline.wav", demo_speech(frames / 25))
+    audio = write_wav(folder / "pipeline.wav", demo_speech(frames / FPS))
     real = dubbing.load_models(args.landmark_ckpt, args.renderer_ckpt, args.device)
-    print(f"\npipeline: pass 2 of {frames} output frames, N=25, batch {batch}, stand-in networks; ms per output "
-          "frame in the calling thread by stage, and wall time")
+    print(f"\npipeline: pass 2 of {frames} output frames, N={OFFICIAL_REFS}, batch {batch}, stand-in networks; ms "
+          "per output frame in the calling thread by stage, and wall time")
     print("| template | mode | decode | prepare | network | paste | encode | calling thread | wall | frames/s |")
     print("| --- " * 10 + "|")
     hosts = {}
     for size in ((256, 256), (1280, 720)):
         template = scaled_template(folder, size, frames)
         config = demo_config()
-        config.update(refs=25, batch_size=batch)
+        config.update(refs=OFFICIAL_REFS, batch_size=batch)
         config["cache"] = {"enabled": True, "dir": str(folder / "pipeline_cache")}
         prepared = dubbing.prepare_template(template, real, config, progress=False)
         content = prepared.template.landmarks[0]

@@ -8,8 +8,8 @@ Each column loops over items of one epoch and collates batches with torch's defa
   ours      LandmarkWindows / RenderFrames over the split's pack (the one-off packing is timed apart);
             renderer samples are uint8, converted on the device by RenderFrames.to_device (not timed: on a GPU
             that runs there, not in the worker).
-  before    the per-record formulation the datasets replaced (data/reference_samples.py): two .npz reads a
-            sample, float32 images and 3-channel sketches.
+  before    the per-record formulation (testing/reference_samples.py), which the packed datasets equal sample
+            for sample: two .npz reads a sample, float32 images and 3-channel sketches.
   official  the official release's Dataset classes, run from a checkout named by --official (read from its
             train_landmarks_generator.py and train_video_renderer.py at run time; nothing of it is in this
             repository), over the same videos written in its own layout: a pickled landmark dict, a face PNG and
@@ -41,9 +41,9 @@ from data.crop import box_size  # noqa: E402
 from data.datasets import LandmarkWindows, RenderFrames, records_under  # noqa: E402
 from data.landmarks import CONTENT_POSITIONS, FACEMESH_IDS, POSE_POSITIONS  # noqa: E402
 from data.records import load_clip  # noqa: E402
-from data.reference_samples import landmark_sample, render_sample  # noqa: E402
 from data.samples import samples_folder  # noqa: E402
 from data.sketch import draw_sketch  # noqa: E402
+from testing.reference_samples import landmark_sample, render_sample  # noqa: E402
 
 # bench/README.md "Official reference figures": the official loaders on this kind of machine, one process.
 OFFICIAL_FIGURES = {"landmark": 132.0, "renderer": 109.0}

@@ -3,7 +3,7 @@
   python bench/renderer.py [--repeats 3] [--refs 3 25] [--skip-training]
 
 Per-frame forward at batch 1 for N = 3 and 25 references, eval mode, CPU threads as torch sets them:
-  reference  the official formulation (tests/reference_renderer.py): the alignment network once per reference,
+  reference  the official formulation (testing/reference_renderer.py): the alignment network once per reference,
              SPADE gamma/beta recomputed for every reference; plus, as the official forward does, the VGG19
              perceptual and style losses it computes and discards (column 'official').
   ours       Renderer.render with the references encoded once (encode_references) and reused for every frame.
@@ -25,15 +25,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from reference_renderer import per_reference_forward  # noqa: E402
 
 import train_render  # noqa: E402
 from allocator import keep_freed_memory  # noqa: E402
 from losses.perceptual import PerceptualLoss, load_vgg19_features  # noqa: E402
 from models.discriminator import MultiscaleDiscriminator  # noqa: E402
 from models.renderer import Renderer  # noqa: E402
+from testing.reference_renderer import per_reference_forward  # noqa: E402
 
 OFFICIAL_STEP_SECONDS = (49.0, 53.3)  # bench/README.md, warp-only and full loss, batch 4, N=3
 

@@ -14,6 +14,7 @@ import numpy as np
 from scipy.signal import lfilter
 
 from data.errors import InputError, one_line
+from data.landmarks import SKETCH_CENTRE
 from data.video import FPS
 
 SAMPLE_RATE = 16000
@@ -102,8 +103,9 @@ def melspectrogram(wav: np.ndarray) -> np.ndarray:
 
 
 def window_start(frame: int | np.ndarray, fps: float = FPS) -> np.ndarray:
-    """First mel index of video frame t's window: int(80 * (t - 2) / fps), truncated toward zero as in Wav2Lip."""
-    return np.trunc(MEL_PER_SECOND * (np.asarray(frame) - 2) / fps).astype(np.int64)
+    """First mel index of video frame t's window, the one starting at frame t-2 (SKETCH_CENTRE frames before
+    t): int(80 * (t - 2) / fps), truncated toward zero as in Wav2Lip."""
+    return np.trunc(MEL_PER_SECOND * (np.asarray(frame) - SKETCH_CENTRE) / fps).astype(np.int64)
 
 
 def mel_windows(mel: np.ndarray, frames: int | np.ndarray, fps: float = FPS) -> np.ndarray:

@@ -22,8 +22,16 @@ MARGIN = 0.05
 FACE_SIZE = 128
 
 
-def crop_box(points: np.ndarray, frame_size: tuple[int, int], margin: float = MARGIN) -> np.ndarray:
-    """Crop box (x0, y0, x1, y1) int32 in source pixels (x1, y1 exclusive) for (131, 2) landmarks in pixels."""
+def crop_rule() -> str:
+    """The rule's parameters as text ('margin=0.05;size=128'). Records carry it in their version and the template
+    cache keys on it, so that a changed rule makes both be made again rather than reused with the old crop."""
+    return f"margin={MARGIN!r};size={FACE_SIZE}"
+
+
+def crop_box(points: np.ndarray, frame_size: tuple[int, int], margin: float | None = None) -> np.ndarray:
+    """Crop box (x0, y0, x1, y1) int32 in source pixels (x1, y1 exclusive) for (131, 2) landmarks in pixels,
+    widened by `margin` (default MARGIN)."""
+    margin = MARGIN if margin is None else margin
     width, height = frame_size
     low, high = points.min(axis=0), points.max(axis=0)
     pad = margin * float((high - low).max())

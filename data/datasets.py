@@ -15,10 +15,12 @@ import torch
 
 from data.crop import FACE_SIZE, box_size
 from data.errors import BadRecord, InputError, one_line
-from data.landmarks import SKETCH_WINDOW
+from data.landmarks import SKETCH_CENTRE, SKETCH_WINDOW
 from data.packs import Video, open_pack
 from data.records import AGAIN, decode_face_planes
 from data.sketch import draw_sketch
+from data.tensors import unit_range
+from data.video import FPS
 
 
 def read_filelist(path: str | Path, root: str | Path) -> list[Path]:
@@ -50,6 +52,7 @@ BAD_RECORD_MODES = ("stop", "skip")
 # Keys of a sample in skip mode: the bad items passed over to give it (an int64 tensor), and 'PATH: problem' of the
 # first of them ('' when none); `skipped_in` reads them from a batch and `to_device` leaves them out.
 SKIPPED, SKIPPED_NOTE = "skipped_records", "skipped_note"
+MIN_FACE_FRAMES = FPS  # one second of face frames (sample.min_face_frames in configs/)
 
 
 class RecordSamples(torch.utils.data.Dataset):
@@ -66,8 +69,8 @@ class RecordSamples(torch.utils.data.Dataset):
     keeps its size and a resumed run draws the same).
     """
 
-    def __init__(self, stems: list[Path], steps: int = SKETCH_WINDOW, min_face_frames: int = 25, seed: int = 0,
-                 repeats: int = 1, progress: bool = False, pack_dir: str | Path | None = None,
+    def __init__(self, stems: list[Path], steps: int = SKETCH_WINDOW, min_face_frames: int = MIN_FACE_FRAMES,
+                 seed: int = 0, repeats: int = 1, progress: bool = False, pack_dir: str | Path | None = None,
                  on_bad_record: str = "stop"):
         if on_bad_record not in BAD_RECORD_MODES:  # before the pack, which can take a while to make
             raise InputError("schedule.on_bad_record", f"must be 'stop' or 'skip', got {on_bad_record!r}")
@@ -145,9 +148,9 @@ class LandmarkWindows(RecordSamples):
     video and `refs` reference frames drawn from its other face frames. Only landmarks, face flags and the mel
     are read; face images are never decoded."""
 
-    def __init__(self, stems: list[Path], steps: int = SKETCH_WINDOW, refs: int = 15, min_face_frames: int = 25,
-                 seed: int = 0, repeats: int = 1, progress: bool = False, pack_dir: str | Path | None = None,
-                 on_bad_record: str = "stop"):
+    def __init__(self, stems: list[Path], steps: int = SKETCH_WINDOW, refs: int = 15,
+                 min_face_frames: int = MIN_FACE_FRAMES, seed: int = 0, repeats: int = 1, progress: bool = False,
+                 pack_dir: str | Path | None = None, on_bad_record: str = "stop"):
         super().__init__(stems, steps, min_face_frames, seed, repeats, progress, pack_dir, on_bad_record)
         self.refs = refs
 
@@ -208,7 +211,7 @@ class RenderFrames(RecordSamples):
     target's audio window. Images are RGB uint8 (3, 128, 128) and sketches one uint8 channel (1, 128, 128), a
     seventh of the float bytes to collate and copy; `to_device` turns a batch into what the renderer takes."""
 
-    def __init__(self, stems: list[Path], refs: int = 3, min_face_frames: int = 25, seed: int = 0,
+    def __init__(self, stems: list[Path], refs: int = 3, min_face_frames: int = MIN_FACE_FRAMES, seed: int = 0,
                  repeats: int = 1, progress: bool = False, pack_dir: str | Path | None = None,
                  on_bad_record: str = "stop"):
         super().__init__(stems, SKETCH_WINDOW, min_face_frames, seed, repeats, progress, pack_dir, on_bad_record)
@@ -217,14 +220,14 @@ class RenderFrames(RecordSamples):
     def _sample(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
         rng, video, window, others = self._draw(epoch, index)
         refs = rng.choice(others, self.refs, replace=len(others) < self.refs)
-        target = window[SKETCH_WINDOW // 2]
+        target = window[SKETCH_CENTRE]
         faces = torch.from_numpy(_faces(video, np.concatenate([[target], refs])))
         return {
             "face": faces[0],  # (3, 128, 128) uint8
             "sketches": _sketches(video, window),  # (5, 1, 128, 128) uint8
             "ref_images": faces[1:],  # (N, 3, 128, 128) uint8
             "ref_sketches": _sketches(video, refs),  # (N, 1, 128, 128) uint8
-            "mels": torch.from_numpy(_mel_windows(video, window[2:3])),  # (1, 80, 16) float32
+            "mels": torch.from_numpy(_mel_windows(video, window[[SKETCH_CENTRE]])),  # (1, 80, 16) float32
         }
 
     def to_device(self, batch: dict, device: torch.device) -> dict:
@@ -235,7 +238,7 @@ class RenderFrames(RecordSamples):
         for name in RENDER_IMAGES + RENDER_SKETCHES:
             value = batch[name]
             if value.dtype == torch.uint8:
-                value = value.float().div_(255)  # the same float32 division as image_tensor and sketch_tensor
+                value = unit_range(value)
             if name in RENDER_SKETCHES and value.shape[-3] == 1:
                 value = value.expand(*value.shape[:-3], 3, *value.shape[-2:]).contiguous()
             batch[name] = value

@@ -32,7 +32,7 @@ def native_stderr_silenced():
 class FaceMesh:
     """One-face FaceMesh detector. Call it on an RGB uint8 (H, W, 3) frame; returns (478, 2) float32 pixels or None.
 
-    video=True tracks the face from frame to frame (about 1.4x faster on these CPUs; call reset() between
+    video=True tracks the face from frame to frame (faster: bench/README.md, preprocess.py; call reset() between
     videos); video=False detects the face on every frame, as the official preprocessing did.
     """
 

@@ -24,6 +24,7 @@ FACEMESH_IDS: tuple[int, ...] = (FACE_OVAL + RIGHT_EYEBROW + LEFT_EYEBROW + NOSE
 NUM_LANDMARKS = len(FACEMESH_IDS)  # 131
 # Frames t-2..t+2: the landmark generator predicts this window at once, and the renderer takes its sketches.
 SKETCH_WINDOW = 5
+SKETCH_CENTRE = SKETCH_WINDOW // 2  # frame t's place in its window
 NUM_FACEMESH_POINTS = 478
 
 # Positions (into the canonical order) of the network's landmark groups.

@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data.audio import MEL_STEPS, window_start
+from data.audio import MEL_STEPS, N_MELS, window_start
 from data.errors import InputError
 from data.landmarks import CONTENT_POSITIONS, NUM_LANDMARKS, POSE_POSITIONS, content_of, pose_of
-from data.records import record_paths, verify_record
+from data.records import record_paths, record_version, verify_record
 
 PACK_VERSION = 1
 PACK_FOLDER = ".packs"  # under the records' common folder when no pack_dir is given
@@ -118,8 +118,8 @@ def _map(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def pack_key(stems: list[Path], steps: int, min_face_frames: int) -> str:
-    """The hash naming a split's pack: version, settings, and each record's path and its two files' sizes and
-    modification times (None for an absent file)."""
+    """The hash naming a split's pack: its version and the records' (the crop rule's among them), settings, and
+    each record's path and its two files' sizes and modification times (None for an absent file)."""
     entries = []
     for stem in stems:
         entry = [os.path.abspath(stem)]
@@ -130,7 +130,7 @@ def pack_key(stems: list[Path], steps: int, min_face_frames: int) -> str:
             except FileNotFoundError:
                 entry += [None, None]
         entries.append(entry)
-    text = json.dumps([PACK_VERSION, steps, min_face_frames, entries])
+    text = json.dumps([PACK_VERSION, record_version(), steps, min_face_frames, entries])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -226,7 +226,7 @@ def _fill(temp: Path, stems: list[Path], steps: int, min_face_frames: int, progr
               "pose": ("<f4", (rows["pose"], 2, len(POSE_POSITIONS))),
               "content": ("<f4", (rows["content"], 2, len(CONTENT_POSITIONS))), "boxes": ("<i4", (rows["boxes"], 4)),
               "has_face": ("|b1", (rows["has_face"],)), "face_bytes": ("<i8", (rows["face_bytes"], 2)),
-              "mel": ("<f4", (rows["mel"], 80)), "starts": ("<i8", (rows["starts"],)),
+              "mel": ("<f4", (rows["mel"], N_MELS)), "starts": ("<i8", (rows["starts"],)),
               "face_frames": ("<i8", (rows["face_frames"],))}
     for name, values in offsets.items():
         _write_synced(temp / f"{name}.bin", np.asarray(values, "<i8").tobytes())

@@ -3,12 +3,16 @@
 A record for `<stem>` (the video's relative path without its extension) is:
   <stem>.npz    arrays, no pickle: landmarks (T, 131, 2) float32 normalised to the crop box, boxes (T, 4) int32
                 (x0, y0, x1, y1 in source pixels, x1/y1 exclusive), has_face (T,) bool, mel (M, 80) float32,
-                face_offsets (T + 1,) int64, and the scalars version, fps, source_fps, source_size, face_format,
-                has_audio.
+                face_offsets (T + 1,) int64, and the scalars version, crop_rule, fps, source_fps, source_size,
+                face_format, has_audio.
   <stem>.faces  the T face crops (128x128 RGB) encoded as PNG or JPEG, back to back; frame t is the bytes
                 face_offsets[t]:face_offsets[t + 1] (empty where no face was found).
 Frames without a face keep their place (zero landmarks and box, has_face False), so frames and audio stay
 aligned. The .npz is renamed into place last: a record whose .npz exists is complete.
+
+A record's version is VERSION and the crop rule it was cut with (data/crop.crop_rule): a record of another
+version is refused in one line (and made again by preprocess.py), so a changed crop rule is never read with
+faces and landmarks of the old one.
 """
 from __future__ import annotations
 
@@ -22,11 +26,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data.crop import FACE_SIZE
+from data.audio import N_MELS
+from data.crop import FACE_SIZE, crop_rule
 from data.errors import InputError, one_line
 from data.landmarks import NUM_LANDMARKS
+from data.video import FPS
 
 VERSION = 1
+FIRST_CROP_RULE = "margin=0.05;size=128"  # the rule of version-1 records that carry no crop_rule
 AGAIN = "; preprocess its video again (preprocess.py redoes damaged records)"
 # What a damaged .npz raises inside numpy/zipfile/zlib: a cut-short archive, a member that does not inflate, ...
 DAMAGED = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
@@ -60,7 +67,7 @@ def verify_record(stem: str | Path) -> Clip:
     frames = len(clip.has_face)
     landmarks, mel = clip.landmarks, clip.mel
     expected = {"landmarks": (landmarks.shape, (frames, NUM_LANDMARKS, 2)), "boxes": (clip.boxes.shape, (frames, 4)),
-                "has_face": (clip.has_face.shape, (frames,)), "mel": (mel.shape[1:], (80,))}
+                "has_face": (clip.has_face.shape, (frames,)), "mel": (mel.shape[1:], (N_MELS,))}
     for name, (shape, wanted) in expected.items():
         if tuple(shape) != wanted:
             raise InputError(clip.npz_path, f"damaged record: {name} has shape {tuple(shape)}, expected {wanted}"
@@ -108,6 +115,11 @@ def decode_face_planes(data: bytes, out: np.ndarray) -> np.ndarray:
     return out
 
 
+def record_version() -> str:
+    """The version this code writes and reads: VERSION and the crop rule, '1 (margin=0.05;size=128)'."""
+    return f"{VERSION} ({crop_rule()})"
+
+
 def _replace_atomically(temp: Path, final: Path) -> None:
     with open(temp, "rb+") as handle:
         os.fsync(handle.fileno())
@@ -116,7 +128,7 @@ def _replace_atomically(temp: Path, final: Path) -> None:
 
 def write_record(stem: str | Path, *, faces: Sequence[bytes], landmarks: np.ndarray, boxes: np.ndarray,
                  has_face: np.ndarray, mel: np.ndarray, source_fps: float, source_size: tuple[int, int],
-                 face_format: str, fps: float = 25.0, has_audio: bool = True) -> Path:
+                 face_format: str, fps: float = FPS, has_audio: bool = True) -> Path:
     """Write a record atomically (temporary files, then rename; .npz last); returns the .npz path."""
     npz_path, faces_path = record_paths(stem)
     count = len(faces)
@@ -132,11 +144,12 @@ def write_record(stem: str | Path, *, faces: Sequence[bytes], landmarks: np.ndar
         offsets = np.concatenate([[0], np.cumsum([len(data) for data in faces], dtype=np.int64)])
         with open(temp_npz, "wb") as handle:
             np.savez_compressed(
-                handle, version=np.int32(VERSION), fps=np.float64(fps), source_fps=np.float64(source_fps),
-                source_size=np.asarray(source_size, np.int32), face_format=np.array(face_format),
-                has_audio=np.bool_(has_audio), landmarks=np.asarray(landmarks, np.float32),
+                handle, version=np.int32(VERSION), crop_rule=np.array(crop_rule()), fps=np.float64(fps),
+                source_fps=np.float64(source_fps), source_size=np.asarray(source_size, np.int32),
+                face_format=np.array(face_format), has_audio=np.bool_(has_audio),
+                landmarks=np.asarray(landmarks, np.float32),
                 boxes=np.asarray(boxes, np.int32), has_face=np.asarray(has_face, bool),
-                mel=np.asarray(mel, np.float32).reshape(-1, 80), face_offsets=offsets.astype(np.int64))
+                mel=np.asarray(mel, np.float32).reshape(-1, N_MELS), face_offsets=offsets.astype(np.int64))
         npz_path.unlink(missing_ok=True)  # an old record stops counting as complete before its faces change
         _replace_atomically(temp_faces, faces_path)
         _replace_atomically(temp_npz, npz_path)
@@ -181,7 +194,7 @@ class Clip:
     """A preprocessed video. Arrays load on first use; faces decode per frame (see FaceFrames).
 
     faces (T, 128, 128, 3) uint8 RGB; landmarks (T, 131, 2) float32, canonical order, normalised to the crop box;
-    boxes (T, 4) int32 (x0, y0, x1, y1) source pixels; has_face (T,) bool; mel (M, 80) float32; fps (25.0);
+    boxes (T, 4) int32 (x0, y0, x1, y1) source pixels; has_face (T,) bool; mel (M, 80) float32; fps (FPS);
     source_fps; source_size (width, height); has_audio.
     """
 
@@ -191,10 +204,11 @@ class Clip:
             raise InputError(self.npz_path, "no such record (run preprocess.py first)")
         try:
             with np.load(self.npz_path, allow_pickle=False) as arrays:
-                version = int(arrays["version"])
-                if version != VERSION:
-                    raise InputError(self.npz_path, f"record version {version}, this code reads {VERSION}: "
-                                                    "preprocess again with --overwrite")
+                rule = str(arrays["crop_rule"]) if "crop_rule" in arrays.files else FIRST_CROP_RULE
+                version = f"{int(arrays['version'])} ({rule})"
+                if version != record_version():
+                    raise InputError(self.npz_path, f"record version {version}, this code reads "
+                                                    f"{record_version()}: preprocess again with --overwrite")
                 self.fps = float(arrays["fps"])
                 self.source_fps = float(arrays["source_fps"])
                 self.source_size = tuple(int(v) for v in arrays["source_size"])

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 
+from data.crop import FACE_SIZE
 from data.landmarks import POSITION_OF_ID
+from data.tensors import unit_range
 
 LIPS = ((61, 146), (146, 91), (91, 181), (181, 84), (84, 17), (17, 314), (314, 405), (405, 321), (321, 375),
         (375, 291), (61, 185), (185, 40), (40, 39), (39, 37), (37, 0), (0, 267), (267, 269), (269, 270),
@@ -53,10 +56,9 @@ _ENDS = np.cumsum([len(chain) for chain in CHAINS]).tolist()
 CHAIN_SLICES = [slice(start, end) for start, end in zip([0] + _ENDS[:-1], _ENDS)]
 
 SKETCH_VALUE = 224
-SKETCH_SIZE = 128
 
 
-def canvas_size(box_size: tuple[int, int], short_side: int = SKETCH_SIZE) -> tuple[int, int]:
+def canvas_size(box_size: tuple[int, int], short_side: int = FACE_SIZE) -> tuple[int, int]:
     """(width, height) of the drawing canvas: short side `short_side`, the crop box's aspect ratio."""
     width, height = box_size
     scale = short_side / min(width, height)
@@ -78,7 +80,7 @@ def draw_edges(canvas: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     return canvas
 
 
-def draw_sketch(landmarks: np.ndarray, box_size: tuple[int, int], size: int = SKETCH_SIZE) -> np.ndarray:
+def draw_sketch(landmarks: np.ndarray, box_size: tuple[int, int], size: int = FACE_SIZE) -> np.ndarray:
     """Sketch of (131, 2) box-normalised landmarks for a crop box of box_size (w, h): (size, size) uint8."""
     width, height = canvas_size(box_size, size)
     canvas = draw_edges(np.zeros((height, width), np.uint8), landmarks)
@@ -87,7 +89,7 @@ def draw_sketch(landmarks: np.ndarray, box_size: tuple[int, int], size: int = SK
     return canvas
 
 
-def sketch_tensor(landmarks: np.ndarray, box_size: tuple[int, int], size: int = SKETCH_SIZE) -> np.ndarray:
+def sketch_tensor(landmarks: np.ndarray, box_size: tuple[int, int], size: int = FACE_SIZE) -> np.ndarray:
     """Sketch as the renderer takes it: (3, size, size) float32 in 0..1 (the three channels are equal)."""
-    plane = draw_sketch(landmarks, box_size, size).astype(np.float32) / 255.0
+    plane = unit_range(torch.from_numpy(draw_sketch(landmarks, box_size, size))).numpy()
     return np.broadcast_to(plane, (3, size, size)).copy()

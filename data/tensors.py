@@ -15,9 +15,15 @@ def upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
+def unit_range(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in 0..1, the same layout and device: the one conversion every image and sketch
+    the networks take goes through."""
+    return pixels.float().div_(255)
+
+
 def as_images(array: torch.Tensor) -> torch.Tensor:
     """uint8 images (..., H, W, 3) -> float32 (..., 3, H, W) in 0..1, on the tensor's own device."""
-    return array.movedim(-1, -3).float().div_(255)
+    return unit_range(array.movedim(-1, -3))
 
 
 def image_tensor(images: np.ndarray | list[np.ndarray], device: torch.device | str | None = None) -> torch.Tensor:

@@ -29,7 +29,7 @@ def _upright(frame: av.VideoFrame) -> np.ndarray:
 
 
 class VideoReader:
-    """Frames of a video at `fps` (default 25) as RGB uint8 arrays, streamed; a still image gives one frame.
+    """Frames of a video at `fps` (default FPS) as RGB uint8 arrays, streamed; a still image gives one frame.
 
     Output frame k shows the last source frame whose presentation time is before (k + 0.5) / fps, which is
     what ffmpeg's fps filter does; the output has round(duration * fps) frames. Attributes: source_fps,

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from data.crop import crop_rule
 from data.errors import disk_problem, one_line
 from data.facemesh import FaceTrack
 from data.landmarks import NUM_LANDMARKS
 from data.video import FPS
 
-FORMAT = 2  # raise when what the cache holds, or how FaceMesh is run, changes (2: keyed on the rate)
+FORMAT = 2  # raise when what the cache holds, or how FaceMesh is run, changes
 DIR_ENV = "IPLAP_TEMPLATES"  # where prepared templates are cached when the config does not say
 
 
@@ -40,13 +41,13 @@ def cache_dir(config: dict) -> Path | None:
 def cache_entry(path: Path, detect_every_frame: bool, directory: str | Path, fps: float = FPS
                 ) -> tuple[Path, dict]:
     """The entry's file, named by the template's content and the settings that change pass 1 (the rate it was
-    decoded at among them), and the facts that must still hold when it is read (the file's size and modification
-    time: a touched file is analysed again)."""
+    decoded at and the crop rule among them), and the facts that must still hold when it is read (the file's size
+    and modification time: a touched file is analysed again)."""
     from data.samples import sha256
 
     stat = path.stat()
     settings = (f"format={FORMAT};detect_every_frame={bool(detect_every_frame)};fps={float(fps)!r};"
-                f"mediapipe={_mediapipe()}")
+                f"mediapipe={_mediapipe()};crop={crop_rule()}")
     key = hashlib.sha256(f"{sha256(path)};{settings}".encode()).hexdigest()[:32]
     return Path(directory) / f"{key}.npz", {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 

@@ -17,7 +17,7 @@ from config import autocast, pick_device
 from data.crop import box_size, crop_face
 from data.landmarks import content_of, pose_of
 from data.sketch import draw_sketch
-from data.tensors import as_images, upload
+from data.tensors import as_images, unit_range, upload
 from dubbing.prepare import LandmarkInputs, RenderInputs
 from dubbing.template import Template
 from models.checkpoints import load_landmark_generator, load_renderer
@@ -102,7 +102,7 @@ def encode_references(models: Models, template: Template, frames: dict[int, np.n
 
 def _three_channels(sketches: torch.Tensor) -> torch.Tensor:
     """uint8 sketches (..., H, W) -> float (..., 3, H, W) in 0..1, the three channels equal."""
-    planes = sketches.float().div_(255).unsqueeze(-3)
+    planes = unit_range(sketches).unsqueeze(-3)
     return planes.expand(*planes.shape[:-3], 3, *planes.shape[-2:])
 
 

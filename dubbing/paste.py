@@ -39,10 +39,11 @@ def paste_region(box: np.ndarray, size: tuple[int, int], kernel: int) -> tuple[i
     return max(x0 - pad, 0), max(y0 - pad, 0), min(x1 + pad, width), min(y1 + pad, height)
 
 
-def paste_face(frame: np.ndarray, face: np.ndarray, box: np.ndarray, outline: np.ndarray, kernel: int = 21,
-               sigma: float = 11.0) -> np.ndarray:
-    """Resize a 128x128 face to its crop box, paste it, and blend it into the frame through the blurred mask of
-    `outline` (face contour points in frame pixels). Only pixels within kernel//2 of the hull can change."""
+def paste_face(frame: np.ndarray, face: np.ndarray, box: np.ndarray, outline: np.ndarray, kernel: int,
+               sigma: float) -> np.ndarray:
+    """Resize a 128x128 face to its crop box, paste it, and blend it into the frame through the mask of `outline`
+    (face contour points in frame pixels) blurred by a Gaussian of `kernel` px and `sigma` (the config's mask.kernel
+    and mask.sigma). Only pixels within kernel//2 of the hull can change."""
     x0, y0, x1, y1 = (int(v) for v in box)
     rx0, ry0, rx1, ry1 = paste_region(box, frame.shape[1::-1], kernel)
     region = frame[ry0:ry1, rx0:rx1].astype(np.float32)
@@ -57,7 +58,7 @@ def paste_face(frame: np.ndarray, face: np.ndarray, box: np.ndarray, outline: np
 
 # ---------------------------------------------------------------- the same in torch, on the networks' device
 def paste_face_tensor(frame: torch.Tensor, face: torch.Tensor, box: np.ndarray, outline: np.ndarray,
-                      kernel: int = 21, sigma: float = 11.0) -> None:
+                      kernel: int, sigma: float) -> None:
     """paste_face in torch on the frame's device, in place: an (H, W, 3) uint8 frame, a (128, 128, 3) uint8 face on
     the same device. Within 1 grey level of paste_face."""
     x0, y0, x1, y1 = (int(v) for v in box)

@@ -8,10 +8,11 @@ four stages joined by bounded queues:
 4. encoding and muxing (a thread of its own).
 
 Each stage's heavy calls (PyAV, OpenCV, numpy, torch) release the GIL (bench/README.md). With `pipeline: false`
-the same functions run one after the other in one thread; the output is the same
-frame for frame. At most `batch_size` output frames are held by each stage and queue, so memory does not grow with
-the audio's length. When the audio outlasts the template, the template loops forwards and backwards in its own
-frames, read back from a raw spool file on disk (in the output's folder) instead of being held in memory.
+the same functions run one after the other in one thread; the output is the same frame for frame. Each stage holds
+the batch of `batch_size` output frames it works on, and each queue between two stages at most QUEUE_DEPTH (2)
+batches (dubbing/overlap.py), so memory does not grow with the audio's length. When the audio outlasts the
+template, the template loops forwards and backwards in its own frames, read back from a raw spool file on disk (in
+the output's folder) instead of being held in memory.
 
 Frames where FaceMesh finds no face are written unchanged; windows around them borrow the landmarks of the
 nearest face frame, so their neighbours still render.
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from config import INFERENCE_CONFIG, load_config
-from data.audio import MEL_STEPS, SAMPLE_RATE, frames_covered, load_audio, melspectrogram
+from data.audio import MEL_PER_SECOND, MEL_STEPS, SAMPLE_RATE, frames_covered, load_audio, melspectrogram
 from data.crop import crop_face_tensor
 from data.errors import DiskError, InputError, disk_problem
 from dubbing.cache import cache_dir
@@ -59,7 +60,7 @@ from dubbing.template import (
 )
 from dubbing.writer import Outputs, check_encoder, choose_encoder
 
-MIN_AUDIO_SECONDS = MEL_STEPS / 80  # one audio window, 0.2 s
+MIN_AUDIO_SECONDS = MEL_STEPS / MEL_PER_SECOND  # one audio window, 0.2 s
 FRAME_WORK = ("auto", "device", "host")  # where crop and paste-back run (frames_on_device)
 
 

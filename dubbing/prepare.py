@@ -14,12 +14,10 @@ import numpy as np
 
 from data.audio import mel_windows
 from data.crop import box_size, crop_face
-from data.landmarks import SKETCH_WINDOW, merge_pose_content, pose_of
+from data.landmarks import SKETCH_CENTRE, SKETCH_WINDOW, merge_pose_content, pose_of
 from data.sketch import draw_sketch
 from data.video import FPS
 from dubbing.template import Template, template_at
-
-CENTRE = SKETCH_WINDOW // 2
 
 
 @dataclass
@@ -74,7 +72,7 @@ def grid_neighbours(frames: np.ndarray, rate: float, grid: int
 def sketch_times(frames: np.ndarray, rate: float, count: int) -> np.ndarray:
     """The times of output frames' target sketches, t-2/25..t+2/25, in output frames (k, SKETCH_WINDOW) float64,
     clamped to the output's `count` frames (at 25 fps: frames k-2..k+2)."""
-    offsets = (np.arange(SKETCH_WINDOW) - CENTRE) * rate / FPS
+    offsets = (np.arange(SKETCH_WINDOW) - SKETCH_CENTRE) * rate / FPS
     return np.clip(np.asarray(frames)[:, None] + offsets, 0, count - 1)
 
 
@@ -86,7 +84,7 @@ def landmark_inputs(template: Template, mel: np.ndarray, grid: int, count: int, 
     centres = np.unique(np.concatenate([below, above[weight > 0]]))
     # Windows t-2..t+2 (clamped to the audio). Neighbouring windows overlap, so each grid frame's audio window
     # and pose are encoded once and the windows gathered from those tokens.
-    windows = np.clip(centres[:, None] + np.arange(SKETCH_WINDOW) - CENTRE, 0, grid - 1)  # (C, 5)
+    windows = np.clip(centres[:, None] + np.arange(SKETCH_WINDOW) - SKETCH_CENTRE, 0, grid - 1)  # (C, 5)
     frames, position = np.unique(windows, return_inverse=True)
     pose = pose_of(template_at(template, np.minimum(frames * template.fps / FPS, count - 1))[0])  # (U, 2, 74)
     first = np.searchsorted(centres, below)
@@ -113,8 +111,8 @@ def render_inputs(template: Template, mel: np.ndarray, grid: int, count: int, ba
     predicted = merge_pose_content(pose_of(posed), content)
     sketches = np.stack([[draw_sketch(predicted[i, j], box_size(boxes[i, j])) for j in range(SKETCH_WINDOW)]
                          for i in range(len(rendered))])
-    centre_boxes = boxes[:, CENTRE]
+    centre_boxes = boxes[:, SKETCH_CENTRE]
     faces = None
     if crop:
         faces = np.stack([crop_face(batch.frames[i], centre_boxes[n]) for n, i in enumerate(batch.live)])
-    return RenderInputs(faces, sketches, mel_windows(mel, position)[:, None], centre_boxes, predicted[:, CENTRE])
+    return RenderInputs(faces, sketches, mel_windows(mel, position)[:, None], centre_boxes, predicted[:, SKETCH_CENTRE])

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from data.errors import InputError, one_line
-from data.video import ENCODER_OPTIONS, VideoWriter
+from data.video import ENCODER_OPTIONS, FPS, VideoWriter
 
 ENCODERS = ("auto", *ENCODER_OPTIONS)
 
@@ -27,7 +27,7 @@ def _nvenc_problem() -> str | None:
     try:
         context = av.codec.CodecContext.create("h264_nvenc", "w")
         context.width, context.height, context.pix_fmt = 256, 256, "yuv420p"
-        context.time_base = Fraction(1, 25)
+        context.time_base = Fraction(1, FPS)
         context.open()
         context.close()
     except Exception as error:  # a wheel without it, no NVIDIA driver, or a GPU without NVENC

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from data.crop import crop_box, normalise_to_box
+from data.crop import normalise_to_box
 from data.facemesh import FaceTrack
-from data.landmarks import LIP_POSITIONS, from_facemesh
+from data.landmarks import LIP_POSITIONS
 
 
 def lips_in_box(generated: np.ndarray, real: np.ndarray, box: np.ndarray) -> float:
@@ -28,12 +28,6 @@ def lips_in_box(generated: np.ndarray, real: np.ndarray, box: np.ndarray) -> flo
     return float(np.linalg.norm(generated_lips - real_lips, axis=1).mean())
 
 
-def lip_distance(generated_points: np.ndarray, real_points: np.ndarray, frame_size: tuple[int, int]) -> float:
-    """LipLMD of one frame pair from (478, 2) FaceMesh pixel points of each; frame_size is (width, height)."""
-    real = from_facemesh(real_points)
-    return lips_in_box(from_facemesh(generated_points), real, crop_box(real, frame_size))
-
-
 def track_lip_distances(generated: FaceTrack, real: FaceTrack) -> np.ndarray:
     """Per-frame LipLMD (T,) float64 of two face tracks (data/facemesh.py) of equal length, NaN where either frame
     has no face; the real frame's crop box is the track's (the one crop rule)."""
@@ -42,9 +36,3 @@ def track_lip_distances(generated: FaceTrack, real: FaceTrack) -> np.ndarray:
                      if generated.has_face[t] and real.has_face[t] else np.nan for t in range(len(real))],
                     dtype=np.float64)
 
-
-def lip_distances(generated_points: list[np.ndarray | None], real_points: list[np.ndarray | None],
-                  frame_size: tuple[int, int]) -> np.ndarray:
-    """Per-frame LipLMD (T,) float64, NaN where either frame has no face."""
-    return np.array([lip_distance(g, r, frame_size) if g is not None and r is not None else np.nan
-                     for g, r in zip(generated_points, real_points)], dtype=np.float64)

@@ -25,6 +25,8 @@ import torch
 from scipy.signal import medfilt
 from torch import nn
 
+from data.audio import SAMPLE_RATE
+from data.video import FPS
 from metrics.weights import SYNCNET_V2
 from models.weights import frozen, load_exactly, read_state, resolve
 
@@ -32,8 +34,9 @@ MAX_OFFSET = 15
 CROP_SCALE = 0.4
 CROP_SIZE = 224
 WINDOW = 5  # video frames per SyncNet input
-MFCC_PER_FRAME = 4  # 100 MFCC frames/s over 25 video frames/s
-SAMPLES_PER_FRAME = 640  # 16000 / 25
+MFCC_PER_SECOND = 100
+MFCC_PER_FRAME = MFCC_PER_SECOND // FPS  # 4
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 
 
 def _conv_block(conv: nn.Module, norm: nn.Module, pool: nn.Module | None = None) -> list[nn.Module]:
@@ -87,7 +90,7 @@ def load_syncnet(path: str | Path | None = None, download: bool = True) -> SyncN
     return frozen(network)
 
 
-def mfcc(audio: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
+def mfcc(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """(13, N) float32 MFCCs of mono float audio in -1..1, computed at int16 scale as syncnet_python reads its wav."""
     import python_speech_features
 

@@ -9,7 +9,8 @@ Images are RGB in 0..1, (B, 3, S, S) with S the face size: 128 (the paper's netw
 `renderer(face, target_sketches, ref_images, ref_sketches, mels)` does both. In the alignment module the SPADE
 gamma/beta maps depend only on the target sketches, which all N references of a frame share: they are computed
 once per frame here, where the official network recomputes them for every reference (docs/method.md, section 7). The
-result is the same (testing/renderer.py keeps the per-reference formulation as the reference).
+result is the same (tests/test_renderer.py checks it against the per-reference formulation kept in
+testing/reference_renderer.py).
 
 Above 128 the network grows at its ends only (docs/method.md, section 9): each doubling of S adds one stride-2 level
 in front of both encoders and one upsampling level, with a skip from the encoder, behind the decoder, so the motion

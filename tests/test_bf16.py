@@ -59,7 +59,7 @@ def test_the_warp_is_float32_under_autocast_and_equals_the_float32_warp():
     exact = warp(image, flow_to_grid(flow))
     with settings.autocast(CPU, "always"):
         (warped,) = warp_in_float32(flow.bfloat16(), (image,))
-        quantised = warp(image, flow_to_grid(flow.bfloat16()))  # the grid in the flow's dtype, as before
+        quantised = warp(image, flow_to_grid(flow.bfloat16()))  # the grid in the flow's dtype
     assert warped.dtype == torch.float32
     assert (warped - exact).abs().max().item() <= 1 / 255
     assert (quantised.float() - exact).abs().max().item() > 4 / 255  # what the float32 region prevents
@@ -102,7 +102,7 @@ def test_renderer_forward_under_cpu_bf16(tmp_path, monkeypatch):
     assert (half.float() - full).abs().max().item() < 0.05  # outputs are images in 0..1
     # Every warp sampled float32 sources at a float32 grid with autocast off, the same rule on CPU and CUDA.
     assert sampled and set(sampled) == {(torch.float32, torch.float32, False)}
-    # Measured at these inputs: 59.9 dB with the float32 region, 42.7 dB with the grid in bf16 (as before).
+    # Measured at these inputs: 59.9 dB with the float32 region, 42.7 dB with the grid in bf16.
     assert psnr(warped.float(), full_warped, 1e-10).item() >= 55
 
 

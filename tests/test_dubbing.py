@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -85,9 +86,16 @@ def test_paste_face_changes_only_the_blurred_hull():
     assert ys.min() >= 45 - reach and ys.max() <= 75 + reach
     # Deep inside the hull the mask is 1: the pasted face shows as it is.
     assert np.all(out[55:66, 65:76] == 255)
-    # Between the two, a blend: values lie between the frame's and the face's.
-    edge = out[60, 85].astype(int)
-    assert np.all(edge >= frame[60, 85].astype(int) - 1)
+    # Everywhere, the blend through the hull's mask blurred on its own: frame + mask * (face - frame), rounded.
+    hull = np.zeros(frame.shape[:2], np.float32)
+    cv2.fillConvexPoly(hull, outline.astype(np.int32), 1.0)
+    mask = cv2.GaussianBlur(hull, (kernel, kernel), 5.0)[..., None]
+    expected = np.round(frame + mask * (255.0 - frame))
+    assert np.abs(out - expected).max() <= 1
+    # The hull's edge is a real blend (neither the frame nor the face), and it is there that the pixels change.
+    edge = (mask[..., 0] > 0.2) & (mask[..., 0] < 0.8) & (frame.max(axis=2) < 200)
+    assert edge.sum() > 50 and np.all(np.any(out[edge] != frame[edge], axis=1))
+    assert np.all(np.any(out[edge] != 255, axis=1))
 
 
 def test_paste_face_at_the_frame_border():

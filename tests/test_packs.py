@@ -7,7 +7,7 @@ from torch.utils.data import default_collate
 from data.datasets import LandmarkWindows, RenderFrames
 from data.errors import InputError
 from data.records import encode_face, write_record
-from data.reference_samples import landmark_sample, render_sample
+from testing.reference_samples import landmark_sample, render_sample
 
 
 def write_records(folder, count: int = 2, frames: int = 36, seed: int = 0) -> list:
@@ -52,7 +52,7 @@ def test_landmark_windows_equal_the_per_record_draw(tiny):
             _equal(dataset[(epoch, index)], expected)
             dataset.set_epoch(epoch)
             _equal(dataset[index], expected)
-    # More references than other face frames: drawn with replacement, as before.
+    # More references than other face frames: drawn with replacement, as the reference draws them.
     many = LandmarkWindows(tiny, refs=40, min_face_frames=20, seed=1)
     _equal(many[(2, 1)], landmark_sample(tiny, 1, 2, 1, steps=5, refs=40))
 

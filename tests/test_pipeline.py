@@ -27,7 +27,6 @@ import inference
 from data.audio import SAMPLE_RATE, load_audio, write_wav
 from data.errors import DISK_STATUS, InputError
 from data.video import ENCODER_OPTIONS, VideoReader, VideoWriter, read_frames
-from models.renderer import ALIGNMENT_BUDGET, PAIR_BYTES, reference_chunk
 
 
 @pytest.fixture(scope="module")
@@ -196,18 +195,6 @@ def test_padding_repeats_the_last_row():
     assert dubbing.network.fixed_rows(5, 4) == 8 and dubbing.network.fixed_rows(0, 4) == 4
 
 
-def test_alignment_chunks_fit_a_long_template_in_24_gb():
-    """refs=fifth on a 2-minute 25 fps template (600 references) at batch 16: the references themselves (bf16
-    h1, h2; float32 images and sketches) plus one chunk's working memory fit in 24 GB."""
-    batch, count = 16, 2 * 60 * 25 // 5
-    step = reference_chunk(batch, count, torch.device("cuda"))
-    assert 1 <= step < count and step * batch * PAIR_BYTES <= ALIGNMENT_BUDGET
-    per_reference = 2 * (32 * 128 * 128 + 256 * 64 * 64) + 4 * 2 * 3 * 128 * 128
-    assert count * per_reference + step * batch * PAIR_BYTES < 24 * 2**30
-    assert reference_chunk(batch, 25, torch.device("cpu")) == 1  # the CPU's cache-sized rule is kept
-    assert reference_chunk(1, 3, torch.device("cuda")) == 3
-
-
 # ---------------------------------------------------------------- a full disk
 class _FullDisk:
     """A file whose writes fail as on a full volume (the file itself is created, as a real write would)."""
@@ -316,21 +303,40 @@ def test_shards_spread_over_the_visible_gpus(monkeypatch):
     assert inference.device_for_shard("auto", (3, 4)) == "auto"
 
 
-def test_compile_true_compiles_the_render_step_once(monkeypatch, media, models, tmp_path):
-    made = []
+def _recorded(step, calls: list):
+    """`step`, noting the rows of every call's inputs (faces, sketches, mels) in `calls`."""
+    def recording(renderer, refs, faces, sketches, mels):
+        calls.append((len(faces), len(sketches), len(mels)))
+        return step(renderer, refs, faces, sketches, mels)
+    return recording
 
-    def fake_compile(step, **options):
-        made.append(options)
-        return step
 
-    monkeypatch.setattr(torch, "compile", fake_compile)
+def test_compile_true_renders_every_batch_through_one_compiled_step_of_fixed_shapes(monkeypatch, media, models,
+                                                                                   tmp_path):
+    """compile: true as on CUDA (rows padded to the batch size): one compiled step serves every batch of every dub,
+    each call with the same rows (what dynamic=False and CUDA graphs need), and the frames are those of
+    compile: false."""
+    plain_calls, compiled_calls = [], []
+    monkeypatch.setattr(torch, "compile", lambda step, **options: _recorded(step, compiled_calls))
+    monkeypatch.setattr(dubbing.pipeline.Dub, "rows", property(lambda dub: dub.batch_size))  # CUDA's padding
     dubbing.network._compiled_step.cache_clear()
     template, audio = media
-    for name in ("a", "b"):
-        dubbing.dub(template, audio, tmp_path / f"{name}.mp4", models, _config(compile=True, audio_seconds=0.2),
-                    progress=False)
-    assert made == [{"mode": "reduce-overhead", "dynamic": False}]
-    dubbing.network._compiled_step.cache_clear()
+    try:
+        dubbing.dub(template, audio, tmp_path / "plain.mp4", models, _config(compile=False), progress=False)
+        monkeypatch.setattr(dubbing.pipeline.Dub, "rows", property(lambda dub: 0))
+        dubbing.dub(template, audio, tmp_path / "unpadded.mp4", replace(models, render_step=_recorded(_drawn,
+                    plain_calls)), _config(compile=False), progress=False)
+        monkeypatch.setattr(dubbing.pipeline.Dub, "rows", property(lambda dub: dub.batch_size))
+        for name in ("a", "b"):
+            dubbing.dub(template, audio, tmp_path / f"{name}.mp4", models, _config(compile=True), progress=False)
+    finally:
+        dubbing.network._compiled_step.cache_clear()
+    assert min(rows for rows, _, _ in plain_calls) < 4  # a short batch, which the compiled step must see padded
+    assert len(compiled_calls) == 2 * len(plain_calls)  # every batch of both dubs, through the one compiled step
+    assert set(compiled_calls) == {(4, 4, 4)}
+    for name in ("unpadded", "a", "b"):
+        assert all(np.array_equal(x, y) for x, y in zip(read_frames(tmp_path / "plain.mp4"),
+                                                        read_frames(tmp_path / f"{name}.mp4"), strict=True))
 
 
 class _Cancelled(Exception):

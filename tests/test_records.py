@@ -1,28 +1,16 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from data import records
 from data.errors import InputError
-
-
-def _make(stem, count=6, face_format="png"):
-    rng = np.random.default_rng(0)
-    faces = rng.integers(0, 256, (count, 128, 128, 3), dtype=np.uint8)
-    has_face = np.ones(count, bool)
-    has_face[2] = False
-    arrays = dict(landmarks=rng.random((count, 131, 2)).astype(np.float32),
-                  boxes=np.tile(np.array([10, 20, 110, 140], np.int32), (count, 1)), has_face=has_face,
-                  mel=rng.random((count * 3 + 1, 80)).astype(np.float32))
-    encoded = [records.encode_face(f, face_format) if h else b"" for f, h in zip(faces, has_face)]
-    records.write_record(stem, faces=encoded, source_fps=29.97, source_size=(320, 240),
-                         face_format=face_format, **arrays)
-    return faces, arrays
+from testing.records import random_record
 
 
 def test_round_trip(tmp_path):
-    faces, arrays = _make(tmp_path / "spk" / "00001")
+    faces, arrays = random_record(tmp_path / "spk" / "00001")
     clip = records.load_clip(tmp_path / "spk" / "00001")
     assert len(clip) == 6 and clip.fps == 25.0 and clip.source_fps == 29.97 and clip.source_size == (320, 240)
     for name, value in arrays.items():
@@ -37,7 +25,7 @@ def test_round_trip(tmp_path):
 
 
 def test_npz_needs_no_pickle(tmp_path):
-    _make(tmp_path / "a")
+    random_record(tmp_path / "a")
     with np.load(tmp_path / "a.npz", allow_pickle=False) as arrays:
         assert {"landmarks", "mel", "boxes", "has_face", "face_offsets", "face_format"} <= set(arrays.files)
         for name in arrays.files:
@@ -45,14 +33,14 @@ def test_npz_needs_no_pickle(tmp_path):
 
 
 def test_jpeg_faces_are_close(tmp_path):
-    faces, _ = _make(tmp_path / "j", face_format="jpg")
+    faces, _ = random_record(tmp_path / "j", face_format="jpg")
     smooth = records.decode_face(records.encode_face(np.full((128, 128, 3), 120, np.uint8), "jpg"))
     assert np.abs(smooth.astype(int) - 120).max() <= 2
     assert records.load_clip(tmp_path / "j").faces[0].shape == (128, 128, 3)
 
 
 def test_reading_a_frame_decodes_only_that_frame(tmp_path):
-    _make(tmp_path / "lazy")
+    random_record(tmp_path / "lazy")
     clip = records.load_clip(tmp_path / "lazy")
     start, end = int(clip.faces.offsets[0]), int(clip.faces.offsets[1])
     with open(tmp_path / "lazy.faces", "r+b") as handle:  # corrupt frame 0 only, same size
@@ -69,13 +57,13 @@ def test_crash_mid_write_leaves_no_record(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez_compressed", crash)
     with pytest.raises(KeyboardInterrupt):
-        _make(tmp_path / "crashed")
+        random_record(tmp_path / "crashed")
     assert not records.is_complete(tmp_path / "crashed")
     assert list(tmp_path.iterdir()) == []  # no temporary files either
 
 
 def test_crash_between_renames_of_an_overwrite_leaves_no_complete_record(tmp_path, monkeypatch):
-    _make(tmp_path / "old")
+    random_record(tmp_path / "old")
     real_replace, calls = os.replace, []
 
     def replace_then_crash(source, target):
@@ -86,14 +74,14 @@ def test_crash_between_renames_of_an_overwrite_leaves_no_complete_record(tmp_pat
 
     monkeypatch.setattr(os, "replace", replace_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        _make(tmp_path / "old", count=9)
+        random_record(tmp_path / "old", frames=9)
     assert not records.is_complete(tmp_path / "old")
     with pytest.raises(InputError, match="no such record"):
         records.load_clip(tmp_path / "old")
 
 
 def test_faces_file_that_does_not_match_is_an_error(tmp_path):
-    _make(tmp_path / "m")
+    random_record(tmp_path / "m")
     with open(tmp_path / "m.faces", "ab") as handle:
         handle.write(b"extra")
     with pytest.raises(InputError, match="does not match"):
@@ -103,3 +91,17 @@ def test_faces_file_that_does_not_match_is_an_error(tmp_path):
 def test_paths_accept_stem_npz_or_faces(tmp_path):
     assert records.record_paths(tmp_path / "x.npz") == records.record_paths(tmp_path / "x")
     assert records.record_paths(tmp_path / "x.faces")[0] == tmp_path / "x.npz"
+
+
+def test_load_clip_is_offered_by_data_without_import_data_errors_pulling_opencv():
+    import subprocess
+    import sys
+
+    import data
+
+    assert data.load_clip is records.load_clip  # README's `from data import load_clip`
+    code = ("import sys, data.errors; heavy = [m for m in ('cv2', 'av', 'torch') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(records.__file__).parents[1])
+    assert result.returncode == 0, result.stderr

@@ -3,7 +3,6 @@ import platform
 import pytest
 import torch
 import torch.nn.functional as F
-from reference_renderer import per_reference_forward
 
 from allocator import keep_freed_memory
 from data.errors import InputError
@@ -14,6 +13,8 @@ from models.checkpoints import official_renderer_name, renamed_renderer_state
 from models.discriminator import MultiscaleDiscriminator
 from models.renderer import ALIGNMENT_BUDGET, PAIR_BYTES, flow_to_grid, reference_chunk
 from testing.checkpoints import official_state, official_tensors, save_official
+from testing.memory import LiveTensorBytes
+from testing.reference_renderer import per_reference_forward
 
 
 def _inputs(batch=2, refs=3, seed=0):
@@ -56,6 +57,29 @@ def test_reference_chunks_bound_every_pass():
     pairs = ALIGNMENT_BUDGET // PAIR_BYTES
     assert reference_chunk(1, 25, cuda) == 25 and reference_chunk(16, 600, cuda) == pairs // 16
     assert reference_chunk(pairs * 2, 25, cuda) == 1  # never less than one reference a pass
+
+
+def test_pair_bytes_bounds_the_alignments_memory_per_pair_and_chunks_bound_a_pass(renderer, monkeypatch):
+    """Measured, not derived from the constants: the bytes of tensors alive at once in one alignment pass, at 64x64
+    (every map scales with the pixels, so a 128x128 pair needs 4x), for 6 references in chunks of 2 and of 6."""
+    import models.renderer
+
+    g = torch.Generator().manual_seed(5)
+
+    def peak(count: int, chunk: int) -> int:
+        images, sketches = torch.rand(1, count, 3, 64, 64, generator=g), torch.rand(1, count, 3, 64, 64, generator=g)
+        target = torch.rand(1, 5, 3, 64, 64, generator=g)
+        monkeypatch.setattr(models.renderer, "reference_chunk", lambda batch, count, device: chunk)
+        with torch.inference_mode():
+            refs = renderer.alignment.encode_references(images, sketches)
+            with LiveTensorBytes() as live:
+                renderer.alignment(refs, target)
+        return live.peak
+
+    chunked, whole = peak(6, 2), peak(6, 6)
+    per_pair = (whole - chunked) / 4 * (128 * 128) / (64 * 64)  # the 4 more pairs of the whole pass, at 128x128
+    assert PAIR_BYTES / 4 < per_pair <= PAIR_BYTES  # the GPU's chunks, sized by PAIR_BYTES, keep to the budget
+    assert chunked + 2 * per_pair / 4 < whole  # a pass holds its chunk's pairs, not every reference's
 
 
 def test_allocator_setting_takes_on_glibc():

@@ -149,7 +149,7 @@ class _FakeCuda:
 def test_a_checkpoint_of_eight_gpus_resumes_on_one_gpu_or_the_cpu(monkeypatch):
     torch.manual_seed(3)
     saved = checkpoints.rng_state(torch.device("cpu"))
-    saved["cuda"] = [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]  # the old layout: every visible GPU
+    saved["cuda"] = [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]  # per-GPU layout: every visible GPU
     fake = _FakeCuda()
     monkeypatch.setattr(torch.cuda, "set_rng_state", fake)
     checkpoints.restore_rng(saved, CPU_ENV)  # on the CPU: no CUDA state is touched
@@ -173,7 +173,7 @@ def test_a_resumed_run_saves_the_new_layout_and_resumes_from_the_old(records, tm
     path = tmp_path / "step_000000002.pt"
     state = torch.load(path, weights_only=True)
     assert len(state["rng"]["ranks"]) == 1 and "cuda" not in state["rng"]["ranks"][0]
-    state["rng"] = {**state["rng"]["ranks"][0], "cuda": [torch.zeros(16, dtype=torch.uint8)] * 8}  # as before
+    state["rng"] = {**state["rng"]["ranks"][0], "cuda": [torch.zeros(16, dtype=torch.uint8)] * 8}  # per-GPU layout
     torch.save(state, path)
     assert train_landmark.main(["--resume", "auto", *args[:-2], "schedule.max_steps=3", "schedule.save_every=3"]) == 0
     assert (tmp_path / "step_000000003.pt").is_file()

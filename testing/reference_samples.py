@@ -1,5 +1,5 @@
-"""The training samples as the datasets drew them before packs (each sample opens its record): the reference that
-the packed datasets in data/datasets.py must equal, sample for sample, and the "before" column of bench/loaders.py.
+"""The training samples drawn straight from the records (each sample opens its record): the reference that the
+packed datasets in data/datasets.py must equal, sample for sample, and the "before" column of bench/loaders.py.
 Slow on purpose (two .npz reads a sample, float32 images); not for training."""
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from data.landmarks import SKETCH_WINDOW, content_of, pose_of
 from data.packs import valid_starts
 from data.records import load_clip
 from data.sketch import sketch_tensor
+from data.tensors import as_images
 
 
 def draw(stems: list[Path], seed: int, epoch: int, index: int, steps: int):
@@ -40,7 +41,7 @@ def landmark_sample(stems: list[Path], seed: int, epoch: int, index: int, steps:
 
 
 def _float_images(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+    return as_images(torch.from_numpy(np.ascontiguousarray(images)))
 
 
 def _float_sketches(clip, frames: np.ndarray) -> torch.Tensor:
