@@ -27,8 +27,8 @@ from models.renderer import References, Renderer
 
 def render_faces(renderer: Renderer, refs: References, faces: torch.Tensor, sketches: torch.Tensor,
                  mels: torch.Tensor) -> torch.Tensor:
-    """The render step: faces (B, 3, 128, 128), sketches (B, 5, 3, 128, 128) and mels (B, 1, 80, 16) -> generated
-    faces (B, 3, 128, 128), the references encoded once per template."""
+    """The render step: faces (B, 3, S, S), sketches (B, 5, 3, S, S) and mels (B, 1, 80, 16) -> generated
+    faces (B, 3, S, S), the references encoded once per template."""
     return renderer.render(faces, sketches, refs, mels)[0]
 
 
@@ -44,6 +44,11 @@ class Models:
     renderer: Renderer
     device: torch.device
     render_step: RenderStep = render_faces
+
+    @property
+    def face_size(self) -> int:
+        """The renderer's face size: crops, sketches and the faces pasted back are this many pixels square."""
+        return self.renderer.face_size
 
 def load_models(landmark_ckpt: str | Path, renderer_ckpt: str | Path, device: str | torch.device | None = None
                 ) -> Models:
@@ -91,8 +96,9 @@ def encode_references(models: Models, template: Template, frames: dict[int, np.n
     device = models.device
     ref_pose = upload(pose_of(template.landmarks[landmark_refs])[None], device)  # (1, Nl, 2, 74)
     ref_content = upload(content_of(template.landmarks[landmark_refs])[None], device)
-    faces = np.stack([crop_face(frames[i], template.boxes[i]) for i in image_refs])[None]
-    sketches = np.stack([draw_sketch(template.landmarks[i], box_size(template.boxes[i])) for i in image_refs])
+    size = models.face_size
+    faces = np.stack([crop_face(frames[i], template.boxes[i], size) for i in image_refs])[None]
+    sketches = np.stack([draw_sketch(template.landmarks[i], box_size(template.boxes[i]), size) for i in image_refs])
     with torch.inference_mode(), autocast(device, bf16):
         tokens = models.landmark.encode_references(ref_pose, ref_content)
         refs = models.renderer.encode_references(as_images(upload(faces, device)),
@@ -153,12 +159,12 @@ def upload_frames(frames: list[np.ndarray], device: torch.device) -> torch.Tenso
 
 def generate(models: Models, refs: References, inputs: RenderInputs, bf16: bool | str, rows: int = 0,
              faces: torch.Tensor | None = None) -> torch.Tensor:
-    """Generated faces (k, 128, 128, 3) uint8 on the networks' device for a render batch, from its face crops:
-    `faces` (k, 128, 128, 3) uint8 when already on the device, else the batch's own, uploaded. With `rows`, the
+    """Generated faces (k, S, S, 3) uint8 on the networks' device for a render batch, from its face crops:
+    `faces` (k, S, S, 3) uint8 when already on the device, else the batch's own, uploaded. With `rows`, the
     call is padded to that many rows."""
     device, count = models.device, len(inputs.boxes)
     faces = as_images(upload(inputs.faces, device) if faces is None else faces)
-    sketches = _three_channels(upload(inputs.sketches, device))  # (k, 5, 3, 128, 128)
+    sketches = _three_channels(upload(inputs.sketches, device))  # (k, 5, 3, S, S)
     mels = upload(inputs.mels, device)
     if rows:
         faces, sketches, mels = (padded(t, fixed_rows(count, rows)) for t in (faces, sketches, mels))
@@ -168,6 +174,6 @@ def generate(models: Models, refs: References, inputs: RenderInputs, bf16: bool 
 
 
 def render(models: Models, refs: References, inputs: RenderInputs, bf16: bool | str, rows: int = 0) -> HostCopy:
-    """Generated faces (k, 128, 128, 3) uint8 for a render batch, on their way to the host (the copies to the
+    """Generated faces (k, S, S, 3) uint8 for a render batch, on their way to the host (the copies to the
     device and back do not block the host). With `rows`, the call is padded to that many rows."""
     return HostCopy(generate(models, refs, inputs, bf16, rows))

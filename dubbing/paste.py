@@ -1,5 +1,6 @@
-"""Paste-back (paper section 4): a generated 128x128 face resized into its crop box and blended into the template
-frame through the convex hull of the face outline, Gaussian-blurred, so that only the face changes.
+"""Paste-back (paper section 4): a generated SxS face (S the renderer's face size) resized into its crop box and
+blended into the template frame through the convex hull of the face outline, Gaussian-blurred, so that only the face
+changes.
 
 Two implementations of one rule: `paste_face` with OpenCV on the host, `paste_face_tensor` in torch on the
 networks' device (within 1 grey level of it, tests/test_device_frames.py)."""
@@ -41,7 +42,7 @@ def paste_region(box: np.ndarray, size: tuple[int, int], kernel: int) -> tuple[i
 
 def paste_face(frame: np.ndarray, face: np.ndarray, box: np.ndarray, outline: np.ndarray, kernel: int,
                sigma: float) -> np.ndarray:
-    """Resize a 128x128 face to its crop box, paste it, and blend it into the frame through the mask of `outline`
+    """Resize an SxS face to its crop box, paste it, and blend it into the frame through the mask of `outline`
     (face contour points in frame pixels) blurred by a Gaussian of `kernel` px and `sigma` (the config's mask.kernel
     and mask.sigma). Only pixels within kernel//2 of the hull can change."""
     x0, y0, x1, y1 = (int(v) for v in box)
@@ -59,7 +60,7 @@ def paste_face(frame: np.ndarray, face: np.ndarray, box: np.ndarray, outline: np
 # ---------------------------------------------------------------- the same in torch, on the networks' device
 def paste_face_tensor(frame: torch.Tensor, face: torch.Tensor, box: np.ndarray, outline: np.ndarray,
                       kernel: int, sigma: float) -> None:
-    """paste_face in torch on the frame's device, in place: an (H, W, 3) uint8 frame, a (128, 128, 3) uint8 face on
+    """paste_face in torch on the frame's device, in place: an (H, W, 3) uint8 frame, a (S, S, 3) uint8 face on
     the same device. Within 1 grey level of paste_face."""
     x0, y0, x1, y1 = (int(v) for v in box)
     rx0, ry0, rx1, ry1 = paste_region(box, (frame.shape[1], frame.shape[0]), kernel)

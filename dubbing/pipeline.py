@@ -261,7 +261,7 @@ def prepare_batch(dub: Dub, batch: FrameBatch) -> tuple[FrameBatch, RenderInputs
     inputs = landmark_inputs(dub.template, dub.mel, dub.grid, dub.count, batch.steps[batch.live])
     content = predict_content(dub.models, dub.prepared.encoded.tokens, inputs, dub.config["bf16"], dub.rows)
     return batch, render_inputs(dub.template, dub.mel, dub.grid, dub.count, batch, blend_windows(content, inputs),
-                                crop=not dub.on_device)
+                                dub.models.face_size, crop=not dub.on_device)
 
 
 def render_batch(dub: Dub, item: tuple[FrameBatch, RenderInputs | None]
@@ -277,7 +277,8 @@ def render_batch(dub: Dub, item: tuple[FrameBatch, RenderInputs | None]
         return batch, inputs, render(models, refs, inputs, bf16, dub.rows)
     with torch.inference_mode():
         frames = upload_frames(batch.frames, models.device)  # (B, H, W, 3) uint8
-        crops = torch.stack([crop_face_tensor(frames[i], box) for i, box in zip(batch.live, inputs.boxes)])
+        crops = torch.stack([crop_face_tensor(frames[i], box, models.face_size)
+                             for i, box in zip(batch.live, inputs.boxes)])
         generated = generate(models, refs, inputs, bf16, dub.rows, crops)
         kernel, sigma = _mask_blur(dub)
         for n, i in enumerate(batch.live):

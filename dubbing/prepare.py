@@ -46,8 +46,8 @@ class LandmarkInputs:
 
 @dataclass
 class RenderInputs:
-    """The renderer's batch for the k rendered frames: faces (k, 128, 128, 3) uint8 (None where the crops are
-    made on the device from the boxes), target sketches (k, SKETCH_WINDOW, 128, 128) uint8 (one channel; the
+    """The renderer's batch for the k rendered frames: faces (k, S, S, 3) uint8 (None where the crops are
+    made on the device from the boxes), target sketches (k, SKETCH_WINDOW, S, S) uint8 (one channel; the
     network's three are equal), audio windows (k, 1, 80, 16) float32; and for the crops and paste-back, each
     frame's crop box (k, 4) and predicted landmarks (k, 131, 2)."""
 
@@ -101,18 +101,18 @@ def blend_windows(content: np.ndarray, inputs: LandmarkInputs) -> np.ndarray:
 
 
 def render_inputs(template: Template, mel: np.ndarray, grid: int, count: int, batch: FrameBatch,
-                  content: np.ndarray, crop: bool = True) -> RenderInputs:
+                  content: np.ndarray, size: int, crop: bool = True) -> RenderInputs:
     """The renderer's batch for the rendered frames of `batch`, from their blended content landmarks (k, 5, 2, 57):
     the sketches at t-2/25..t+2/25 posed as the template there, the face crop at t (unless `crop` is false: the
-    device crops it), and the audio window of 25t."""
+    device crops it), and the audio window of 25t; sketches and crops are `size` pixels square."""
     rendered = batch.steps[batch.live]
     position, _, _, _ = grid_neighbours(rendered, template.fps, grid)
     posed, boxes = template_at(template, sketch_times(rendered, template.fps, count))  # (k, 5, 131, 2), (k, 5, 4)
     predicted = merge_pose_content(pose_of(posed), content)
-    sketches = np.stack([[draw_sketch(predicted[i, j], box_size(boxes[i, j])) for j in range(SKETCH_WINDOW)]
+    sketches = np.stack([[draw_sketch(predicted[i, j], box_size(boxes[i, j]), size) for j in range(SKETCH_WINDOW)]
                          for i in range(len(rendered))])
     centre_boxes = boxes[:, SKETCH_CENTRE]
     faces = None
     if crop:
-        faces = np.stack([crop_face(batch.frames[i], centre_boxes[n]) for n, i in enumerate(batch.live)])
+        faces = np.stack([crop_face(batch.frames[i], centre_boxes[n], size) for n, i in enumerate(batch.live)])
     return RenderInputs(faces, sketches, mel_windows(mel, position)[:, None], centre_boxes, predicted[:, SKETCH_CENTRE])

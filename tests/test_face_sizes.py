@@ -119,3 +119,28 @@ def test_two_samples_at_256_overfit(samples):
         optimiser.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 3, losses[::10]
+
+
+def test_a_dub_at_256_crops_renders_and_pastes_at_256(samples, tmp_path):
+    import dubbing
+    from data.video import VideoReader
+    from models.landmark_generator import LandmarkGenerator
+
+    torch.manual_seed(0)
+    calls = []
+
+    def recording(renderer, refs, faces, sketches, mels):
+        calls.append((tuple(faces.shape[1:]), tuple(sketches.shape[2:])))
+        return dubbing.network.render_faces(renderer, refs, faces, sketches, mels)
+
+    models = dubbing.Models(LandmarkGenerator().eval(), Renderer(256).eval(), torch.device("cpu"), recording)
+    config = dubbing.default_config()
+    config.update(refs=1, batch_size=4, audio_seconds=0.2)
+    template = samples / "template_129.mp4"
+    result = dubbing.dub(template, samples / "speech_audio2.wav", tmp_path / "out.mp4", models, config, progress=False)
+    assert calls and set(calls) == {((3, 256, 256), (3, 256, 256))}
+    with VideoReader(template) as source:
+        first = next(iter(source))
+    with VideoReader(tmp_path / "out.mp4", source.source_fps) as output:  # the template's own rate
+        frames = list(output)
+    assert len(frames) == result.frames > 0 and frames[0].shape == first.shape
