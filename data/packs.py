@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.audio import MEL_STEPS, N_MELS, window_start
-from data.crop import FACE_SIZE
+from data.crop import FACE_SIZE, upscaled
 from data.errors import InputError
 from data.landmarks import CONTENT_POSITIONS, NUM_LANDMARKS, POSE_POSITIONS, content_of, pose_of
 from data.records import record_paths, record_version, verify_record
@@ -100,6 +100,14 @@ class Pack:
 
     def __len__(self) -> int:
         return len(self.stems)
+
+    def upscaled_share(self) -> float:
+        """data.records.upscaled_share over the pack's usable records, from the mapped boxes (no record is opened):
+        the share (0..1) of face frames whose source face box is under the record's face size on its shorter side."""
+        a = self.arrays
+        sizes = np.repeat(np.asarray(self.face_sizes, np.int64), np.diff(a["frames"]))  # one per frame
+        faces = np.asarray(a["has_face"], bool)
+        return float(upscaled(a["boxes"][faces], sizes[faces]).mean()) if faces.any() else 0.0
 
     def video(self, v: int) -> Video:
         """Usable video v's arrays (views, nothing is read until used; made once per process)."""

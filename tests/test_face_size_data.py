@@ -72,6 +72,7 @@ def test_the_upscaled_share_is_printed_and_counts_boxes_under_the_face_size(reco
     share = float((sides < 256).mean())
     assert 0 < share < 0.5  # talk_b's face box is 254-267 px, talk_a's over 300
     assert record_files.upscaled_share([root / "talk_a", root / "talk_b"]) == pytest.approx(share)
+    assert RenderFrames(records_under(root), refs=1, face_size=256).pack.upscaled_share() == pytest.approx(share)
     found = re.search(r"; ([0-9.]+)% of their face frames upscaled \(source face box under 256 px\)", printed)
     assert found and float(found.group(1)) == pytest.approx(100 * share, abs=0.05), printed
 
@@ -143,3 +144,20 @@ def test_a_pack_made_before_face_sizes_were_stored_reads_as_128(tmp_path):
     (pack.folder / "meta.json").write_text(json.dumps(meta))
     dataset = RenderFrames(stems, refs=1, min_face_frames=20)
     assert dataset.pack.folder == pack.folder and dataset[0]["face"].shape == (3, 128, 128)
+
+
+def test_a_pack_gives_the_records_upscaled_share_from_its_boxes(tmp_path):
+    from data.datasets import LandmarkWindows
+
+    boxes = np.tile(np.array([[0, 0, 300, 300], [0, 0, 200, 400], [10, 10, 266, 266], [0, 0, 300, 255]], np.int32),
+                    (10, 1))
+    has_face = np.arange(40) < 39
+    boxes[~has_face] = 0
+    stems = [tmp_path / "at256", tmp_path / "at128"]
+    for stem, size in zip(stems, (256, 128)):
+        record_files.write_record(stem, faces=[b"x"] * 39 + [b""], landmarks=np.zeros((40, 131, 2)), boxes=boxes,
+                                  has_face=has_face, mel=np.zeros((129, 80)), source_fps=25, source_size=(400, 400),
+                                  face_format="jpg", face_size=size)
+    assert record_files.upscaled_share(stems) == 19 / 78  # frames 1, 5, .., 37 and 3, 7, .., 35 at 256; none at 128
+    dataset = LandmarkWindows(stems, min_face_frames=20)  # the landmark generator takes records of any size
+    assert dataset.pack.face_sizes == [256, 128] and dataset.pack.upscaled_share() == 19 / 78
