@@ -1,11 +1,14 @@
 """Preprocess talking-face videos into compact training records (one .npz + one .faces file per video).
 
-  python preprocess.py --input-root LRS2/main --output-root records/lrs2 [--workers 2] [--shard 0/4]
+  python preprocess.py --input-root LRS2/main --output-root records/lrs2 [--workers 2] [--shard 0/4] [--face-size 256]
 
 Every video under the input root (mp4, mov, mkv, avi, webm) is resampled to 25 fps; FaceMesh finds 131
-landmarks per frame; the face is cropped by the shared crop rule (data/crop.py) to 128x128; the audio track
-becomes the 16 kHz mel-spectrogram. Finished records are skipped on the next run; videos that cannot be used
-are listed with the reason in failures.tsv under the output root.
+landmarks per frame; the face is cropped by the shared crop rule (data/crop.py) to --face-size pixels square
+(128 by default, the paper's); the audio track becomes the 16 kHz mel-spectrogram. Finished records of that size
+are skipped on the next run (records of another size are made again); videos that cannot be used are listed with
+the reason in failures.tsv under the output root. The summary line gives the share of the recorded face frames
+whose face box in the source video is smaller than the crop on its shorter side: those crops are upscaled, with
+less detail than their size suggests (all of LRS2's 160x160 frames at 256).
 
 Exit status: 0 when the shard's videos have records (finished now or before), except those listed in the
 failures file; 3 when the shard has videos and none of them could be recorded; 2 for bad arguments (a missing
@@ -30,10 +33,10 @@ import numpy as np
 from tqdm import tqdm
 
 from data.audio import N_MELS, load_audio, melspectrogram
-from data.crop import crop_face
+from data.crop import FACE_SIZE, FACE_SIZES, crop_face
 from data.errors import DISK_STATUS, DiskError, InputError, disk_problem, one_line
 from data.facemesh import track_faces
-from data.records import FACE_FORMATS, encode_face, is_complete, record_paths, write_record
+from data.records import FACE_FORMATS, encode_face, is_complete, record_paths, upscaled_share, write_record
 from data.video import FPS, VIDEO_EXTENSIONS, VideoReader, find_videos
 from shards import parse_shard, shard_share
 
@@ -48,6 +51,7 @@ class Options:
     tracking: bool = True
     allow_no_audio: bool = False
     min_frames: int = MIN_FRAMES
+    face_size: int = FACE_SIZE
 
 
 _mesh = None  # one FaceMesh per worker process
@@ -81,8 +85,8 @@ def preprocess_video(video: Path, stem: Path, options: Options) -> int:
         faces = []
 
         def keep_face(frame: np.ndarray, box: np.ndarray | None) -> None:
-            faces.append(b"" if box is None else encode_face(crop_face(frame, box), options.face_format,
-                                                             options.jpeg_quality))
+            faces.append(b"" if box is None else encode_face(crop_face(frame, box, options.face_size),
+                                                             options.face_format, options.jpeg_quality))
 
         track = track_faces(reader, mesh, keep_face)
         source_fps, source_size = reader.source_fps, reader.size
@@ -92,7 +96,7 @@ def preprocess_video(video: Path, stem: Path, options: Options) -> int:
         raise InputError(video, f"no face found in any of its {len(track)} frames")
     write_record(stem, faces=faces, landmarks=track.landmarks, boxes=track.boxes, has_face=track.has_face, mel=mel,
                  source_fps=source_fps, source_size=source_size, face_format=options.face_format, fps=FPS,
-                 has_audio=len(mel) > 0)
+                 has_audio=len(mel) > 0, face_size=options.face_size)
     return len(faces)
 
 
@@ -124,6 +128,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="I/N: process only shard I of N (e.g. a SLURM array index): every N-th video of the "
                              "sorted list from the I-th, so shard sizes differ by at most one; default 0/1")
     parser.add_argument("--overwrite", action="store_true", help="redo videos whose record already exists")
+    parser.add_argument("--face-size", type=int, choices=FACE_SIZES, default=defaults.face_size,
+                        help=f"side of the stored face crops in pixels (default {defaults.face_size}, the paper's); "
+                             "256 and 512 want source faces at least that large (see the upscaled share in the "
+                             "summary line)")
     parser.add_argument("--face-format", choices=FACE_FORMATS, default=defaults.face_format,
                         help=f"jpg (quality --jpeg-quality) or png (lossless: about 4x the bytes, and slower); "
                              f"default {defaults.face_format}")
@@ -205,7 +213,8 @@ def _stopped_by(error: DiskError, input_root: Path, jobs: list[tuple[Path, Path]
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     options = Options(face_format=args.face_format, jpeg_quality=args.jpeg_quality,
-                      tracking=not args.detect_every_frame, allow_no_audio=args.allow_no_audio)
+                      tracking=not args.detect_every_frame, allow_no_audio=args.allow_no_audio,
+                      face_size=args.face_size)
     found = find_videos(args.input_root)
     if not found:
         print(f"error: {args.input_root}: no videos ({', '.join(VIDEO_EXTENSIONS)}) in this folder or below",
@@ -216,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs, skipped = [], 0
     for video in videos:
         stem = args.output_root / video.relative_to(args.input_root).with_suffix("")
-        if is_complete(stem) and not args.overwrite:
+        if is_complete(stem, options.face_size) and not args.overwrite:
             skipped += 1
         else:
             jobs.append((video, stem))
@@ -225,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(videos)} videos in shard {index}/{count}: {skipped} already done, {len(jobs)} to process",
           file=sys.stderr)
     done = failed = frames = 0
+    recorded = []
+    stems = dict(jobs)
     started = time.perf_counter()
     try:
         args.output_root.mkdir(parents=True, exist_ok=True)
@@ -233,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 relative = video.relative_to(args.input_root)
                 if reason is None:
                     done, frames = done + 1, frames + video_frames
+                    recorded.append(stems[video])
                 else:
                     failed += 1
                     failures.write(f"{relative.as_posix()}\t{reason}\n")
@@ -248,8 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         stop = DiskError(error.filename or failures_path, disk_problem(error))
         return _stopped_by(stop, args.input_root, jobs, failures_path, done, skipped)
     seconds = time.perf_counter() - started
+    upscaled = (f"; {upscaled_share(recorded):.1%} of their face frames upscaled (source face box under "
+                f"{options.face_size} px)") if recorded else ""
     print(f"videos: {done} done, {skipped} skipped, {failed} failed; {frames} frames in {seconds:.1f} s "
-          f"({frames / max(seconds, 1e-9):.1f} frames/s)" + (f"; failures listed in {failures_path}" if failed else ""))
+          f"({frames / max(seconds, 1e-9):.1f} frames/s){upscaled}"
+          + (f"; failures listed in {failures_path}" if failed else ""))
     if failed and not (done or skipped):
         print(f"error: {args.input_root}: no record could be written ({failed} videos failed; see {failures_path})",
               file=sys.stderr)

@@ -1,8 +1,9 @@
 """The face-crop rule, shared by preprocessing, training, inference and evaluation.
 
 Rule: take the bounding box of the 131 landmarks in source pixels, widen it on every side by MARGIN times the
-box's longer side, round to whole pixels, clip to the frame, and resize that region to 128x128 without keeping
-the aspect ratio. Landmarks are then normalised to the rounded box, so pixel content and landmarks agree exactly.
+box's longer side, round to whole pixels, clip to the frame, and resize that region to S x S without keeping
+the aspect ratio, S the face size (128, the paper's, or 256 or 512). Landmarks are then normalised to the rounded
+box, so pixel content and landmarks agree exactly.
 
 Why a relative margin: the official release widens by a fixed 5 px at preprocessing and 25 px at inference, so
 the same face gets two different normalisations, and on high-resolution video a fixed pixel count means almost
@@ -19,13 +20,24 @@ import torch
 from data.resize import resize_image, to_uint8
 
 MARGIN = 0.05
-FACE_SIZE = 128
+BASE_SIZE = 128  # the paper's face size: the official weights', and the size the renderer's core works at in all
+FACE_SIZES = (BASE_SIZE, 2 * BASE_SIZE, 4 * BASE_SIZE)  # each doubling adds one level at the renderer's ends
+FACE_SIZE = BASE_SIZE  # the default face size of every stage
 
 
-def crop_rule() -> str:
-    """The rule's parameters as text ('margin=0.05;size=128'). Records carry it in their version and the template
-    cache keys on it, so that a changed rule makes both be made again rather than reused with the old crop."""
-    return f"margin={MARGIN!r};size={FACE_SIZE}"
+def crop_rule(size: int = FACE_SIZE) -> str:
+    """The rule's parameters at face size `size` as text ('margin=0.05;size=128'). Records carry it in their version
+    and the template cache keys on it, so that a changed rule makes both be made again rather than reused with the
+    old crop."""
+    return f"margin={MARGIN!r};size={size}"
+
+
+def upscaled(boxes: np.ndarray, size: int | np.ndarray) -> np.ndarray:
+    """Which crop boxes (..., 4) are enlarged to reach (size, size): their shorter side in source pixels is under
+    `size` (a scalar or one per box), so the crop has less detail than its pixels suggest. (...) bool."""
+    boxes = np.asarray(boxes, np.int64)
+    shorter = np.minimum(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1])
+    return shorter < size
 
 
 def crop_box(points: np.ndarray, frame_size: tuple[int, int], margin: float | None = None) -> np.ndarray:

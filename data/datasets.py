@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.crop import FACE_SIZE, box_size
+from data.crop import FACE_SIZE, FACE_SIZES, box_size
 from data.errors import BadRecord, InputError, one_line
 from data.landmarks import SKETCH_CENTRE, SKETCH_WINDOW
 from data.packs import Video, open_pack
-from data.records import AGAIN, decode_face_planes
+from data.records import AGAIN, decode_face_planes, record_paths, size_mismatch
 from data.sketch import draw_sketch
 from data.tensors import unit_range
 from data.video import FPS
@@ -176,16 +176,18 @@ def _mel_windows(video: Video, frames: np.ndarray) -> np.ndarray:
 
 
 def _sketches(video: Video, frames: np.ndarray) -> torch.Tensor:
-    """(k, 1, 128, 128) uint8 sketches of the given frames, drawn from their stored landmarks and box shapes."""
-    return torch.from_numpy(np.stack([draw_sketch(video.landmarks[t], box_size(video.boxes[t])) for t in frames]
-                                     )[:, None])
+    """(k, 1, S, S) uint8 sketches of the given frames at the record's face size S, drawn from their stored
+    landmarks and box shapes."""
+    size = video.face_size
+    return torch.from_numpy(np.stack([draw_sketch(video.landmarks[t], box_size(video.boxes[t]), size)
+                                      for t in frames])[:, None])
 
 
 def _faces(video: Video, frames: np.ndarray) -> np.ndarray:
-    """(k, 3, 128, 128) uint8 RGB faces of the given frames, decoded from the video's .faces file. The file is read
-    while training, long after the pack checked it: a file deleted, cut short or undecodable since, or one that
-    cannot be read, is an InputError naming it."""
-    out = np.empty((len(frames), 3, FACE_SIZE, FACE_SIZE), np.uint8)
+    """(k, 3, S, S) uint8 RGB faces of the given frames at the record's face size S, decoded from the video's .faces
+    file. The file is read while training, long after the pack checked it: a file deleted, cut short or undecodable
+    since, or one that cannot be read, is an InputError naming it."""
+    out = np.empty((len(frames), 3, video.face_size, video.face_size), np.uint8)
     path = video.faces_path
     try:
         with open(path, "rb") as handle:
@@ -208,14 +210,20 @@ def _faces(video: Video, frames: np.ndarray) -> np.ndarray:
 class RenderFrames(RecordSamples):
     """Samples for the renderer: the centre frame of a random window of SKETCH_WINDOW face frames (the target), the
     sketches of the window, `refs` reference faces and their sketches drawn from the video's other face frames, and the
-    target's audio window. Images are RGB uint8 (3, 128, 128) and sketches one uint8 channel (1, 128, 128), a
-    seventh of the float bytes to collate and copy; `to_device` turns a batch into what the renderer takes."""
+    target's audio window. Images are RGB uint8 (3, S, S) and sketches one uint8 channel (1, S, S), a seventh of the
+    float bytes to collate and copy; `to_device` turns a batch into what the renderer takes. S is `face_size`: every
+    usable record must have been preprocessed at it (a record of another size is an InputError naming it)."""
 
     def __init__(self, stems: list[Path], refs: int = 3, min_face_frames: int = MIN_FACE_FRAMES, seed: int = 0,
                  repeats: int = 1, progress: bool = False, pack_dir: str | Path | None = None,
-                 on_bad_record: str = "stop"):
+                 on_bad_record: str = "stop", face_size: int = FACE_SIZE):
+        if face_size not in FACE_SIZES:  # before the pack, which can take a while to make
+            raise InputError("face_size", f"must be one of {', '.join(map(str, FACE_SIZES))}, got {face_size!r}")
         super().__init__(stems, SKETCH_WINDOW, min_face_frames, seed, repeats, progress, pack_dir, on_bad_record)
-        self.refs = refs
+        self.refs, self.face_size = refs, face_size
+        for stem, size in zip(self.stems, self.pack.face_sizes):
+            if size != face_size:
+                raise size_mismatch(record_paths(stem)[0], size, face_size)
 
     def _sample(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
         rng, video, window, others = self._draw(epoch, index)
@@ -223,16 +231,16 @@ class RenderFrames(RecordSamples):
         target = window[SKETCH_CENTRE]
         faces = torch.from_numpy(_faces(video, np.concatenate([[target], refs])))
         return {
-            "face": faces[0],  # (3, 128, 128) uint8
-            "sketches": _sketches(video, window),  # (5, 1, 128, 128) uint8
-            "ref_images": faces[1:],  # (N, 3, 128, 128) uint8
-            "ref_sketches": _sketches(video, refs),  # (N, 1, 128, 128) uint8
+            "face": faces[0],  # (3, S, S) uint8
+            "sketches": _sketches(video, window),  # (5, 1, S, S) uint8
+            "ref_images": faces[1:],  # (N, 3, S, S) uint8
+            "ref_sketches": _sketches(video, refs),  # (N, 1, S, S) uint8
             "mels": torch.from_numpy(_mel_windows(video, window[[SKETCH_CENTRE]])),  # (1, 80, 16) float32
         }
 
     def to_device(self, batch: dict, device: torch.device) -> dict:
         """The batch on `device` as the renderer takes it: images and sketches float32 in 0..1, sketches with 3
-        equal channels ((B, k, 3, 128, 128)); converted after the copy, on the device. A batch already converted
+        equal channels ((B, k, 3, S, S)); converted after the copy, on the device. A batch already converted
         is returned as it is."""
         batch = super().to_device(batch, device)
         for name in RENDER_IMAGES + RENDER_SKETCHES:

@@ -2,11 +2,11 @@
 every data-loader worker memory-maps (the operating system shares the pages), so a sample reads no .npz.
 
 A pack is a folder `<pack_dir>/<key>/` holding one raw little-endian file per array and `meta.json` (the arrays'
-dtypes and shapes, the usable stems, the skipped and missing ones). The key hashes the pack version, the window
-length, the face-frame threshold and every record's path and its files' sizes and modification times, so a changed,
-added or removed record gives a new pack (old packs stay until deleted). A pack is written under a temporary name
-and renamed into place, so a reader sees a whole pack or none; concurrent writers (DDP ranks) each write their own
-and the first rename wins.
+dtypes and shapes, the usable stems and their records' face sizes, the skipped and missing ones). The key hashes the
+pack version, the window length, the face-frame threshold and every record's path and its files' sizes and
+modification times, so a changed, added or removed record gives a new pack (old packs stay until deleted). A pack
+is written under a temporary name and renamed into place, so a reader sees a whole pack or none; concurrent writers
+(DDP ranks) each write their own and the first rename wins.
 
 Per frame, over all usable videos in order: landmarks (F, 131, 2) float32, and the same split as the landmark
 generator takes them, pose (F, 2, 74) and content (F, 2, 57) float32 (so a sample is one gather, not three);
@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.audio import MEL_STEPS, N_MELS, window_start
+from data.crop import FACE_SIZE, upscaled
 from data.errors import InputError
 from data.landmarks import CONTENT_POSITIONS, NUM_LANDMARKS, POSE_POSITIONS, content_of, pose_of
 from data.records import record_paths, record_version, verify_record
@@ -54,6 +55,7 @@ class Video:
     """One usable video of a pack: its arrays as read-only views into the pack's memory maps."""
 
     faces_path: Path
+    face_size: int  # S: the record's faces are (S, S)
     landmarks: np.ndarray  # (T, 131, 2) float32
     pose: np.ndarray  # (T, 2, 74) float32
     content: np.ndarray  # (T, 2, 57) float32
@@ -67,7 +69,8 @@ class Video:
 
 
 class Pack:
-    """A packed split opened read-only: `stems`, `skipped`, `missing`, and `video(v)` for usable video v."""
+    """A packed split opened read-only: `stems`, `face_sizes` (one per stem), `skipped`, `missing`, and `video(v)`
+    for usable video v."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -75,6 +78,8 @@ class Pack:
         self.stems = [Path(stem) for stem in meta["stems"]]
         self.skipped = [Path(stem) for stem in meta["skipped"]]
         self.missing = [Path(stem) for stem in meta["missing"]]
+        # Packs without the field were made before records came in other sizes than the first.
+        self.face_sizes = meta.get("face_sizes", [FACE_SIZE] * len(self.stems))
         # Plain ndarray views of the maps: torch.from_numpy and fancy indexing then give plain arrays.
         self.arrays = {name: np.asarray(_map(folder / f"{name}.bin", np.dtype(dtype), tuple(shape)))
                        for name, (dtype, shape) in meta["arrays"].items()}
@@ -96,6 +101,14 @@ class Pack:
     def __len__(self) -> int:
         return len(self.stems)
 
+    def upscaled_share(self) -> float:
+        """data.records.upscaled_share over the pack's usable records, from the mapped boxes (no record is opened):
+        the share (0..1) of face frames whose source face box is under the record's face size on its shorter side."""
+        a = self.arrays
+        sizes = np.repeat(np.asarray(self.face_sizes, np.int64), np.diff(a["frames"]))  # one per frame
+        faces = np.asarray(a["has_face"], bool)
+        return float(upscaled(a["boxes"][faces], sizes[faces]).mean()) if faces.any() else 0.0
+
     def video(self, v: int) -> Video:
         """Usable video v's arrays (views, nothing is read until used; made once per process)."""
         if v not in self._videos:
@@ -103,8 +116,8 @@ class Pack:
             frames = slice(a["frames"][v], a["frames"][v + 1])
             mel = a["mel"][a["mels"][v]:a["mels"][v + 1]]
             self._videos[v] = Video(
-                self._faces_paths[v], *(a[name][frames] for name in ("landmarks", "pose", "content", "boxes",
-                                                                     "face_bytes")),
+                self._faces_paths[v], self.face_sizes[v],
+                *(a[name][frames] for name in ("landmarks", "pose", "content", "boxes", "face_bytes")),
                 mel, np.lib.stride_tricks.sliding_window_view(mel, MEL_STEPS, axis=0),
                 self._mel_starts[:frames.stop - frames.start],
                 a["starts"][a["start_offsets"][v]:a["start_offsets"][v + 1]],
@@ -191,7 +204,7 @@ def _fill(temp: Path, stems: list[Path], steps: int, min_face_frames: int, progr
     files = {name: open(temp / f"{name}.bin", "wb") for name in names}
     rows = dict.fromkeys(names, 0)
     offsets = {"frames": [0], "mels": [0], "start_offsets": [0], "face_frame_offsets": [0]}
-    usable, skipped, missing = [], [], []
+    usable, skipped, missing, face_sizes = [], [], [], []
     try:
         for stem in tqdm(stems, desc="packing records", unit="record", disable=not progress):
             if not record_paths(stem)[0].is_file():
@@ -203,6 +216,7 @@ def _fill(temp: Path, stems: list[Path], steps: int, min_face_frames: int, progr
                 skipped.append(stem)
                 continue
             usable.append(stem)
+            face_sizes.append(clip.face_size)
             offsets_bytes = clip.faces.offsets.astype(np.int64)
             parts = {"landmarks": clip.landmarks.astype("<f4"), "pose": pose_of(clip.landmarks).astype("<f4"),
                      "content": content_of(clip.landmarks).astype("<f4"), "boxes": clip.boxes.astype("<i4"),
@@ -232,5 +246,5 @@ def _fill(temp: Path, stems: list[Path], steps: int, min_face_frames: int, progr
         _write_synced(temp / f"{name}.bin", np.asarray(values, "<i8").tobytes())
         shapes[name] = ("<i8", (len(values),))
     return {"version": PACK_VERSION, "arrays": {name: [dtype, list(shape)] for name, (dtype, shape) in shapes.items()},
-            "stems": [str(stem) for stem in usable], "skipped": [str(stem) for stem in skipped],
-            "missing": [str(stem) for stem in missing]}
+            "stems": [str(stem) for stem in usable], "face_sizes": face_sizes,
+            "skipped": [str(stem) for stem in skipped], "missing": [str(stem) for stem in missing]}

@@ -2,8 +2,8 @@
 
 Edges (FaceMesh ids): MediaPipe's lips (40), left and right eye (16 each), left and right eyebrow (8 each), the
 face oval without its 12 forehead edges (24), and a 13-edge nose: 125 straight 1-pixel lines of value 224 on
-black. Only edges, no points. The canvas has a short side of 128 px and the crop box's aspect ratio; it is then
-resized to 128x128 (bilinear), as the official code does.
+black. Only edges, no points. The canvas has a short side of S px, S the face size (128, the paper's, by default),
+and the crop box's aspect ratio; it is then resized to S x S (bilinear), as the official code does at 128.
 """
 from __future__ import annotations
 

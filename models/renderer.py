@@ -25,12 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data.crop import BASE_SIZE, FACE_SIZES
 from data.landmarks import SKETCH_WINDOW
 from models.layers import AdaINBlock, SPADEBlock, SPADELayer, audio_encoder
 
 DRIVING = 3 * SKETCH_WINDOW  # channels of the target sketches, stacked
-BASE_SIZE = 128  # the paper's face size: the size every motion field and modulated block works at
-FACE_SIZES = (128, 256, 512)
 STEM_CHANNELS = 32  # channels of the stride-2 input levels above BASE_SIZE
 
 CPU_ROWS_PER_CHUNK = 3  # see reference_chunk

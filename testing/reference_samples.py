@@ -45,7 +45,8 @@ def _float_images(images: np.ndarray) -> torch.Tensor:
 
 
 def _float_sketches(clip, frames: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.stack([sketch_tensor(clip.landmarks[t], box_size(clip.boxes[t])) for t in frames]))
+    return torch.from_numpy(np.stack([sketch_tensor(clip.landmarks[t], box_size(clip.boxes[t]), clip.face_size)
+                                      for t in frames]))
 
 
 def render_sample(stems: list[Path], seed: int, epoch: int, index: int, refs: int = 3) -> dict[str, torch.Tensor]:
