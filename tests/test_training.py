@@ -14,7 +14,6 @@ import config as settings
 import train_landmark
 import train_render
 from conftest import REPO
-from data.datasets import LandmarkWindows
 from data.errors import DISK_STATUS, BadRecord, DiskError, InputError
 from training import checkpoints, loop
 from training.distributed import Distributed, device_line
@@ -43,38 +42,32 @@ def _spy_reads(monkeypatch) -> dict:
 
 def test_no_host_read_between_sync_steps_in_the_landmark_trainer(records, tmp_path, monkeypatch):
     spy = _spy_reads(monkeypatch)
-    steps_seen = []
-    fit = loop.fit
+    steps_seen, syncs = [], []
 
-    def spied_fit(config, env, dataset, step, train_step, *rest):
-        def step_spied(batch, epoch):  # the step, its batch's move to the device and the running sums
-            spy["on"] = True
-            values = train_step(batch, epoch)
-            loop.RunningMeans.add(running_probe, values)
-            spy["on"] = False
-            steps_seen.append(len(spy["calls"]))
-            return values
+    def spied(function, on: bool, note: list | None = None):  # runs `function` with the spy on (or off)
+        def call(*args, **kwargs):
+            was, spy["on"] = spy["on"], on
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spy["on"] = was
+                if note is not None:
+                    note.append(len(spy["calls"]))
 
-        return fit(config, env, dataset, step, step_spied, *rest)
+        return call
 
-    running_probe = loop.RunningMeans()
-    to_device = LandmarkWindows.to_device
-
-    def spied_to_device(self, batch, device):
-        spy["on"] = True
-        try:
-            return to_device(self, batch, device)
-        finally:
-            spy["on"] = False
-
-    monkeypatch.setattr(loop, "fit", spied_fit)
-    monkeypatch.setattr(LandmarkWindows, "to_device", spied_to_device)
+    # The step, its batch's move to the device and the run's per-step bookkeeping, but not the sync steps.
+    monkeypatch.setattr(train_landmark, "landmark_step", spied(train_landmark.landmark_step, True, steps_seen))
+    monkeypatch.setattr(loop.Run, "to_device", spied(loop.Run.to_device, True))
+    monkeypatch.setattr(loop.Run, "after_step", spied(loop.Run.after_step, True))
+    monkeypatch.setattr(loop.Run, "sync", spied(loop.Run.sync, False, syncs))
     args = ["--config", str(REPO / "configs" / "landmark_smoke.yaml"), f"data.records={records}",
             f"run_dir={tmp_path}", "data.val_list=null", "model.layers=1", "model.feed_forward=64",
             "optim.batch_size=4", "sample.epoch_repeats=4", "schedule.max_steps=8", "schedule.sync_every=4",
             "schedule.log_every=4", "schedule.save_every=8", "schedule.eval_every=1000"]
     assert train_landmark.main(args) == 0
     assert len(steps_seen) == 8 and spy["calls"] == [], spy["calls"][:5]
+    assert len(syncs) == 2  # steps 4 and 8: one sync per schedule.sync_every
 
 
 def test_no_host_read_in_a_renderer_gan_step(monkeypatch):
