@@ -46,6 +46,8 @@ def test_epoch_sampler_shards_are_disjoint_and_resumable():
     full = list(sampler)
     sampler.set_epoch(2, offset=4)
     assert list(sampler) == full[4:] and len(sampler) == 6
+    sampler.set_epoch(2, offset=4, count=3)  # the last batches before schedule.max_steps
+    assert list(sampler) == full[4:7] and len(sampler) == 3
 
 
 def test_resumed_run_equals_an_uninterrupted_one(records, tmp_path):

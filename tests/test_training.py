@@ -111,6 +111,45 @@ def test_the_stop_guard_names_the_first_bad_step_and_part_at_its_read():
         guard.check()
 
 
+# ---------------------------------------------------------------- the run a trainer's loop calls
+class _Indices(torch.utils.data.Dataset):
+    """Ten samples, each its own index (the sampler's keys are (epoch, index) pairs)."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, key: tuple[int, int]) -> int:
+        return key[1]
+
+
+def _run_indices(tmp_path, start: int, max_steps: int, call_after_step: bool = True) -> tuple[list, list]:
+    """The (epoch, sample indices) of each batch a loop in the trainers' shape sees from step `start`, and the
+    steps saved: 10 samples, 2 a batch, so 5 batches an epoch."""
+    config = {"run_dir": str(tmp_path), "seed": 3, "optim": {"batch_size": 2}, "data": {"num_workers": 0},
+              "schedule": {"max_steps": max_steps, "sync_every": 4, "log_every": 4, "eval_every": 1000,
+                           "save_every": 3, "on_nonfinite": "stop", "on_bad_record": "stop"}}
+    loader = loop.train_loader(_Indices(), config, CPU_ENV)
+    seen, saved = [], []
+    with loop.Run(config, CPU_ENV, loader, start, lambda step, alone=False: saved.append(step),
+                  lambda step, logger: None) as run:
+        for epoch in run.epochs():
+            for batch in loader:
+                seen.append((epoch, batch.tolist()))
+                if call_after_step:
+                    run.after_step({"loss": torch.tensor(1.0)})
+    return seen, saved
+
+
+def test_a_run_resumed_mid_epoch_sees_the_batches_of_an_uninterrupted_one_and_stops_at_max_steps(tmp_path):
+    straight, saved = _run_indices(tmp_path / "a", 0, 12)
+    assert [epoch for epoch, _ in straight] == [0] * 5 + [1] * 5 + [2] * 2 and saved == [3, 6, 9, 12]
+    assert sorted(sum((batch for epoch, batch in straight if epoch == 1), [])) == list(range(10))
+    resumed, saved = _run_indices(tmp_path / "b", 7, 12)
+    assert resumed == straight[7:] and saved == [9, 12]
+    with pytest.raises(RuntimeError, match="calls run.after_step once per batch"):
+        _run_indices(tmp_path / "c", 0, 12, call_after_step=False)
+
+
 # ---------------------------------------------------------------- RNG states
 def _draws() -> tuple:
     return random.random(), np.random.random(), torch.rand(1).item()  # noqa: NPY002
