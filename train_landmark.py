@@ -40,7 +40,8 @@ def sketch_grid(pose: torch.Tensor, true: torch.Tensor, pred: torch.Tensor, coun
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device, batches: int, velocity_weight: float):
+def evaluate(model: torch.nn.Module, loader, device: torch.device, batches: int, velocity_weight: float
+             ) -> tuple[dict[str, float], np.ndarray | None]:
     """Mean eval L1 and velocity loss over `batches` batches, and a sketch grid of the first batch."""
     model.eval()
     totals, count, grid = {"l1": 0.0, "velocity": 0.0}, 0, None
@@ -74,6 +75,7 @@ def landmark_step(model: torch.nn.Module, optimiser: torch.optim.Optimizer, guar
 
 
 def train(config: dict, resume: str | None) -> int:
+    """Train the landmark generator to schedule.max_steps (from the checkpoint `resume` names, if any); returns 0."""
     from data.datasets import LandmarkWindows  # here, so that the step above imports without OpenCV (bench/gpu.py)
 
     env = distributed.begin(config)

@@ -129,6 +129,8 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, batches: int
 
 
 def train(config: dict, resume: str | None) -> int:
+    """Train the renderer and its discriminator to schedule.max_steps (from the checkpoint `resume` names, if any);
+    returns 0."""
     from data.datasets import RenderFrames  # here, so that the step above imports without OpenCV (bench/gpu.py)
 
     env = distributed.begin(config)
