@@ -7,17 +7,21 @@ For the first schedule.warmup_epochs epochs only the warp loss trains (the align
 loss: warp + reconstruction perceptual + style + LSGAN + feature matching, weights from the config. The
 discriminator's update uses only its own loss: the generator's adversarial gradients that reach it are cleared
 first (the official trainer mixes the two).
+
+Every hyper-parameter lives in configs/render.yaml (the paper's values). The --config file is laid over it, so it
+may hold only the keys it changes (configs/render_smoke.yaml does); `key=value` arguments override both (an
+unknown key is an error). The resolved config, checkpoints and TensorBoard events go to run_dir.
 """
 from __future__ import annotations
 
 import contextlib
 import sys
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from config import autocast
+from config import REPO, autocast
 from data.errors import InputError
 from losses.gan import feature_matching_loss, lsgan_loss
 from losses.perceptual import PerceptualLoss, load_vgg19_features
@@ -27,9 +31,12 @@ from models.renderer import Renderer
 from training import checkpoints, cli, distributed, loop
 from training.stopping import LossGuard
 
+BASE_CONFIG = REPO / "configs" / "render.yaml"  # every key; a --config file is laid over it
 
-def generator_loss(weights: dict, warm_up: bool, perceptual: PerceptualLoss, discriminator, face, generated, warped
-                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+
+def generator_loss(weights: dict[str, float], warm_up: bool, perceptual: PerceptualLoss,
+                   discriminator: torch.nn.Module, face: torch.Tensor, generated: torch.Tensor | None,
+                   warped: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The generator's weighted loss and its parts (unweighted tensors); during warm-up the warp loss alone."""
     targets = perceptual.targets(face)  # VGG features of the real face, shared by the warp and reconstruction terms
     warp, _ = perceptual(warped, targets=targets)
@@ -47,7 +54,7 @@ def generator_loss(weights: dict, warm_up: bool, perceptual: PerceptualLoss, dis
     return total, parts
 
 
-def discriminator_loss(discriminator, face, generated) -> torch.Tensor:
+def discriminator_loss(discriminator: torch.nn.Module, face: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
     """LSGAN loss of the discriminator: generated (detached) -> 0, real -> 1, halved."""
     scores = discriminator(torch.cat([generated.detach(), face]))
     fake = [[f[: len(face)] for f in scale] for scale in scores]
@@ -55,11 +62,14 @@ def discriminator_loss(discriminator, face, generated) -> torch.Tensor:
     return 0.5 * (lsgan_loss(fake, real=False) + lsgan_loss(real, real=True))
 
 
-def gan_step(generator, discriminator, g_optimiser, d_optimiser, perceptual, batch, weights, warm_up,
-             device_autocast, guard: LossGuard | None = None) -> dict[str, torch.Tensor]:
+def gan_step(generator: torch.nn.Module, discriminator: torch.nn.Module, g_optimiser: torch.optim.Optimizer,
+             d_optimiser: torch.optim.Optimizer, perceptual: PerceptualLoss, batch: dict[str, torch.Tensor],
+             weights: dict[str, float], warm_up: bool, device_autocast: Callable[[], contextlib.AbstractContextManager],
+             guard: LossGuard | None = None) -> dict[str, torch.Tensor]:
     """One training step: the generator's update, then (after warm-up) the discriminator's on its own loss.
-    `guard` checks each loss before its optimiser uses it (a skipped update leaves its parts out). The parts come
-    back as detached tensors on the device: reading them is the loop's business, at its sync steps."""
+    `generator` and `discriminator` may be DDP wrappers. `guard` checks each loss before its optimiser uses it (a
+    skipped update leaves its parts out). The parts come back as detached tensors on the device: the run reads
+    them at its sync steps."""
     if guard is not None:
         guard.begin(generator, discriminator)
     with device_autocast():
@@ -100,7 +110,8 @@ def image_grid(batch: dict, generated: torch.Tensor, warped: torch.Tensor, count
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, batches: int) -> tuple[dict, np.ndarray | None]:
+def evaluate(model: torch.nn.Module, loader, device: torch.device, batches: int
+             ) -> tuple[dict[str, float], np.ndarray | None]:
     """Mean PSNR and SSIM of generated vs target faces over `batches` batches, and an image grid."""
     model.eval()
     scores, count, grid = {"psnr": 0.0, "ssim": 0.0}, 0, None
@@ -118,13 +129,12 @@ def evaluate(model, loader, device, batches: int) -> tuple[dict, np.ndarray | No
 
 
 def train(config: dict, resume: str | None) -> int:
+    """Train the renderer and its discriminator to schedule.max_steps (from the checkpoint `resume` names, if any);
+    returns 0."""
     from data.datasets import RenderFrames  # here, so that the step above imports without OpenCV (bench/gpu.py)
 
     env = distributed.begin(config)
     data, sample, optim, schedule = config["data"], config["sample"], config["optim"], config["schedule"]
-    if loop.batch_per_rank(config, env) < 2:
-        raise InputError("optim.batch_size", "needs at least 2 samples per process (the audio encoder's BatchNorm "
-                                             "sees one value per channel)")
     train_set = RenderFrames(loop.record_list(data, "train"), sample["refs"], sample["min_face_frames"],
                              seed=config["seed"], repeats=sample["epoch_repeats"], progress=env.main,
                              pack_dir=data["pack_dir"], on_bad_record=schedule["on_bad_record"])
@@ -132,6 +142,10 @@ def train(config: dict, resume: str | None) -> int:
     val_set = RenderFrames(val_stems, sample["refs"], sample["min_face_frames"], seed=config["seed"] + 1,
                            pack_dir=data["pack_dir"], on_bad_record=schedule["on_bad_record"]) if val_stems else None
     loop.report_data(env, train_set, val_set, sample["min_face_frames"])
+    loader = loop.train_loader(train_set, config, env)
+    if loader.batch_size < 2:
+        raise InputError("optim.batch_size", "needs at least 2 samples per process (the audio encoder's BatchNorm "
+                                             "sees one value per channel)")
 
     vgg = config["vgg19"]
     if vgg["allow_random"] and env.main:
@@ -146,42 +160,39 @@ def train(config: dict, resume: str | None) -> int:
     others = {"discriminator": discriminator}
     step = checkpoints.resume(resume, config, env, generator, optimisers, others)
     d_model = distributed.wrap(discriminator, env)
-    if env.main:
-        checkpoints.save_config(config, Path(config["run_dir"]))
-    logger = loop.Logger(Path(config["run_dir"]), env.main)
-    guard = LossGuard(env, schedule["on_nonfinite"])
-    batches_per_epoch = (-(-len(train_set) // env.world)) // loop.batch_per_rank(config, env)
-    wrapped = {}  # warm-up -> the generator under DDP for that phase
 
-    def train_step(batch: dict, epoch: int) -> dict:
-        warm_up = epoch < schedule["warmup_epochs"]
-        if warm_up not in wrapped:
-            # During warm-up the translation module gets no gradient, so DDP must look for unused parameters;
-            # after it, that search would cost a graph traversal every step: wrap again at the switch (and on a
-            # resume, for the phase the run is in).
-            wrapped.clear()
-            wrapped[warm_up] = distributed.wrap(generator, env, find_unused=warm_up)
-        return gan_step(wrapped[warm_up], d_model, g_optimiser, d_optimiser, perceptual, batch, config["loss"],
-                        warm_up, lambda: autocast(env.device, config["bf16"]), guard)
+    def save(step: int, alone: bool = False) -> None:
+        checkpoints.save(config, env, step, "renderer", generator, optimisers, {}, others, alone)
 
-    def run_eval(step: int) -> None:
+    def run_eval(step: int, logger: loop.Logger) -> None:
         if val_set is not None:
             scores, grid = evaluate(generator, loop.eval_loader(val_set, config, env), env.device,
                                     schedule["eval_batches"])
             loop.log_eval(logger, step, scores, "eval/sketch_refs_warped_generated_target", grid,
-                          f"step {step} (epoch {step // batches_per_epoch}): eval PSNR {scores['psnr']:.2f} dB, "
+                          f"step {step} (epoch {step // run.batches_per_epoch}): eval PSNR {scores['psnr']:.2f} dB, "
                           f"SSIM {scores['ssim']:.4f}")
 
-    save = checkpoints.Saver(config, env, "renderer", generator, optimisers, {}, others)
     generator.train()
     discriminator.train()
-    loop.fit(config, env, train_set, step, train_step, run_eval, save, logger, guard)
-    loop.finish(env, logger, [generator, discriminator])
+    g_model, wrapped_for = None, None  # the generator under DDP, and the phase (warm-up or not) it was wrapped for
+    with loop.Run(config, env, loader, step, save, run_eval) as run:
+        for epoch in run.epochs():
+            warm_up = epoch < schedule["warmup_epochs"]
+            if warm_up != wrapped_for:
+                # During warm-up the translation module gets no gradient, so DDP must look for unused parameters;
+                # after it, that search would cost a graph traversal every step: wrap again at the switch (and on
+                # a resume, for the phase the run is in).
+                g_model, wrapped_for = distributed.wrap(generator, env, find_unused=warm_up), warm_up
+            for batch in loader:
+                losses = gan_step(g_model, d_model, g_optimiser, d_optimiser, perceptual, run.to_device(batch),
+                                  config["loss"], warm_up, lambda: autocast(env.device, config["bf16"]), run.guard)
+                run.after_step(losses)
+    loop.finish(env, [generator, discriminator])
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.main(__doc__, train, argv)
+    return cli.main(__doc__, train, argv, base=BASE_CONFIG)
 
 
 if __name__ == "__main__":

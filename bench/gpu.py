@@ -122,8 +122,8 @@ def steps_and_resume(device: torch.device, sizes: dict) -> dict:
     guard.check()  # raises if any part was not finite
     with tempfile.TemporaryDirectory() as folder:
         config = {"run_dir": folder, "schedule": {"keep_last": 2}}
-        checkpoints.Saver(config, env, "renderer", renderer, {"generator": optimisers["generator"]}, {},
-                          {"discriminator": discriminator})(1)
+        checkpoints.save(config, env, 1, "renderer", renderer, {"generator": optimisers["generator"]}, {},
+                         {"discriminator": discriminator})
         _, fresh, fresh_disc, _, fresh_optimisers = _networks(device)
         step = checkpoints.resume("auto", config, env, fresh, {"generator": fresh_optimisers["generator"]},
                                   {"discriminator": fresh_disc})

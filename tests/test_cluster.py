@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -157,22 +156,24 @@ def _record_trainer(damage_at: int, damage):
         model = torch.nn.Linear(1, 1)
         optimiser = torch.optim.SGD(model.parameters(), lr=0.01)
         step = checkpoints.resume(resume, config, env, model, {"model": optimiser})
-        calls = {"n": 0}
+        loader = loop.train_loader(dataset, config, env)
 
-        def train_step(batch: dict, epoch: int) -> dict:
-            calls["n"] += 1
-            if calls["n"] == damage_at:
-                damage()
-            loss = model(batch["face"].mean().reshape(1, 1)).square().mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            return {"loss": loss.detach()}
+        def save(step: int, alone: bool = False) -> None:
+            checkpoints.save(config, env, step, "test", model, {"model": optimiser}, {}, alone=alone)
 
-        logger = loop.Logger(Path(config["run_dir"]), env.main)
-        save = checkpoints.Saver(config, env, "test", model, {"model": optimiser}, {})
-        loop.fit(config, env, dataset, step, train_step, lambda step: None, save, logger, LossGuard(env, "stop"))
-        loop.finish(env, logger, [model])
+        calls = 0
+        with loop.Run(config, env, loader, step, save, lambda step, logger: None) as run:
+            for _epoch in run.epochs():
+                for batch in loader:
+                    calls += 1
+                    if calls == damage_at:
+                        damage()
+                    loss = model(run.to_device(batch)["face"].mean().reshape(1, 1)).square().mean()
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
+                    run.after_step({"loss": loss.detach()})
+        loop.finish(env, [model])
         return 0
 
     return train
@@ -196,7 +197,8 @@ def _run_on_records(root, run_dir, damage_at, damage, workers, *extra, resume=Fa
             "data.val_list=null", f"data.num_workers={workers}", "optim.batch_size=2", "sample.epoch_repeats=12",
             "schedule.max_steps=12", "schedule.save_every=1000", "schedule.eval_every=1000", "schedule.log_every=4",
             "schedule.sync_every=4", *extra]
-    return cli.main("test trainer", _record_trainer(damage_at, damage), (["--resume", "auto"] if resume else []) + args)
+    return cli.main("test trainer", _record_trainer(damage_at, damage), (["--resume", "auto"] if resume else []) + args,
+                    base=train_render.BASE_CONFIG)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -1,3 +1,4 @@
+import importlib
 import subprocess
 import sys
 
@@ -5,7 +6,7 @@ import pytest
 import torch
 
 import train_landmark
-from config import load_config
+from config import load_config, read_yaml
 from conftest import REPO
 from data.errors import InputError
 from training.loop import EpochSampler, record_list
@@ -45,6 +46,8 @@ def test_epoch_sampler_shards_are_disjoint_and_resumable():
     full = list(sampler)
     sampler.set_epoch(2, offset=4)
     assert list(sampler) == full[4:] and len(sampler) == 6
+    sampler.set_epoch(2, offset=4, count=3)  # the last batches before schedule.max_steps
+    assert list(sampler) == full[4:7] and len(sampler) == 3
 
 
 def test_resumed_run_equals_an_uninterrupted_one(records, tmp_path):
@@ -72,6 +75,9 @@ def test_eval_runs_and_logs(records, tmp_path, capsys):
     assert code == 0
     assert "step 2: eval L1" in capsys.readouterr().err
     assert list((tmp_path / "run").glob("events.out.tfevents.*"))
+    saved = read_yaml(tmp_path / "run" / "config.yaml")  # the whole resolved config, the smoke file's keys and the rest
+    assert set(_leaves(saved)) == set(_leaves(read_yaml(train_landmark.BASE_CONFIG)))
+    assert saved["model"]["layers"] == 1 and saved["model"]["d_model"] == 512
     config_dict = load_config(config, [f"data.val_list={records}"])
     assert len(record_list(config_dict["data"], "val")) == 2  # a folder of records works too
 
@@ -90,3 +96,28 @@ def test_torchrun_two_cpu_processes_keep_identical_parameters(records, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "parameters identical on all 2 ranks: True" in result.stderr
     assert (tmp_path / "ddp" / "step_000000003.pt").is_file()
+
+
+def _leaves(config: dict, prefix: str = "") -> dict:
+    """{dotted.key: value} of every leaf of a config."""
+    leaves = {}
+    for key, value in config.items():
+        leaves.update(_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return leaves
+
+
+@pytest.mark.parametrize("trainer", ["train_landmark", "train_render"])
+def test_a_smoke_config_holds_only_what_differs_and_the_trainer_lays_it_over_its_base(trainer, tmp_path,
+                                                                                    monkeypatch, capsys):
+    module = importlib.import_module(trainer)
+    smoke = REPO / "configs" / module.BASE_CONFIG.name.replace(".yaml", "_smoke.yaml")
+    base, over = _leaves(read_yaml(module.BASE_CONFIG)), _leaves(read_yaml(smoke))
+    assert over and [key for key in over if over[key] == base.get(key)] == []
+    resolved = {}
+    monkeypatch.setattr(module, "train", lambda config, resume: resolved.update(config) or 0)
+    assert module.main(["--config", str(smoke), "seed=7"]) == 0
+    assert _leaves(resolved) == {**base, **over, "seed": 7}  # every key: what config.yaml and checkpoints hold
+    (tmp_path / "typo.yaml").write_text("schedule: {max_step: 3}\n")
+    assert module.main(["--config", str(tmp_path / "typo.yaml")]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: {tmp_path / 'typo.yaml'}: unknown config key "
+                                                      "'schedule.max_step'")

@@ -14,7 +14,6 @@ import config as settings
 import train_landmark
 import train_render
 from conftest import REPO
-from data.datasets import LandmarkWindows
 from data.errors import DISK_STATUS, BadRecord, DiskError, InputError
 from training import checkpoints, loop
 from training.distributed import Distributed, device_line
@@ -43,38 +42,32 @@ def _spy_reads(monkeypatch) -> dict:
 
 def test_no_host_read_between_sync_steps_in_the_landmark_trainer(records, tmp_path, monkeypatch):
     spy = _spy_reads(monkeypatch)
-    steps_seen = []
-    fit = loop.fit
+    steps_seen, syncs = [], []
 
-    def spied_fit(config, env, dataset, step, train_step, *rest):
-        def step_spied(batch, epoch):  # the step, its batch's move to the device and the running sums
-            spy["on"] = True
-            values = train_step(batch, epoch)
-            loop.RunningMeans.add(running_probe, values)
-            spy["on"] = False
-            steps_seen.append(len(spy["calls"]))
-            return values
+    def spied(function, on: bool, note: list | None = None):  # runs `function` with the spy on (or off)
+        def call(*args, **kwargs):
+            was, spy["on"] = spy["on"], on
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spy["on"] = was
+                if note is not None:
+                    note.append(len(spy["calls"]))
 
-        return fit(config, env, dataset, step, step_spied, *rest)
+        return call
 
-    running_probe = loop.RunningMeans()
-    to_device = LandmarkWindows.to_device
-
-    def spied_to_device(self, batch, device):
-        spy["on"] = True
-        try:
-            return to_device(self, batch, device)
-        finally:
-            spy["on"] = False
-
-    monkeypatch.setattr(loop, "fit", spied_fit)
-    monkeypatch.setattr(LandmarkWindows, "to_device", spied_to_device)
+    # The step, its batch's move to the device and the run's per-step bookkeeping, but not the sync steps.
+    monkeypatch.setattr(train_landmark, "landmark_step", spied(train_landmark.landmark_step, True, steps_seen))
+    monkeypatch.setattr(loop.Run, "to_device", spied(loop.Run.to_device, True))
+    monkeypatch.setattr(loop.Run, "after_step", spied(loop.Run.after_step, True))
+    monkeypatch.setattr(loop.Run, "sync", spied(loop.Run.sync, False, syncs))
     args = ["--config", str(REPO / "configs" / "landmark_smoke.yaml"), f"data.records={records}",
             f"run_dir={tmp_path}", "data.val_list=null", "model.layers=1", "model.feed_forward=64",
             "optim.batch_size=4", "sample.epoch_repeats=4", "schedule.max_steps=8", "schedule.sync_every=4",
             "schedule.log_every=4", "schedule.save_every=8", "schedule.eval_every=1000"]
     assert train_landmark.main(args) == 0
     assert len(steps_seen) == 8 and spy["calls"] == [], spy["calls"][:5]
+    assert len(syncs) == 2  # steps 4 and 8: one sync per schedule.sync_every
 
 
 def test_no_host_read_in_a_renderer_gan_step(monkeypatch):
@@ -116,6 +109,45 @@ def test_the_stop_guard_names_the_first_bad_step_and_part_at_its_read():
     assert guard.ok({"l1": nan, "velocity": finite})  # a later bad part does not replace the first
     with pytest.raises(Diverged, match=r"^step 12: loss part 'velocity' is inf$"):
         guard.check()
+
+
+# ---------------------------------------------------------------- the run a trainer's loop calls
+class _Indices(torch.utils.data.Dataset):
+    """Ten samples, each its own index (the sampler's keys are (epoch, index) pairs)."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, key: tuple[int, int]) -> int:
+        return key[1]
+
+
+def _run_indices(tmp_path, start: int, max_steps: int, call_after_step: bool = True) -> tuple[list, list]:
+    """The (epoch, sample indices) of each batch a loop in the trainers' shape sees from step `start`, and the
+    steps saved: 10 samples, 2 a batch, so 5 batches an epoch."""
+    config = {"run_dir": str(tmp_path), "seed": 3, "optim": {"batch_size": 2}, "data": {"num_workers": 0},
+              "schedule": {"max_steps": max_steps, "sync_every": 4, "log_every": 4, "eval_every": 1000,
+                           "save_every": 3, "on_nonfinite": "stop", "on_bad_record": "stop"}}
+    loader = loop.train_loader(_Indices(), config, CPU_ENV)
+    seen, saved = [], []
+    with loop.Run(config, CPU_ENV, loader, start, lambda step, alone=False: saved.append(step),
+                  lambda step, logger: None) as run:
+        for epoch in run.epochs():
+            for batch in loader:
+                seen.append((epoch, batch.tolist()))
+                if call_after_step:
+                    run.after_step({"loss": torch.tensor(1.0)})
+    return seen, saved
+
+
+def test_a_run_resumed_mid_epoch_sees_the_batches_of_an_uninterrupted_one_and_stops_at_max_steps(tmp_path):
+    straight, saved = _run_indices(tmp_path / "a", 0, 12)
+    assert [epoch for epoch, _ in straight] == [0] * 5 + [1] * 5 + [2] * 2 and saved == [3, 6, 9, 12]
+    assert sorted(sum((batch for epoch, batch in straight if epoch == 1), [])) == list(range(10))
+    resumed, saved = _run_indices(tmp_path / "b", 7, 12)
+    assert resumed == straight[7:] and saved == [9, 12]
+    with pytest.raises(RuntimeError, match="calls run.after_step once per batch"):
+        _run_indices(tmp_path / "c", 0, 12, call_after_step=False)
 
 
 # ---------------------------------------------------------------- RNG states

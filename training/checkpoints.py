@@ -26,6 +26,7 @@ RESUME_KEYS = ("model", "step", "optimisers", "rng")
 
 
 def save_config(config: dict, run_dir: Path) -> None:
+    """run_dir/config.yaml: the run's resolved config, every key."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
@@ -109,26 +110,19 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int) -> Path:
     return path
 
 
-class Saver:
-    """saver(step) for fit, called on every rank: gathers the ranks' RNG states, then on the main rank refuses
-    non-finite parameters and writes step_<step>.pt, pruning to schedule.keep_last.
+def save(config: dict, env: Distributed, step: int, kind: str, model: torch.nn.Module, optimisers: dict,
+         model_args: dict, others: dict | None = None, alone: bool = False) -> None:
+    """The run's step_<step>.pt, called on every rank: gathers the ranks' RNG states, then on the main rank
+    refuses non-finite parameters and writes the checkpoint, pruning to schedule.keep_last.
 
-    saver(step, alone=True), called on one rank only (a rank that cannot go on, such as one whose data loader met
-    a bad record): no collective; this rank writes the checkpoint with its own RNG states, which every rank then
-    resumes with (under DDP the replicas hold the same parameters and optimiser states, so any rank can)."""
-
-    def __init__(self, config: dict, env: Distributed, kind: str, model: torch.nn.Module, optimisers: dict,
-                 model_args: dict, others: dict | None = None):
-        self.config, self.env, self.kind, self.model = config, env, kind, model
-        self.optimisers, self.model_args, self.others = optimisers, model_args, others or {}
-
-    def __call__(self, step: int, alone: bool = False) -> None:
-        rng = [rng_state(self.env.device)] if alone else gather_rng_states(self.env)
-        if self.env.main or alone:
-            check_finite_parameters({self.kind: self.model, **self.others}, step)
-            state = training_state(self.model, self.optimisers, step, self.config, self.kind, self.model_args,
-                                   self.others, rng)
-            save_checkpoint(Path(self.config["run_dir"]), step, state, self.config["schedule"]["keep_last"])
+    alone=True, called on one rank only (a rank that cannot go on, such as one whose data loader met a bad record):
+    no collective; this rank writes the checkpoint with its own RNG states, which every rank then resumes with
+    (under DDP the replicas hold the same parameters and optimiser states, so any rank can)."""
+    rng = [rng_state(env.device)] if alone else gather_rng_states(env)
+    if env.main or alone:
+        check_finite_parameters({kind: model, **(others or {})}, step)
+        state = training_state(model, optimisers, step, config, kind, model_args, others, rng)
+        save_checkpoint(Path(config["run_dir"]), step, state, config["schedule"]["keep_last"])
 
 
 # ---------------------------------------------------------------- reading and resuming

@@ -5,25 +5,30 @@ import argparse
 import contextlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from config import load_config
+from config import REPO, load_config
 from data.errors import DISK_STATUS, DiskError, InputError
 from training.distributed import teardown
 from training.stopping import DIVERGED, EXIT_STATUS, PREEMPTED, Diverged, Preempted, RecordStop
 
 
-def main(doc: str, train, argv: list[str] | None = None) -> int:
-    """Parse, run train(config, resume) and turn how it ended into one line and an exit status."""
+def main(doc: str, train: Callable[[dict, str | None], int], argv: list[str] | None = None,
+         base: Path | None = None) -> int:
+    """Parse, run train(config, resume) and turn how it ended into one line and an exit status. `base` is the
+    trainer's full config, which the --config file is laid over (config.load_config)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=EXIT_STATUS)
+    laid_over = f", laid over {base.relative_to(REPO)} (it may hold only the keys it changes)" if base else ""
     parser.add_argument("--config", required=True,
-                        help="YAML settings (a relative path not found here is looked up in the repository)")
+                        help=f"YAML settings{laid_over}; a relative path not found here is looked up in the "
+                             "repository")
     parser.add_argument("--resume", help="'auto' (newest checkpoint in run_dir, if any) or a checkpoint path")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. optim.lr=5e-5 run_dir=runs/x")
     args = parser.parse_intermixed_args(argv)
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, args.overrides, base=base)
         status = train(config, args.resume)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""The training loop both trainers share, the sampler that feeds it, its data helpers and its logging.
+"""What both trainers' loops use: the train loader and its sampler, Run (the bookkeeping the loop calls once per
+step), the data helpers and the logging. Each trainer script writes its own loop.
 
 A run is one folder (config `run_dir`) holding config.yaml (the resolved config), step_*.pt checkpoints and the
 TensorBoard events. Single process on CPU or one GPU, or many with `torchrun` (DDP; NCCL on CUDA, gloo on CPU).
@@ -8,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +18,16 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from data.errors import BadRecord, InputError, disk_problem
+from training.checkpoints import save_config
 from training.distributed import Distributed, check_replicas, teardown
 from training.stopping import Diverged, LossGuard, Preempted, RecordStop, StopSignals
 
 
 class EpochSampler(torch.utils.data.Sampler):
     """(epoch, index) pairs: a seeded permutation of range(n) per epoch, this rank's share of it, from an offset
-    (for resuming). The epoch travels with each index, so loader workers that persist across epochs still draw
-    each epoch's samples (a dataset's own epoch attribute would stay frozen in them).
+    (for resuming) and up to a count (for the last step). The epoch travels with each index, so loader workers that
+    persist across epochs still draw each epoch's samples (a dataset's own epoch attribute would stay frozen in
+    them).
 
     Every rank sees an equal number of indices (the permutation is padded by wrapping around), so DDP ranks
     step together; each rank gets a disjoint stride of it.
@@ -31,19 +35,36 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __init__(self, size: int, rank: int = 0, world: int = 1, seed: int = 0):
         self.size, self.rank, self.world, self.seed = size, rank, world, seed
-        self.epoch, self.offset = 0, 0
         self.per_rank = -(-size // world)
+        self.set_epoch(0)
 
-    def set_epoch(self, epoch: int, offset: int = 0) -> None:
+    def set_epoch(self, epoch: int, offset: int = 0, count: int | None = None) -> None:
+        """Yield epoch `epoch`'s share from index `offset` on, `count` indices at most (None: to its end)."""
         self.epoch, self.offset = epoch, offset
+        self.end = self.per_rank if count is None else min(self.per_rank, offset + count)
 
     def __iter__(self):
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch))
         order = torch.cat([order, order[: self.per_rank * self.world - self.size]])
-        return iter([(self.epoch, index) for index in order[self.rank::self.world][self.offset:].tolist()])
+        return iter([(self.epoch, index) for index in order[self.rank::self.world][self.offset:self.end].tolist()])
 
     def __len__(self) -> int:
-        return self.per_rank - self.offset
+        return self.end - self.offset
+
+
+def train_loader(dataset: torch.utils.data.Dataset, config: dict, env: Distributed) -> torch.utils.data.DataLoader:
+    """This process's batches of the train split, optim.batch_size / world samples each (`loader.batch_size`), in
+    the order of an EpochSampler (`loader.sampler`, which Run.epochs sets); a one-line error when an epoch would
+    hold no batch."""
+    per_rank = batch_per_rank(config, env)
+    sampler = EpochSampler(len(dataset), env.rank, env.world, config["seed"])
+    if sampler.per_rank < per_rank:
+        raise InputError("optim.batch_size", f"{per_rank} per process is more than the {sampler.per_rank} "
+                                             "samples of an epoch (raise sample.epoch_repeats)")
+    workers = config["data"]["num_workers"]
+    return torch.utils.data.DataLoader(dataset, per_rank, sampler=sampler, num_workers=workers, drop_last=True,
+                                       persistent_workers=workers > 0, pin_memory=env.device.type == "cuda",
+                                       generator=torch.Generator())  # keeps the global RNG for the model
 
 
 # ---------------------------------------------------------------- data
@@ -208,115 +229,136 @@ class SkippedSamples:
         return int(count.item())
 
 
-# ---------------------------------------------------------------- the loop
-def fit(config: dict, env: Distributed, dataset, step: int, train_step, evaluate, save, logger: Logger,
-        guard: LossGuard) -> int:
-    """Train from `step` to schedule.max_steps; returns the final step.
+# ---------------------------------------------------------------- the run
+class Run:
+    """The bookkeeping of a trainer's loop, which calls it once per step; a run is one folder (config `run_dir`).
 
-    train_step(batch, epoch) -> {name: loss tensor or float} runs one optimisation step on a batch made ready on
-    the device (`dataset.to_device`, after `dataset.skipped_in`); batches of optim.batch_size / world per rank
-    come from an EpochSampler, resumed mid-epoch at `step`. Nothing in a step waits for the device: the host reads
-    loss values, the guard's notes and (under DDP) the stop signals only at sync steps, which are every
-    schedule.sync_every steps and every log, eval and save step, and the last. There the running means go to
-    TensorBoard (log_every),
-    evaluate(step) runs on the main rank (eval_every), save(step) runs (save_every and at the end), a non-finite
-    loss raises Diverged (nothing after the previous sync is saved), and a SIGTERM/SIGUSR1 saves and raises
-    Preempted. In one process a signal is seen at the step it arrives in (a host flag costs nothing to read).
+        with Run(config, env, loader, step, save, evaluate) as run:
+            for epoch in run.epochs():
+                for batch in loader:
+                    losses = a_step(..., run.guard, run.to_device(batch), ...)
+                    run.after_step(losses)
+
+    `epochs` sets the loader's EpochSampler so that the loop starts mid-epoch at the step reached (a resume) and
+    ends at schedule.max_steps. Nothing in a step waits for the device: the host reads the losses, the guard's
+    notes and (under DDP) the stop signals only at sync steps, which are every schedule.sync_every steps, every
+    log, eval and save step, and the last. There the running means go to TensorBoard (log_every), evaluate(step,
+    logger) runs on the main rank (eval_every), save(step) runs on every rank (save_every and at the end), a
+    non-finite loss raises Diverged (nothing after the previous sync is saved), and a SIGTERM/SIGUSR1 saves and
+    raises Preempted. In one process a signal is seen at the step it arrives in (a host flag costs nothing to read).
 
     A record that cannot be read (a BadRecord from the loader or from evaluate; schedule.on_bad_record: stop) saves
-    the step reached and raises RecordStop. Only the rank that met it knows, so it saves alone (no collective);
-    under torchrun the other ranks then wait in their step's all-reduce until torchrun, seeing a worker exit, ends
-    them (SIGTERM, then SIGKILL after 30 s). In skip mode the dataset replaces such samples and the loop counts
-    them (train/skipped_samples).
+    the step reached and raises RecordStop as the `with` ends. Only the rank that met it knows, so it saves alone
+    (save(step, alone=True): no collective); under torchrun the other ranks then wait in their step's all-reduce
+    until torchrun, seeing a worker exit, ends them (SIGTERM, then SIGKILL after 30 s). In skip mode the dataset
+    replaces such samples and `to_device` counts them (train/skipped_samples).
     """
-    schedule = config["schedule"]
-    per_rank = batch_per_rank(config, env)
-    sampler = EpochSampler(len(dataset), env.rank, env.world, config["seed"])
-    workers = config["data"]["num_workers"]
-    loader = torch.utils.data.DataLoader(dataset, per_rank, sampler=sampler, num_workers=workers, drop_last=True,
-                                         persistent_workers=workers > 0, pin_memory=env.device.type == "cuda",
-                                         generator=torch.Generator())  # keeps the global RNG for the model
-    batches_per_epoch = sampler.per_rank // per_rank
-    if batches_per_epoch == 0:
-        raise InputError("optim.batch_size", f"{per_rank} per process is more than the {sampler.per_rank} "
-                                             "samples of an epoch (raise sample.epoch_repeats)")
-    epoch, offset = step // batches_per_epoch, (step % batches_per_epoch) * per_rank
-    every = {name: schedule[name] for name in ("sync_every", "log_every", "eval_every", "save_every")}
-    guard.reset(step)
-    running, skipped, checked, saved_at = RunningMeans(), guard.skipped, step, None
-    skipped_samples = SkippedSamples()
-    bar = tqdm(total=schedule["max_steps"], initial=step, disable=not env.main, unit="step")
-    try:
-        with StopSignals() as signals:
-            while step < schedule["max_steps"]:
-                sampler.set_epoch(epoch, offset)
-                for batch in loader:
-                    skipped_samples.add(*dataset.skipped_in(batch))  # host tensors: no device sync
-                    running.add(train_step(dataset.to_device(batch, env.device), epoch))
-                    step += 1
-                    bar.update(1)
-                    if guard.skipped > skipped:  # skip mode decides within the step, on the host
-                        skipped = guard.skipped
-                        if env.main:
-                            tqdm.write(f"warning: step {step}: a loss part is not finite; step skipped "
-                                       f"({skipped} so far)", file=sys.stderr)
-                    signalled = env.world == 1 and signals.received is not None
-                    last = step >= schedule["max_steps"]
-                    if not (last or signalled or any(step % n == 0 for n in every.values())):
-                        continue
 
-                    # A sync step: the host reads what the steps since the last one left on the device.
-                    try:
-                        guard.check()
-                    except Diverged as error:
-                        raise Diverged(f"{error}; nothing after step {checked} was saved, and --resume auto "
-                                       "restarts from the last good checkpoint") from None
-                    checked = step
-                    if step % every["log_every"] == 0:
-                        means = {**running.read(), "skipped_steps": guard.skipped}
-                        if schedule["on_bad_record"] == "skip":
-                            means["skipped_samples"] = skipped_samples.total(env)
-                        logger.scalars(means, step, "train/")
-                        bar.set_postfix({name: f"{value:.4f}" for name, value in means.items() if name != "lr"
-                                         and not (name in ("skipped_steps", "skipped_samples") and value == 0)})
-                    if step % every["eval_every"] == 0:
-                        if env.main:
-                            evaluate(step)
-                        if env.world > 1:
-                            dist.barrier()
-                    saved = step % every["save_every"] == 0 or last
-                    if saved:
-                        save(step)
-                        saved_at = step
-                    if signals.requested(env):
-                        if not saved:
-                            save(step)
-                        if env.world > 1:
-                            dist.barrier()  # the main rank's checkpoint is on disk before any rank exits
-                        raise Preempted(step, signals.received or "a signal on another rank", env.main)
-                    if last:
-                        break
-                epoch, offset = epoch + 1, 0
-    except BadRecord as error:
+    def __init__(self, config: dict, env: Distributed, loader: torch.utils.data.DataLoader, step: int,
+                 save: Callable[..., None], evaluate: Callable[[int, Logger], None]):
+        self.config, self.env, self.loader, self.step = config, env, loader, step
+        self.save, self.evaluate = save, evaluate
+        self.schedule = config["schedule"]
+        self.batches_per_epoch = loader.sampler.per_rank // loader.batch_size
+        if env.main:
+            save_config(config, Path(config["run_dir"]))
+        self.logger = Logger(Path(config["run_dir"]), env.main)
+        self.guard = LossGuard(env, self.schedule["on_nonfinite"], step)
+        self.running, self.skipped_samples = RunningMeans(), SkippedSamples()
+        self.skipped_steps, self.checked, self.saved_at = 0, step, None
+
+    def __enter__(self) -> Run:
+        self.signals = StopSignals().__enter__()
+        self.bar = tqdm(total=self.schedule["max_steps"], initial=self.step, disable=not self.env.main, unit="step")
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.signals.__exit__(kind, error, traceback)
         try:
-            if saved_at != step:
-                guard.check(alone=True)  # a step after a non-finite loss is never saved
-                save(step, alone=True)
+            if isinstance(error, BadRecord) and self.saved_at != self.step:
+                self.guard.check(alone=True)  # a step after a non-finite loss is never saved
+                self.save(self.step, alone=True)
         finally:
-            bar.close()
-            logger.close()
-        raise RecordStop(step, error, skip_hint=schedule["on_bad_record"] == "stop") from None
-    except BaseException:
-        bar.close()  # before the caller's one-line message, which would otherwise share the bar's line
-        logger.close()
-        raise
-    bar.close()
-    return step
+            self.bar.close()  # before the caller's one-line message, which would otherwise share the bar's line
+            self.logger.close()
+        if isinstance(error, BadRecord):
+            raise RecordStop(self.step, error, skip_hint=self.schedule["on_bad_record"] == "stop") from None
+
+    def epochs(self) -> Iterator[int]:
+        """The epochs from the step reached to schedule.max_steps, each with the loader's sampler set to yield that
+        epoch's batches from the step reached and none past the last step."""
+        per_rank = self.loader.batch_size
+        while self.step < self.schedule["max_steps"]:
+            epoch, done = divmod(self.step, self.batches_per_epoch)
+            left = min(self.batches_per_epoch - done, self.schedule["max_steps"] - self.step)
+            self.loader.sampler.set_epoch(epoch, done * per_rank, left * per_rank)
+            start = self.step
+            yield epoch
+            if self.step != start + left:  # else the loop would never end
+                raise RuntimeError("a training loop calls run.after_step once per batch of the loader")
+
+    def to_device(self, batch: dict) -> dict:
+        """A batch from the loader on the device, after counting the samples skip mode replaced in it (host values,
+        no device sync)."""
+        self.skipped_samples.add(*self.loader.dataset.skipped_in(batch))
+        return self.loader.dataset.to_device(batch, self.env.device)
+
+    def after_step(self, losses: dict[str, torch.Tensor | float]) -> None:
+        """Count the step that returned `losses` (device tensors; fewer parts, or none, for a step the guard
+        skipped); at a sync step, act on what the steps since the last one left on the device."""
+        self.running.add(losses)
+        self.step += 1
+        self.bar.update(1)
+        if self.guard.skipped > self.skipped_steps:  # skip mode decides within the step, on the host
+            self.skipped_steps = self.guard.skipped
+            if self.env.main:
+                tqdm.write(f"warning: step {self.step}: a loss part is not finite; step skipped "
+                           f"({self.skipped_steps} so far)", file=sys.stderr)
+        signalled = self.env.world == 1 and self.signals.received is not None
+        every = ("sync_every", "log_every", "eval_every", "save_every")
+        if (self.step >= self.schedule["max_steps"] or signalled
+                or any(self.step % self.schedule[name] == 0 for name in every)):
+            self.sync()
+
+    def sync(self) -> None:
+        """A sync step: check the losses, then log, evaluate, save and stop on a signal as the schedule says."""
+        step, schedule = self.step, self.schedule
+        try:
+            self.guard.check()
+        except Diverged as error:
+            raise Diverged(f"{error}; nothing after step {self.checked} was saved, and --resume auto restarts "
+                           "from the last good checkpoint") from None
+        self.checked = step
+        if step % schedule["log_every"] == 0:
+            self.log()
+        if step % schedule["eval_every"] == 0:
+            if self.env.main:
+                self.evaluate(step, self.logger)
+            if self.env.world > 1:
+                dist.barrier()
+        saved = step % schedule["save_every"] == 0 or step >= schedule["max_steps"]
+        if saved:
+            self.save(step)
+            self.saved_at = step
+        if self.signals.requested(self.env):
+            if not saved:
+                self.save(step)
+            if self.env.world > 1:
+                dist.barrier()  # the main rank's checkpoint is on disk before any rank exits
+            raise Preempted(step, self.signals.received or "a signal on another rank", self.env.main)
+
+    def log(self) -> None:
+        """The loss means since the last log and the skip counts to TensorBoard and the progress bar."""
+        means = {**self.running.read(), "skipped_steps": self.guard.skipped}
+        if self.schedule["on_bad_record"] == "skip":
+            means["skipped_samples"] = self.skipped_samples.total(self.env)
+        self.logger.scalars(means, self.step, "train/")
+        self.bar.set_postfix({name: f"{value:.4f}" for name, value in means.items() if name != "lr"
+                              and not (name in ("skipped_steps", "skipped_samples") and value == 0)})
 
 
-def finish(env: Distributed, logger: Logger, networks: list[torch.nn.Module]) -> None:
-    """End of a run: close the logs, report whether all ranks hold the same parameters, leave the process group."""
-    logger.close()
+def finish(env: Distributed, networks: list[torch.nn.Module]) -> None:
+    """End of a run: report whether all ranks hold the same parameters, leave the process group."""
     if env.world > 1:
         same = all(check_replicas(network, env) for network in networks)
         if env.main:

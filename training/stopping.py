@@ -1,8 +1,8 @@
 """How a run stops before its last step: stop signals (preemption), non-finite losses, and their exit statuses.
 
 Nothing here makes the host wait for the GPU inside a step. The loss guard notes non-finite parts in device
-tensors and the loop reads them (one copy) at its sync steps; the signal flag is a host value in one process and
-is agreed across ranks only at sync steps.
+tensors and the run (loop.Run) reads them (one copy) at its sync steps; the signal flag is a host value in one
+process and is agreed across ranks only at sync steps.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ EXIT_STATUS = ("exit status: 0 when the run reached its last step; 2 for a user 
 
 
 class Preempted(Exception):
-    """Raised by fit after it saved a checkpoint on a stop signal."""
+    """Raised by loop.Run after it saved a checkpoint on a stop signal."""
 
     def __init__(self, step: int, signal_name: str, main: bool):
         super().__init__(f"stopped by {signal_name} at step {step}")
@@ -37,8 +37,8 @@ class Preempted(Exception):
 
 
 class RecordStop(Exception):
-    """Raised by fit after it saved a checkpoint because a record could not be read (schedule.on_bad_record: stop);
-    `record` is the BadRecord, which names the file."""
+    """Raised by loop.Run after it saved a checkpoint because a record could not be read
+    (schedule.on_bad_record: stop); `record` is the BadRecord, which names the file."""
 
     def __init__(self, step: int, record: Exception, skip_hint: bool = True):
         hint = ", or set schedule.on_bad_record=skip to train on without it" if skip_hint else ""
@@ -89,7 +89,7 @@ class LossGuard:
     """Checks each loss part before its optimiser uses it.
 
     mode 'stop': `ok` notes the first non-finite part (its step, name and value) in device tensors and returns
-    True, with no host sync; `check`, called by the loop at its sync steps and always before a checkpoint, reads
+    True, with no host sync; `check`, called by the run at its sync steps and always before a checkpoint, reads
     them and raises Diverged naming that step and part. Steps between the bad one and the check run on, but
     nothing after the last finite check is saved.
     mode 'skip': `ok` reads the parts at once (one sync per check): a non-finite step is left out, counted, and the
