@@ -23,6 +23,7 @@ import torch
 
 from config import REPO, autocast
 from data.errors import InputError
+from data.landmarks import SKETCH_CENTRE
 from losses.gan import feature_matching_loss, lsgan_loss
 from losses.perceptual import PerceptualLoss, load_vgg19_features
 from metrics.image import PSNR_EPS, psnr, ssim
@@ -32,6 +33,7 @@ from training import checkpoints, cli, distributed, loop
 from training.stopping import LossGuard
 
 BASE_CONFIG = REPO / "configs" / "render.yaml"  # every key; a --config file is laid over it
+UPSCALED_WARNING = 0.5  # warn when more than this share of the training faces was enlarged from a smaller box
 
 
 def generator_loss(weights: dict[str, float], warm_up: bool, perceptual: PerceptualLoss,
@@ -104,7 +106,8 @@ def image_grid(batch: dict, generated: torch.Tensor, warped: torch.Tensor, count
     """Rows of [target sketch | references | warped reference | generated | target], (rows*128, W, 3) uint8."""
     rows = []
     for i in range(min(count, len(generated))):
-        tiles = [batch["sketches"][i, 2], *batch["ref_images"][i], warped[i], generated[i], batch["face"][i]]
+        tiles = [batch["sketches"][i, SKETCH_CENTRE], *batch["ref_images"][i], warped[i], generated[i],
+                 batch["face"][i]]
         rows.append(torch.cat([t.detach().float().cpu().clamp(0, 1) for t in tiles], dim=2))
     return (torch.cat(rows, dim=1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
@@ -135,13 +138,20 @@ def train(config: dict, resume: str | None) -> int:
 
     env = distributed.begin(config)
     data, sample, optim, schedule = config["data"], config["sample"], config["optim"], config["schedule"]
+    size = config["face_size"]
     train_set = RenderFrames(loop.record_list(data, "train"), sample["refs"], sample["min_face_frames"],
                              seed=config["seed"], repeats=sample["epoch_repeats"], progress=env.main,
-                             pack_dir=data["pack_dir"], on_bad_record=schedule["on_bad_record"])
+                             pack_dir=data["pack_dir"], on_bad_record=schedule["on_bad_record"], face_size=size)
     val_stems = loop.record_list(data, "val")
     val_set = RenderFrames(val_stems, sample["refs"], sample["min_face_frames"], seed=config["seed"] + 1,
-                           pack_dir=data["pack_dir"], on_bad_record=schedule["on_bad_record"]) if val_stems else None
+                           pack_dir=data["pack_dir"], on_bad_record=schedule["on_bad_record"],
+                           face_size=size) if val_stems else None
     loop.report_data(env, train_set, val_set, sample["min_face_frames"])
+    upscaled = train_set.pack.upscaled_share()
+    if upscaled > UPSCALED_WARNING and env.main:
+        print(f"warning: {upscaled:.0%} of the training faces were enlarged to {size}x{size} from smaller face boxes "
+              "(LRS2's 160x160 frames are); a higher-resolution set (HDTF, or your own footage) serves this size "
+              "better (docs/preprocessing.md)", file=sys.stderr)
     loader = loop.train_loader(train_set, config, env)
     if loader.batch_size < 2:
         raise InputError("optim.batch_size", "needs at least 2 samples per process (the audio encoder's BatchNorm "
@@ -152,7 +162,7 @@ def train(config: dict, resume: str | None) -> int:
         print("warning: VGG19 is randomly initialised (vgg19.allow_random): the perceptual loss is not the "
               "paper's; use only for smoke runs and tests", file=sys.stderr)
     perceptual = PerceptualLoss(load_vgg19_features(vgg["path"], allow_random=vgg["allow_random"])).to(env.device)
-    generator = Renderer().to(env.device)
+    generator = Renderer(face_size=size).to(env.device)
     discriminator = MultiscaleDiscriminator(**config["discriminator"]).to(env.device)
     g_optimiser = torch.optim.Adam(generator.parameters(), lr=optim["lr"])
     d_optimiser = torch.optim.Adam(discriminator.parameters(), lr=optim["disc_lr"], betas=tuple(optim["disc_betas"]))
@@ -162,7 +172,7 @@ def train(config: dict, resume: str | None) -> int:
     d_model = distributed.wrap(discriminator, env)
 
     def save(step: int, alone: bool = False) -> None:
-        checkpoints.save(config, env, step, "renderer", generator, optimisers, {}, others, alone)
+        checkpoints.save(config, env, step, "renderer", generator, optimisers, {"face_size": size}, others, alone)
 
     def run_eval(step: int, logger: loop.Logger) -> None:
         if val_set is not None:

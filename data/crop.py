@@ -17,12 +17,10 @@ import cv2
 import numpy as np
 import torch
 
+from data.face_size import BASE_SIZE, FACE_SIZE, FACE_SIZES  # noqa: F401  (the crop's sizes)
 from data.resize import resize_image, to_uint8
 
 MARGIN = 0.05
-BASE_SIZE = 128  # the paper's face size: the official weights', and the size the renderer's core works at in all
-FACE_SIZES = (BASE_SIZE, 2 * BASE_SIZE, 4 * BASE_SIZE)  # each doubling adds one level at the renderer's ends
-FACE_SIZE = BASE_SIZE  # the default face size of every stage
 
 
 def crop_rule(size: int = FACE_SIZE) -> str:

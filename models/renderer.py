@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.crop import BASE_SIZE, FACE_SIZES
+from data.face_size import BASE_SIZE, FACE_SIZES
 from data.landmarks import SKETCH_WINDOW
 from models.layers import AdaINBlock, SPADEBlock, SPADELayer, audio_encoder
 

@@ -161,3 +161,44 @@ def test_a_pack_gives_the_records_upscaled_share_from_its_boxes(tmp_path):
     assert record_files.upscaled_share(stems) == 19 / 78  # frames 1, 5, .., 37 and 3, 7, .., 35 at 256; none at 128
     dataset = LandmarkWindows(stems, min_face_frames=20)  # the landmark generator takes records of any size
     assert dataset.pack.face_sizes == [256, 128] and dataset.pack.upscaled_share() == 19 / 78
+
+
+def _train(records, run_dir, steps, *extra):
+    import train_render
+
+    small = ["data.val_list=null", "optim.batch_size=2", "sample.refs=1", "sample.epoch_repeats=2",
+             "schedule.warmup_epochs=1", "schedule.save_every=1", "schedule.log_every=1"]
+    return train_render.main(["--config", "configs/render_smoke.yaml", f"data.records={records}",
+                              f"run_dir={run_dir}", f"schedule.max_steps={steps}", *small, *extra])
+
+
+def test_a_trainer_of_another_size_than_its_records_stops_in_one_line(records_256, tmp_path, capsys, monkeypatch):
+    from config import REPO
+
+    monkeypatch.chdir(REPO)
+    assert _train(records_256[0], tmp_path / "run", 1) == 2  # the smoke config's face_size is 128
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # after the device line and the packing bar
+    assert last.startswith("error: ") and "256x256" in last and "128x128" in last and ".npz" in last
+
+
+@pytest.mark.slow
+def test_training_at_256_runs_both_phases_and_its_checkpoint_says_its_size(records_256, tmp_path, capsys,
+                                                                           monkeypatch):
+    import torch
+
+    from config import REPO
+
+    monkeypatch.chdir(REPO)
+    # 2 batches an epoch: steps 1-2 warm up (the warp loss alone), step 3 trains with the full loss.
+    assert _train(records_256[0], tmp_path / "run", 3, "face_size=256", "discriminator.scales=3") == 0
+    states = {s: torch.load(tmp_path / "run" / f"step_00000000{s}.pt", weights_only=True) for s in (2, 3)}
+    assert all(state["model_args"] == {"face_size": 256} for state in states.values())
+    weight = "translation.up.0.conv.weight"  # a 256-only tensor, trained in the full phase only
+    assert states[2]["model"][weight].shape[-1] == 3
+    assert not torch.equal(states[2]["model"][weight], states[3]["model"][weight])
+    # Resuming that run as a 128 one is one line naming both sizes.
+    capsys.readouterr()
+    assert _train(records_256[0], tmp_path / "run", 4, "--resume", "auto", "face_size=128") == 2
+    assert "256x256" in capsys.readouterr().err

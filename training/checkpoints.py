@@ -18,6 +18,7 @@ import torch.distributed as dist
 import yaml
 
 from data.errors import DiskError, InputError, disk_problem, one_line
+from data.face_size import FACE_SIZE
 from training.distributed import Distributed, bare
 from training.stopping import check_finite_parameters
 
@@ -178,6 +179,10 @@ def resume(resume: str | None, config: dict, env: Distributed, model: torch.nn.M
     if found is None:
         return 0
     path, state = found
+    saved, wanted = state.get("model_args", {}).get("face_size"), getattr(bare(model), "face_size", None)
+    if wanted is not None and (saved or FACE_SIZE) != wanted:
+        raise InputError(path, f"holds a renderer of {saved or FACE_SIZE}x{saved or FACE_SIZE} faces where the "
+                               f"config asks for {wanted}x{wanted} (face_size)")
     weights = state["model"]
     if state.get("kind") == "renderer":  # a run saved before the renderer's submodules got their current names
         from models.checkpoints import renamed_renderer_state
