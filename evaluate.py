@@ -207,16 +207,17 @@ def _read_json(path: Path):
 
 @dataclass
 class Job:
-    """What both modes share: the settings, where the metric networks' weights are, and the notes so far."""
+    """What both modes share: the settings, where the metric networks' weights are, the protocol and sync pipeline,
+    and the notes so far."""
 
     config: dict
     paths: dict[str, str | Path | None]
     batch_size: int
     download: bool
     settings: dict
+    protocol: str  # a metrics.protocols.PROTOCOLS name
+    sync_round_trip: bool  # sync.reference_pipeline
     notes: list[str] = field(default_factory=list)
-    protocol: str = "standard"
-    sync_round_trip: bool = True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -239,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
                "weights": {m: None if p is None else str(p) for m, p in paths.items()},
                "protocol": PROTOCOLS[protocol].record(),
                "sync_pipeline": {"reference_pipeline": round_trip, "summary": SYNC_PIPELINES[round_trip]}},
-              protocol=protocol, sync_round_trip=round_trip)
+              protocol, round_trip)
     job.notes += [f"protocol: {protocol} ({PROTOCOLS[protocol].summary})",
                   f"sync pipeline: {SYNC_PIPELINES[round_trip]}"]
     if args.generated is not None:
