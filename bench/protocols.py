@@ -4,7 +4,7 @@ The figures of docs/evaluation.md, "Protocols and the SyncNet pipeline"; not a t
 
     python bench/protocols.py OUT [--part steps|csim|scores|all]
 
-steps: the pixel change of each round trip of metrics/round_trip.py on talk_a and talk_b.
+steps: the pixel change of each round trip of metrics/round_trip.py on the sample files talk_a and talk_b.
 csim: CSIM of the blurred copies under standard, whole-frame matched pairs, and iplap (whole frames, all pairs).
 scores: evaluate.py on the blurred copies (csim, fid, sync) under standard with and without the reference sync
 pipeline, and under iplap; prints each summary.
@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="folder for the clips, weights and evaluate.py reports")
     parser.add_argument("--part", choices=("steps", "csim", "scores", "all"), default="all")
     args = parser.parse_args()
-    real = {name: read_frames(samples_folder() / f"{name}.mp4") for name in NAMES}
+    real = originals = {name: read_frames(samples_folder() / f"{name}.mp4") for name in NAMES}
     generated = {name: [cv2.GaussianBlur(f, (0, 0), 2) for f in frames] for name, frames in real.items()}
     for name in NAMES:
         audio = load_audio(samples_folder() / f"{name}.mp4")
@@ -122,7 +122,7 @@ def main() -> None:
     real = {name: read_frames(args.out / "real" / f"{name}.mp4") for name in NAMES}  # as evaluate.py reads them
     generated = {name: read_frames(args.out / "generated" / f"{name}.mp4") for name in NAMES}
     if args.part in ("steps", "all"):
-        steps(real)
+        steps(originals)
     if args.part in ("csim", "all"):
         csim(real, generated, paths["csim"])
     if args.part in ("scores", "all"):
