@@ -7,6 +7,8 @@ Generation mode, for this model (samples the test videos, dubs them with dubbing
         --landmark-ckpt FILE --renderer-ckpt FILE [--num-videos 45 --seed 0] --out DIR
 The reconstruction setting scores PSNR, SSIM, LPIPS, FID, LipLMD, CSIM and steadiness (lip jitter, generated and
 real, and their ratio); the dubbing setting SyncScore (LSE-C, with LSE-D) and the generated videos' lip jitter.
+--protocol standard|iplap chooses the reference code CSIM and FID follow (metrics/protocols.py); the config key
+sync.reference_pipeline (default true) scores LSE on crops through syncnet_python's codec round trips.
 Writes OUT/table.md (also printed), OUT/per_video.csv and OUT/results.json. See docs/evaluation.md.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ from config import INFERENCE_CONFIG, pick_device
 from config import load_config as read_config
 from data.errors import DISK_STATUS, DiskError, InputError, disk_problem, one_line
 from data.video import FPS, VIDEO_EXTENSIONS, find_videos
+from metrics.protocols import PROTOCOLS, SYNC_PIPELINES
 from metrics.report import PAPER_ROWS, write_files, write_reports
 from metrics.scoring import METRICS, Pair, load_networks, score_videos
 
@@ -69,6 +72,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     common.add_argument("--batch-size", type=int, help="frames per network batch (config: 16)")
     common.add_argument("--name", help="the method's name in the table (default: the generated folder's name)")
     common.add_argument("--dataset", choices=tuple(PAPER_ROWS), help="add the paper's rows for this dataset")
+    common.add_argument("--protocol", choices=tuple(PROTOCOLS),
+                        help="standard: CSIM on face crops, FID with scipy's sqrtm; iplap: the ViCo baseline code "
+                             "IP_LAP's README names (CSIM on whole 112x112 frames over all frame pairs, FID with "
+                             "piq's Newton-Schulz root) (config: standard)")
     common.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", help="config overrides, dotted.key=value (e.g. batch_size=8 "
                                                      "weights.fid=/path/to/pt_inception.pth)")
@@ -201,13 +208,16 @@ def _read_json(path: Path):
 
 @dataclass
 class Job:
-    """What both modes share: the settings, where the metric networks' weights are, and the notes so far."""
+    """What both modes share: the settings, where the metric networks' weights are, the protocol and sync pipeline,
+    and the notes so far."""
 
     config: dict
     paths: dict[str, str | Path | None]
     batch_size: int
     download: bool
     settings: dict
+    protocol: str  # a metrics.protocols.PROTOCOLS name
+    sync_round_trip: bool  # sync.reference_pipeline
     notes: list[str] = field(default_factory=list)
 
 
@@ -220,10 +230,20 @@ def run(args: argparse.Namespace) -> int:
     torch.backends.cudnn.allow_tf32 = False
     paths = {metric: getattr(args, f"{key}_weights") or config["weights"][key] for key, metric in WEIGHT_KEYS.items()}
     batch_size = args.batch_size or config["batch_size"]
+    protocol, round_trip = args.protocol or config["protocol"], config["sync"]["reference_pipeline"]
+    if protocol not in PROTOCOLS:
+        raise InputError(args.config, f"protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    if not isinstance(round_trip, bool):
+        raise InputError(args.config, f"sync.reference_pipeline: {round_trip!r} is not true or false")
     job = Job(config, paths, batch_size, config["download"] and not args.no_download,
               {"device": args.device, "batch_size": batch_size,
                "skip_missing": args.skip_missing, "config": str(args.config),
-               "weights": {m: None if p is None else str(p) for m, p in paths.items()}})
+               "weights": {m: None if p is None else str(p) for m, p in paths.items()},
+               "protocol": PROTOCOLS[protocol].record(),
+               "sync_pipeline": {"reference_pipeline": round_trip, "summary": SYNC_PIPELINES[round_trip]}},
+              protocol, round_trip)
+    job.notes += [f"protocol: {protocol} ({PROTOCOLS[protocol].summary})",
+                  f"sync pipeline: {SYNC_PIPELINES[round_trip]}"]
     if args.generated is not None:
         if args.setting is not None:
             raise InputError("--generated", "give either --generated (scoring mode) or --setting (generation mode)")
@@ -287,7 +307,8 @@ def run_generation(args: argparse.Namespace, job: Job) -> int:
 
 def score_and_report(args: argparse.Namespace, job: Job, pairs: list[Pair], networks, metrics: tuple[str, ...],
                      lists: dict, name: str) -> int:
-    scores = score_videos(pairs, networks, metrics, args.device, job.batch_size, progress=not args.quiet)
+    scores = score_videos(pairs, networks, metrics, args.device, job.batch_size, progress=not args.quiet,
+                          protocol=PROTOCOLS[job.protocol], sync_round_trip=job.sync_round_trip)
     job.settings["videos"] = len(pairs)
     job.settings["frames"] = sum(row["frames"] for row in scores.per_video)
     job.notes.append(f"{len(pairs)} videos, {job.settings['frames']} frames")

@@ -9,6 +9,9 @@ Distance: mu and sigma (np.cov, N-1) of each set of features in float64; d = |mu
 2 sqrtm(s1 s2)) with scipy.linalg.sqrtm; when the square root is not finite (singular covariances) 1e-6 is added
 to both diagonals; a complex result keeps its real part when the diagonal's imaginary parts are below 1e-3 and is
 an error otherwise (pytorch-fid's and the TensorFlow reference's rules).
+The iplap protocol (metrics/protocols.py) takes the root as piq's FID does, the one the ViCo baseline's
+compute_fid.py calls: sqrtm_newton_schulz below, in float64, with the same retry on a non-finite root and no
+imaginary part to drop.
 """
 from __future__ import annotations
 
@@ -26,6 +29,9 @@ from metrics.weights import FID_INCEPTION
 from models.weights import frozen, load_exactly, read_state, resolve
 
 FEATURES = 2048
+SQUARE_ROOTS = ("scipy", "newton_schulz")
+NEWTON_SCHULZ_ITERATIONS = 100  # piq's num_iters
+NEWTON_SCHULZ_TOLERANCE = 1e-5  # piq stops when the relative error is within atol 1e-5 of 0
 
 
 def _tf_avg_pool(x: torch.Tensor) -> torch.Tensor:
@@ -105,18 +111,51 @@ def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
+def sqrtm_newton_schulz(matrix: np.ndarray, iterations: int = NEWTON_SCHULZ_ITERATIONS,
+                        tolerance: float = NEWTON_SCHULZ_TOLERANCE) -> tuple[np.ndarray, float]:
+    """A square root of a (D, D) matrix with non-negative eigenvalues by the coupled Newton-Schulz iteration
+    (piq's `_sqrtm_newton_schulz`): float64 root and its relative error ||A - R R||_F / ||A||_F.
+
+    Y0 = A / ||A||_F, Z0 = I; T = (3 I - Z Y) / 2, Y <- Y T, Z <- T Z; R = Y sqrt(||A||_F). Stops once the error
+    is at most `tolerance`, else after `iterations` steps (a singular A, as from fewer samples than features,
+    converges slowly and is left at that step's root).
+    """
+    matrix = np.asarray(matrix, np.float64)
+    scale = np.linalg.norm(matrix)
+    identity = np.eye(len(matrix))
+    y, z = matrix / scale, identity
+    root, error = matrix, np.inf
+    for _ in range(iterations):
+        step = 0.5 * (3.0 * identity - z @ y)
+        y, z = y @ step, step @ z
+        root = y * np.sqrt(scale)
+        error = float(np.linalg.norm(matrix - root @ root) / scale)
+        if error <= tolerance:
+            break
+    return root, error
+
+
+def _square_root(matrix: np.ndarray, root: str) -> np.ndarray:
+    if root == "newton_schulz":
+        return sqrtm_newton_schulz(matrix)[0]
+    if root == "scipy":
+        return linalg.sqrtm(matrix)
+    raise ValueError(f"unknown square root {root!r}; choose from {SQUARE_ROOTS}")
+
+
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     eps: float = 1e-6) -> float:
-    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64."""
+                     eps: float = 1e-6, root: str = "scipy") -> float:
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64, with the matrix square root
+    `root` (SQUARE_ROOTS: "scipy" as pytorch-fid, "newton_schulz" as piq)."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     diff = mu1 - mu2
     with warnings.catch_warnings():  # ill-conditioned products are expected and handled below
         warnings.simplefilter("ignore")
-        covmean = linalg.sqrtm(sigma1 @ sigma2)
+        covmean = _square_root(sigma1 @ sigma2, root)
         if not np.isfinite(covmean).all():
             offset = np.eye(sigma1.shape[0]) * eps
-            covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+            covmean = _square_root((sigma1 + offset) @ (sigma2 + offset), root)
     if np.iscomplexobj(covmean):
         largest = float(np.max(np.abs(np.diagonal(covmean).imag)))
         if largest > 1e-3:
@@ -125,6 +164,6 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
-def fid(real: np.ndarray, generated: np.ndarray) -> float:
-    """FID between (N, D) real and (M, D) generated features."""
-    return frechet_distance(*statistics(real), *statistics(generated))
+def fid(real: np.ndarray, generated: np.ndarray, root: str = "scipy") -> float:
+    """FID between (N, D) real and (M, D) generated features, with the matrix square root `root`."""
+    return frechet_distance(*statistics(real), *statistics(generated), root=root)

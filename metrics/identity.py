@@ -4,6 +4,10 @@ Definition: for each frame pair, the face is cut out of both frames with the sam
 frame's FaceMesh landmarks (data/crop.py's rule), resized to 112x112 without alignment, kept RGB and scaled to
 [-1, 1] ((x / 255 - 0.5) / 0.5); each crop is embedded by iresnet100 (512-d) and CSIM is the cosine similarity of
 the two embeddings, averaged over the frames where the real frame has a face. 1 means the same embedding.
+The iplap protocol (metrics/protocols.py) follows the ViCo baseline's compute_csim.py instead: each whole frame
+resized to 112x112 (cv2.resize, bilinear), no face cut, the same scaling and network; and the mean over every
+(real frame, generated frame) pair, not over matching frames: that script averages sklearn's full cosine matrix.
+That mean is the dot product of the mean unit embeddings of the two sets (mean_pair_similarity).
 The network below has the layer structure of arcface_torch's iresnet100, so its model-zoo `backbone.pth`
 state dict loads tensor for tensor.
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -85,6 +90,23 @@ def load_arcface(path: str | Path | None = None, download: bool = True) -> IResN
 def face_batch(frames: list[np.ndarray], boxes: list[np.ndarray]) -> torch.Tensor:
     """(B, 3, 112, 112) float32 in [-1, 1]: each RGB uint8 frame cut by its box and resized to 112x112."""
     return image_tensor([crop_face(frame, box, FACE_SIZE) for frame, box in zip(frames, boxes)]).sub_(0.5).div_(0.5)
+
+
+def frame_batch(frames: list[np.ndarray]) -> torch.Tensor:
+    """(B, 3, 112, 112) float32 in [-1, 1]: each whole RGB uint8 frame resized to 112x112 (the iplap framing)."""
+    return image_tensor([cv2.resize(frame, (FACE_SIZE, FACE_SIZE)) for frame in frames]).sub_(0.5).div_(0.5)
+
+
+@torch.no_grad()
+def unit_embeddings(network: IResNet, faces: torch.Tensor) -> torch.Tensor:
+    """(B, 512) float64 embeddings of (B, 3, 112, 112) inputs in [-1, 1], each scaled to unit length."""
+    return F.normalize(network(faces.float()).double(), dim=1)
+
+
+def mean_pair_similarity(real_sum: np.ndarray, real_count: int, generated_sum: np.ndarray,
+                         generated_count: int) -> float:
+    """The mean cosine similarity over all (real, generated) pairs, from each set's sum of unit embeddings."""
+    return float(np.dot(real_sum / real_count, generated_sum / generated_count))
 
 
 @torch.no_grad()

@@ -6,6 +6,8 @@ means over all frames where the faces were found; FID over all real against all 
 means over videos; lip jitter (steadiness) the mean over all frames whose neighbours have a face too, for the
 generated videos and, where a real video is given, for the real ones, with their ratio. A metric whose network
 weights are missing is reported as n/a with the reason, never computed with other weights.
+A protocol (metrics/protocols.py) sets CSIM's framing and pairing and FID's square root; `sync_round_trip` scores
+LSE on crops that went through syncnet_python's codec round trips (metrics/round_trip.py).
 """
 from __future__ import annotations
 
@@ -24,14 +26,15 @@ from data.errors import InputError, one_line
 from data.facemesh import FaceTrack, track_faces
 from data.tensors import image_tensor
 from data.video import read_frames
-from metrics import weights
+from metrics import identity, weights
 from metrics.fid import fid, load_fid_features
 from metrics.identity import face_batch, identity_similarity, load_arcface
 from metrics.image import PSNR_EPS, psnr, ssim
 from metrics.landmarks import track_lip_distances
 from metrics.lpips_alex import load_lpips, lpips_distance
+from metrics.protocols import PROTOCOLS, Protocol
 from metrics.steadiness import jitter_ratio, track_lip_jitter
-from metrics.sync import face_crop, face_track, load_syncnet, offset_distances, sync_features, sync_scores
+from metrics.sync import face_track, load_syncnet, offset_distances, sync_crops, sync_features, sync_scores
 
 METRICS = ("psnr", "ssim", "lpips", "fid", "lip_lmd", "csim", "sync", "steadiness")
 NETWORKS: dict[str, tuple[weights.WeightFile, Callable[..., torch.nn.Module]]] = {
@@ -96,13 +99,15 @@ def _mean(values: np.ndarray) -> float | None:
 
 
 class _Accumulator:
-    """Frame-weighted sums per metric, FID features, and per-video sync values."""
+    """Frame-weighted sums per metric, FID features, and the sums of unit face embeddings (all-pairs CSIM)."""
 
     def __init__(self):
         self.sums: dict[str, float] = {}
         self.counts: dict[str, int] = {}
         self.real_features: list[np.ndarray] = []
         self.generated_features: list[np.ndarray] = []
+        self.embeddings = {"real": 0.0, "generated": 0.0}
+        self.embedding_count = 0
 
     def add(self, metric: str, values: np.ndarray) -> None:
         values = np.asarray(values, dtype=np.float64)
@@ -115,8 +120,10 @@ class _Accumulator:
 
 
 def score_videos(pairs: list[Pair], networks: Networks, metrics: tuple[str, ...] = METRICS,
-                 device: torch.device | str = "cpu", batch_size: int = 16, progress: bool = True) -> Scores:
-    """Score every pair with `metrics` (names from METRICS) using the loaded `networks`."""
+                 device: torch.device | str = "cpu", batch_size: int = 16, progress: bool = True,
+                 protocol: Protocol = PROTOCOLS["standard"], sync_round_trip: bool = True) -> Scores:
+    """Score every pair with `metrics` (names from METRICS) using the loaded `networks`, under `protocol`; LSE on
+    crops through syncnet_python's round trips when `sync_round_trip` (configs/evaluate.yaml decides both)."""
     from data.facemesh import FaceMesh
 
     unknown = set(metrics) - set(METRICS)
@@ -128,11 +135,16 @@ def score_videos(pairs: list[Pair], networks: Networks, metrics: tuple[str, ...]
     rows = []
     with FaceMesh(video=True) as mesh:
         for pair in tqdm(pairs, desc="scoring", unit="video", file=sys.stderr, disable=not progress):
-            rows.append(_score_pair(pair, active, networks, device, batch_size, mesh, total))
+            rows.append(_score_pair(pair, active, networks, device, batch_size, mesh, total, protocol,
+                                    sync_round_trip))
     summary: dict[str, float | None] = {m: None for m in metrics}
     for metric in ("psnr", "ssim", "lpips", "lip_lmd", "csim"):
         if metric in active:
             summary[metric] = total.mean(metric)
+            if metric == "csim" and protocol.csim_pairs == "all":
+                summary[metric] = identity.mean_pair_similarity(
+                    total.embeddings["real"], total.embedding_count, total.embeddings["generated"],
+                    total.embedding_count) if total.embedding_count else None
             if summary[metric] is None:
                 reasons[metric] = "no frame could be scored (no face found)" if metric in ("lip_lmd", "csim") \
                     else "no frame could be scored"
@@ -141,7 +153,7 @@ def score_videos(pairs: list[Pair], networks: Networks, metrics: tuple[str, ...]
         if sum(len(f) for f in real) < 2 or sum(len(f) for f in generated) < 2:
             reasons["fid"] = "FID needs at least 2 real and 2 generated frames"
         else:
-            summary["fid"] = fid(np.concatenate(real), np.concatenate(generated))
+            summary["fid"] = fid(np.concatenate(real), np.concatenate(generated), protocol.fid_root)
     if "sync" in active:
         summary.pop("sync")
         for key in ("lse_c", "lse_d"):
@@ -171,21 +183,24 @@ def _steadiness_summary(total: _Accumulator, rows: list[dict]) -> dict[str, floa
 
 @torch.no_grad()
 def _score_pair(pair: Pair, active: tuple[str, ...], networks: Networks, device, batch_size: int, mesh,
-                total: _Accumulator) -> dict:
+                total: _Accumulator, protocol: Protocol, sync_round_trip: bool) -> dict:
     """Every active metric of one pair: its row of per-video values (also added into `total`)."""
     generated, real, row = _decode_pair(pair, active)
     if real is not None:
         row.update(_image_metrics(generated, real, active, networks, device, batch_size, total))
-    real_faces = track_faces(real, mesh) if real is not None and {"lip_lmd", "csim", "steadiness"} & set(active) \
-        else None
+    face_metrics = {"lip_lmd", "steadiness"} | ({"csim"} if protocol.csim_framing == "face" else set())
+    real_faces = track_faces(real, mesh) if real is not None and face_metrics & set(active) else None
     generated_faces = track_faces(generated, mesh, keep_points=True) \
         if ("lip_lmd" in active and real is not None) or {"sync", "steadiness"} & set(active) else None
     if "lip_lmd" in active and real is not None:
         row.update(_lip_distance(generated_faces, real_faces, total))
-    if "csim" in active and real is not None:
+    if "csim" in active and real is not None and protocol.csim_framing == "face":
         row.update(_identity(networks.models["csim"], generated, real, real_faces, device, batch_size, total))
+    elif "csim" in active and real is not None:
+        row.update(_identity_of_frames(networks.models["csim"], generated, real, device, batch_size, total))
     if "sync" in active:
-        row.update(_sync(networks.models["sync"], pair, generated, generated_faces.points, device, batch_size))
+        row.update(_sync(networks.models["sync"], pair, generated, generated_faces.points, device, batch_size,
+                         sync_round_trip))
     if "steadiness" in active:
         row.update(_steadiness(generated_faces, real_faces, total))
     return row
@@ -276,7 +291,22 @@ def _identity(network, generated, real, real_faces: FaceTrack, device, batch_siz
     return {"csim": _mean(values), "csim_frames": len(values)}
 
 
-def _sync(network, pair: Pair, generated, generated_points, device, batch_size: int) -> dict:
+def _identity_of_frames(network, generated, real, device, batch_size: int, total: _Accumulator) -> dict:
+    """iplap CSIM: whole frames at 112x112, the mean cosine over every (real, generated) frame pair."""
+    sums = {"real": 0.0, "generated": 0.0}
+    for start in range(0, len(real), batch_size):
+        for kind, frames in (("real", real), ("generated", generated)):
+            batch = identity.frame_batch(frames[start:start + batch_size]).to(device)
+            embeddings = identity.unit_embeddings(network, batch)
+            sums[kind] = sums[kind] + embeddings.sum(dim=0).cpu().numpy()
+    for kind in sums:
+        total.embeddings[kind] = total.embeddings[kind] + sums[kind]
+    total.embedding_count += len(real)
+    value = identity.mean_pair_similarity(sums["real"], len(real), sums["generated"], len(generated))
+    return {"csim": value, "csim_frames": len(real)}
+
+
+def _sync(network, pair: Pair, generated, generated_points, device, batch_size: int, round_trip: bool) -> dict:
     track = face_track(generated_points)
     if track is None:
         return {"lse_c": None, "lse_d": None, "sync_offset": None, "sync_note": "no face in the generated video"}
@@ -288,7 +318,7 @@ def _sync(network, pair: Pair, generated, generated_points, device, batch_size: 
             audio_source, audio = pair.reference, load_audio(pair.reference)
         else:
             return {"lse_c": None, "lse_d": None, "sync_offset": None, "sync_note": one_line(error)}
-    crops = np.stack([face_crop(frame, *box) for frame, box in zip(generated, track)])
+    crops = sync_crops(generated, track, round_trip)
     try:
         video_features, audio_features = sync_features(network, crops, audio, device, batch_size)
     except ValueError as error:

@@ -4,7 +4,10 @@ Pipeline (syncnet_python's run_pipeline + SyncNetInstance.evaluate, with FaceMes
 - face track: per frame, the box of all FaceMesh points (S3FD's face box in the original); half its longer side
   `s` and its centre are median-filtered over 13 frames; the crop spans centre_y - s .. centre_y + 1.8 s and
   centre_x - 1.4 s .. centre_x + 1.4 s (crop_scale 0.4) of the frame padded with grey 110, and is resized to
-  224x224 (cv2 bilinear). The whole face crop goes in, as BGR 0..255 without normalisation.
+  224x224 (cv2 bilinear). The whole face crop goes in, as BGR 0..255 without normalisation. By default
+  (`sync.reference_pipeline`) the frames and crops first take syncnet_python's codec round trips
+  (metrics/round_trip.py: MPEG-4 and JPEG at quantiser 2 for the frames, XVID and ffmpeg-default JPEG for the
+  crops), as the published numbers' pixels did; without it the crops are scored uncompressed.
 - audio: the 16 kHz mono track at int16 scale, 13 MFCCs per 10 ms (python_speech_features.mfcc defaults), so 4
   MFCC frames per video frame at 25 fps.
 - features: for video frame t, the lip stream sees frames t..t+4 (5 x 224 x 224) and the audio stream MFCC frames
@@ -27,6 +30,7 @@ from torch import nn
 
 from data.audio import SAMPLE_RATE
 from data.video import FPS
+from metrics.round_trip import crop_round_trip, frame_round_trip
 from metrics.weights import SYNCNET_V2
 from models.weights import frozen, load_exactly, read_state, resolve
 
@@ -125,6 +129,15 @@ def face_crop(frame: np.ndarray, centre_x: float, centre_y: float, half: float) 
     face = padded[int(y - half):int(y + half * (1 + 2 * CROP_SCALE)),
                   int(x - half * (1 + CROP_SCALE)):int(x + half * (1 + CROP_SCALE))]
     return cv2.resize(face, (CROP_SIZE, CROP_SIZE))
+
+
+def sync_crops(frames: list[np.ndarray], track: np.ndarray, round_trip: bool = True) -> np.ndarray:
+    """(T, 224, 224, 3) uint8 BGR crops of RGB frames along a face_track, as SyncNet scores them: with round_trip,
+    as syncnet_python reads them (frames and crops through its codecs, metrics/round_trip.py), else uncompressed."""
+    if round_trip:
+        frames = frame_round_trip(frames)
+    crops = np.stack([face_crop(frame, *box) for frame, box in zip(frames, track)])
+    return crop_round_trip(crops) if round_trip else crops
 
 
 def offset_distances(video_features: torch.Tensor, audio_features: torch.Tensor,
