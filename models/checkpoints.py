@@ -73,17 +73,18 @@ def export_contents(data: bytes, path: Path) -> dict:
     return {"kind": metadata["kind"], "model": state, "model_args": json.loads(metadata.get("model_args", "{}"))}
 
 
-def checkpoint_file(reference: str | Path, kind: str) -> Path:
-    """The local file a checkpoint reference names (a path, an export folder, or hf://..., downloaded into the
-    Hugging Face cache), its sha256 checked when the reference gives one."""
-    return hub.resolve(reference, f"{NETWORKS[kind]} checkpoint", inside=EXPORT_FILES[kind],
+def checkpoint_file(reference: str | Path, kind: str | None) -> Path:
+    """The local file a checkpoint reference names (a path, an export folder of `kind`, or hf://..., downloaded
+    into the Hugging Face cache), its sha256 checked when the reference gives one. kind None: either network."""
+    what = f"{NETWORKS[kind]} checkpoint" if kind else "checkpoint"
+    return hub.resolve(reference, what, inside=EXPORT_FILES[kind] if kind else None,
                        hint=f"see {OFFICIAL_SOURCE}, or train one with this project")
 
 
-def read_checkpoint(reference: str | Path, kind: str) -> Checkpoint:
+def read_checkpoint(reference: str | Path, kind: str | None) -> Checkpoint:
     """The checkpoint a reference names, read once and hashed, with one-line errors for a missing, unreadable or
-    foreign file."""
-    what = NETWORKS[kind]
+    foreign file. kind None: either network (`checkpoint_kind` tells which)."""
+    what = NETWORKS[kind] if kind else "network"
     path = checkpoint_file(reference, kind)
     try:
         data = path.read_bytes()
