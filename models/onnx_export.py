@@ -8,7 +8,7 @@ Shapes as the networks document them (models/landmark_generator.py, models/rende
 in every input and output, and so are the number of frames T, of reference landmark sets Nl and of reference
 images N (the graph takes all N references in one pass). Images are RGB in 0..1 at the size the graph was exported
 at (128x128 for a dub). Exported with the TorchScript-based exporter (torch.onnx.export(dynamo=False)), which needs
-no package beyond onnx.
+no package beyond onnx. Dubbing's `runtime: onnx` runs renderer_render this way (dubbing/network.on_onnxruntime).
 """
 from __future__ import annotations
 
@@ -123,18 +123,21 @@ def run_session(path: Path, inputs: dict[str, torch.Tensor]) -> list[np.ndarray]
     return session.run(None, {name: tensor.numpy() for name, tensor in inputs.items()})
 
 
-def export_onnx(kind: str, network: nn.Module, folder: Path, size: int = FACE) -> dict[str, float]:
-    """Write the ONNX graphs of `network` into `folder`; each is run by onnxruntime on other batch and reference
-    counts than it was traced with and compared with torch. Returns graph name -> largest absolute difference
-    (printed); a difference above TOLERANCE is a RuntimeError."""
-    network = network.cpu().eval()
-    traced = example_inputs(kind, batch=2, refs=3, size=size, seed=0)
-    checked = example_inputs(kind, batch=3, refs=4, size=size, seed=1)
+def export_onnx(kind: str, network: nn.Module, folder: Path, size: int = FACE, only: str | None = None,
+                check: bool = True) -> dict[str, float]:
+    """Write the ONNX graphs of `network` (or the one named `only`) into `folder`; with `check`, each is run by
+    onnxruntime on other batch and reference counts than it was traced with and compared with torch. Returns graph
+    name -> largest absolute difference (printed); a difference above TOLERANCE is a RuntimeError."""
     differences = {}
     torch.onnx.register_custom_op_symbolic("aten::instance_norm", _instance_norm, OPSET)
-    # Traced with gradients on: under no_grad the Transformer layers take a fused fast path that ONNX lacks.
-    with torch.inference_mode(False):
-        for name, (module, outputs, axes) in graphs(kind, network).items():
+    # Traced with gradients on (and inputs made here, outside any inference mode of the caller): under no_grad the
+    # Transformer layers take a fused fast path that ONNX lacks.
+    with torch.inference_mode(False), torch.enable_grad():
+        traced = example_inputs(kind, batch=2, refs=3, size=size, seed=0)
+        checked = example_inputs(kind, batch=3, refs=4, size=size, seed=1)
+        for name, (module, outputs, axes) in graphs(kind, network.cpu().eval()).items():
+            if only not in (None, name):
+                continue
             inputs, check = dict(traced[name]), dict(checked[name])
             if name == "renderer_render":  # the references' features, as encode_references gives them
                 for values, source in ((inputs, traced), (check, checked)):
@@ -148,6 +151,8 @@ def export_onnx(kind: str, network: nn.Module, folder: Path, size: int = FACE) -
                 warnings.simplefilter("ignore")
                 torch.onnx.export(module, tuple(inputs.values()), str(path), dynamo=False, opset_version=OPSET,
                                   input_names=list(inputs), output_names=list(outputs), dynamic_axes=axes)
+            if not check:
+                continue
             with torch.no_grad():
                 expected = module(*check.values())
             expected = expected if isinstance(expected, tuple) else (expected,)

@@ -1,6 +1,6 @@
 """The two networks of a CPU dub under onnxruntime against torch, in one process, at equal output.
 
-  python bench/onnx.py [--refs 3 25] [--calls 3]
+  python bench/onnx_runtime.py [--refs 3 25] [--calls 3]
 
 Random official-layout weights (testing/checkpoints.py), exported by models/onnx_export.py at 128x128 (the export
 checks each graph against torch). Per frame, batch 1, as a CPU dub calls them:
@@ -10,7 +10,8 @@ checks each graph against torch). Per frame, batch 1, as a CPU dub calls them:
              allocator.keep_freed_memory() as inference.py sets it; onnxruntime: renderer_render.onnx)
   encode     the renderer's encode_references, once per template
 Printed: seconds per call for each runtime, the ratio onnxruntime / torch (below 1: onnxruntime is faster) and the
-largest absolute difference between their outputs.
+largest absolute difference between their outputs. (Not named onnx.py: a script's own folder comes first on
+sys.path, and that name would hide the onnx package from the exporter.)
 """
 from __future__ import annotations
 
