@@ -18,7 +18,6 @@ under it, and once cached it is served without asking the Hub.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from data.errors import InputError, one_line
+from data.samples import sha256
 
 HF_SCHEME = "hf://"
 HASH_MARK = "#sha256="
@@ -92,15 +92,6 @@ def parse(reference: str | Path) -> Reference:
                      "/".join(parts[2:]))
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def resolve(reference: str | Path | Reference, what: str, inside: str | None = None, hint: str = "") -> Path:
     """The local file a reference names, downloaded into the Hugging Face cache when it is on the Hub, its sha256
     checked when the reference gives one. `inside`: the file to take when the reference names a folder. `what`
@@ -117,7 +108,7 @@ def resolve(reference: str | Path | Reference, what: str, inside: str | None = N
     else:
         path = _download(ref, what)
     if ref.sha256 is not None:
-        found = file_sha256(path)
+        found = sha256(path)
         if found != ref.sha256:
             if ref.on_hub:
                 _forget(path)
@@ -179,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     for reference in args.references:
         try:
             path = resolve(reference, "file")
-            print(f"{path}\tsha256 {file_sha256(path)}", flush=True)
+            print(f"{path}\tsha256 {sha256(path)}", flush=True)
         except InputError as error:
             print(f"error: {error}", file=sys.stderr, flush=True)
             failed += 1
