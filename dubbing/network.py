@@ -15,7 +15,6 @@ import torch
 
 from config import autocast, pick_device
 from data.crop import box_size, crop_face
-from data.errors import InputError
 from data.landmarks import content_of, pose_of
 from data.sketch import draw_sketch
 from data.tensors import as_images, upload
@@ -51,40 +50,6 @@ def load_models(landmark_ckpt: str | Path, renderer_ckpt: str | Path, device: st
     """Both networks from this project's checkpoints or the official files (told apart by their contents)."""
     device = device if isinstance(device, torch.device) else pick_device(device)
     return Models(load_landmark_generator(landmark_ckpt, device), load_renderer(renderer_ckpt, device), device)
-
-
-@functools.lru_cache(maxsize=2)
-def _onnx_step(renderer: Renderer) -> RenderStep:
-    """The render step of `renderer` run by onnxruntime on the CPU: its graph exported once per renderer."""
-    import tempfile
-
-    import onnxruntime
-
-    from models.onnx_export import export_onnx
-
-    with tempfile.TemporaryDirectory() as folder:
-        export_onnx("renderer", renderer, Path(folder), only="renderer_render", check=False)
-        session = onnxruntime.InferenceSession(str(Path(folder) / "renderer_render.onnx"),
-                                               providers=["CPUExecutionProvider"])
-
-    def step(renderer: Renderer, refs: References, faces: torch.Tensor, sketches: torch.Tensor,
-             mels: torch.Tensor) -> torch.Tensor:
-        refs = refs.for_batch(len(faces))
-        inputs = {"face": faces, "target_sketches": sketches, "ref_images": refs.images, "h1": refs.h1,
-                  "h2": refs.h2, "mels": mels}
-        return torch.from_numpy(session.run(None, {name: tensor.float().contiguous().numpy()
-                                                   for name, tensor in inputs.items()})[0])
-
-    return step
-
-
-def on_onnxruntime(models: Models) -> Models:
-    """`models` with the render step run by onnxruntime (the config's `runtime: onnx`; CPU only). The references
-    are still encoded by torch, once per template."""
-    if models.device.type != "cpu":
-        raise InputError("runtime=onnx", f"onnxruntime runs the render step on the CPU, not {models.device}; use "
-                                         "runtime: torch")
-    return dataclasses.replace(models, render_step=_onnx_step(models.renderer))
 
 
 @functools.cache

@@ -41,7 +41,6 @@ from dubbing.network import (
     compiled,
     encode_references,
     generate,
-    on_onnxruntime,
     predict_content,
     render,
     upload_frames,
@@ -62,7 +61,6 @@ from dubbing.writer import Outputs, check_encoder, choose_encoder
 
 MIN_AUDIO_SECONDS = MEL_STEPS / 80  # one audio window, 0.2 s
 FRAME_WORK = ("auto", "device", "host")  # where crop and paste-back run (frames_on_device)
-RUNTIMES = ("torch", "onnx")  # what runs the render step (dubbing.network.on_onnxruntime)
 
 
 def default_config() -> dict:
@@ -89,8 +87,6 @@ def check_config(config: dict) -> None:
             raise InputError(f"{key}={config[key]}", f"{key} takes true or false")
     if config["frame_work"] not in FRAME_WORK:
         raise InputError(f"frame_work={config['frame_work']}", f"frame_work takes one of {', '.join(FRAME_WORK)}")
-    if config["runtime"] not in RUNTIMES:
-        raise InputError(f"runtime={config['runtime']}", f"runtime takes one of {', '.join(RUNTIMES)}")
 
 
 def batch_size_for(config: dict, device: torch.device) -> int:
@@ -228,8 +224,6 @@ def new_dub(prepared: Prepared, wav: np.ndarray, muxed: np.ndarray, output: Path
     count = frames_covered(len(wav), fps=template.fps)
     if count == 0:
         raise InputError(output, f"the audio lasts less than one frame at {template.fps:g} fps")
-    if config["runtime"] == "onnx":
-        models = on_onnxruntime(models)
     if config["compile"]:
         models = compiled(models)
     return Dub(prepared, models, config, melspectrogram(wav), frames_covered(len(wav)), muxed, count,

@@ -8,7 +8,11 @@ Shapes as the networks document them (models/landmark_generator.py, models/rende
 in every input and output, and so are the number of frames T, of reference landmark sets Nl and of reference
 images N (the graph takes all N references in one pass). Images are RGB in 0..1 at the size the graph was exported
 at (128x128 for a dub). Exported with the TorchScript-based exporter (torch.onnx.export(dynamo=False)), which needs
-no package beyond onnx. Dubbing's `runtime: onnx` runs renderer_render this way (dubbing/network.on_onnxruntime).
+no package beyond onnx.
+The check uses smooth random images. On a real dub's inputs (sharp one-pixel sketch lines) with random weights,
+renderer_render differed from torch by up to 8e-3 (about 2 levels of 255; 1e-3 with the sketches blurred, 3e-5
+here), a gap not yet explained (the nearest-neighbour downsampling of the sketches and the warps are the suspects),
+so dubbing runs on torch only.
 """
 from __future__ import annotations
 
@@ -123,11 +127,10 @@ def run_session(path: Path, inputs: dict[str, torch.Tensor]) -> list[np.ndarray]
     return session.run(None, {name: tensor.numpy() for name, tensor in inputs.items()})
 
 
-def export_onnx(kind: str, network: nn.Module, folder: Path, size: int = FACE, only: str | None = None,
-                check: bool = True) -> dict[str, float]:
-    """Write the ONNX graphs of `network` (or the one named `only`) into `folder`; with `check`, each is run by
-    onnxruntime on other batch and reference counts than it was traced with and compared with torch. Returns graph
-    name -> largest absolute difference (printed); a difference above TOLERANCE is a RuntimeError."""
+def export_onnx(kind: str, network: nn.Module, folder: Path, size: int = FACE) -> dict[str, float]:
+    """Write the ONNX graphs of `network` into `folder`; each is run by onnxruntime on other batch and reference
+    counts than it was traced with and compared with torch. Returns graph name -> largest absolute difference
+    (printed); a difference above TOLERANCE is a RuntimeError."""
     differences = {}
     torch.onnx.register_custom_op_symbolic("aten::instance_norm", _instance_norm, OPSET)
     # Traced with gradients on (and inputs made here, outside any inference mode of the caller): under no_grad the
@@ -136,27 +139,23 @@ def export_onnx(kind: str, network: nn.Module, folder: Path, size: int = FACE, o
         traced = example_inputs(kind, batch=2, refs=3, size=size, seed=0)
         checked = example_inputs(kind, batch=3, refs=4, size=size, seed=1)
         for name, (module, outputs, axes) in graphs(kind, network.cpu().eval()).items():
-            if only not in (None, name):
-                continue
-            inputs, check = dict(traced[name]), dict(checked[name])
+            inputs, other = dict(traced[name]), dict(checked[name])
             if name == "renderer_render":  # the references' features, as encode_references gives them
-                for values, source in ((inputs, traced), (check, checked)):
+                for values, source in ((inputs, traced), (other, checked)):
                     with torch.no_grad():
                         encoded = network.encode_references(**source["renderer_encode_references"])
                     values["h1"], values["h2"] = encoded.h1, encoded.h2
                 inputs = {key: inputs[key] for key in ("face", "target_sketches", "ref_images", "h1", "h2", "mels")}
-                check = {key: check[key] for key in inputs}
+                other = {key: other[key] for key in inputs}
             path = folder / f"{name}.onnx"
             with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice and tracer remarks
                 warnings.simplefilter("ignore")
                 torch.onnx.export(module, tuple(inputs.values()), str(path), dynamo=False, opset_version=OPSET,
                                   input_names=list(inputs), output_names=list(outputs), dynamic_axes=axes)
-            if not check:
-                continue
             with torch.no_grad():
-                expected = module(*check.values())
+                expected = module(*other.values())
             expected = expected if isinstance(expected, tuple) else (expected,)
-            got = run_session(path, check)
+            got = run_session(path, other)
             differences[name] = max(float(np.abs(a.numpy() - b).max()) for a, b in zip(expected, got))
             print(f"{path.name}: onnxruntime vs torch, largest absolute difference {differences[name]:.2e}",
                   file=sys.stderr)

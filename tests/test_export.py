@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
@@ -121,31 +120,3 @@ def test_onnx_matches_torch(sources, tmp_path):
     assert set(differences) == {"landmark_generator", "renderer_encode_references", "renderer_render"}
     assert all(0 <= value <= TOLERANCE for value in differences.values()), differences
 
-
-@pytest.mark.slow
-def test_onnx_runtime_render_step_equals_torch(sources):
-    """`runtime: onnx` renders a dub's batch as torch does, within the export tolerance (128x128, N=3)."""
-    from dubbing.network import load_models, on_onnxruntime, render_faces
-    from models.onnx_export import TOLERANCE, example_inputs
-
-    models = load_models(sources["project"]["landmark_generator"], sources["project"]["renderer"], "cpu")
-    inputs = example_inputs("renderer", batch=1, refs=3, seed=5)
-    with torch.inference_mode():
-        refs = models.renderer.encode_references(**inputs["renderer_encode_references"])
-        frame = inputs["renderer_render"]
-        expected = render_faces(models.renderer, refs, frame["face"], frame["target_sketches"], frame["mels"])
-        got = on_onnxruntime(models).render_step(models.renderer, refs, frame["face"], frame["target_sketches"],
-                                                 frame["mels"])
-    assert got.shape == expected.shape and 0 < (got - expected).abs().max() <= TOLERANCE
-
-
-def test_onnx_runtime_refuses_other_devices():
-    from dubbing.network import Models, on_onnxruntime
-    from dubbing.pipeline import check_config, default_config
-
-    with pytest.raises(InputError, match="runtime=onnx: onnxruntime runs the render step on the CPU"):
-        on_onnxruntime(Models(None, None, torch.device("meta")))
-    config = default_config()
-    config["runtime"] = "tensorrt"
-    with pytest.raises(InputError, match="runtime takes one of torch, onnx"):
-        check_config(config)
