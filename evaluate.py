@@ -52,8 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     generate.add_argument("--setting", choices=tuple(SETTING_METRICS))
     generate.add_argument("--filelist", type=Path, help="test list, one relative path per line (LRS2 format)")
     generate.add_argument("--video-root", type=Path, help="folder the file list's paths are relative to")
-    generate.add_argument("--landmark-ckpt", type=Path)
-    generate.add_argument("--renderer-ckpt", type=Path)
+    generate.add_argument("--landmark-ckpt", help="a path, export folder or hf://OWNER/REPO@REVISION/PATH "
+                                                  "(docs/models.md)")
+    generate.add_argument("--renderer-ckpt", help="as --landmark-ckpt")
     generate.add_argument("--num-videos", type=int, help="videos to sample (config: 45)")
     generate.add_argument("--seed", type=int, help="sampling and pairing seed (config: 0)")
     generate.add_argument("--inference-config", type=Path, help="dubbing settings (default: "
@@ -64,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     common.add_argument("--config", type=Path, default=CONFIG,
                         help="YAML settings laid over configs/evaluate.yaml (default: that file)")
     for key in WEIGHT_KEYS:
-        common.add_argument(f"--{key}-weights", type=Path, help=f"weight file (config: weights.{key})")
+        common.add_argument(f"--{key}-weights", help=f"weight file or hf:// reference (config: weights.{key})")
     common.add_argument("--skip-missing", action="store_true",
                         help="report a metric whose weights are missing as n/a with the reason instead of stopping")
     common.add_argument("--no-download", action="store_true", help="never try a weight file's public URL")
@@ -143,8 +144,8 @@ def sample_videos(names: list[str], count: int, seed: int, dubbing: bool) -> tup
             return chosen, [chosen[i] for i in order]
 
 
-def generate_videos(videos: list[Path], audios: list[Path], names: list[str], out: Path, landmark_ckpt: Path,
-                    renderer_ckpt: Path, device: str, progress: bool = True, inference_config: Path | None = None
+def generate_videos(videos: list[Path], audios: list[Path], names: list[str], out: Path, landmark_ckpt: str | Path,
+                    renderer_ckpt: str | Path, device: str, progress: bool = True, inference_config: Path | None = None
                     ) -> tuple[list[Path], int]:
     """Dub each video with its audio through dubbing/ into OUT/generated/<name>.mp4 at 25 fps (the rate of LRS2,
     LRS3 and Table 1, whatever the dubbing config's output.fps); returns the outputs and how many were reused.
@@ -154,7 +155,11 @@ def generate_videos(videos: list[Path], audios: list[Path], names: list[str], ou
 
     import dubbing
     from data.samples import sha256
+    from models.checkpoints import checkpoint_file
 
+    # References resolved once (a hub file downloaded once), so the networks and the record's sha256 read one file.
+    landmark_ckpt = checkpoint_file(landmark_ckpt, "landmark_generator")
+    renderer_ckpt = checkpoint_file(renderer_ckpt, "renderer")
     models = dubbing.load_models(landmark_ckpt, renderer_ckpt, device)
     if models.device.type == "cpu":
         from allocator import keep_freed_memory
@@ -163,7 +168,7 @@ def generate_videos(videos: list[Path], audios: list[Path], names: list[str], ou
     config = dubbing.default_config() if inference_config is None else \
         read_config(inference_config, base=INFERENCE_CONFIG)
     config["output"]["fps"] = FPS  # LRS2/LRS3 are 25 fps and Table 1 is defined there, whatever the config says
-    made_with = {"landmark_sha256": sha256(Path(landmark_ckpt)), "renderer_sha256": sha256(Path(renderer_ckpt)),
+    made_with = {"landmark_sha256": sha256(landmark_ckpt), "renderer_sha256": sha256(renderer_ckpt),
                  "settings": config, "device": torch.device(device).type}
     outputs, reused = [], 0
     for video, audio, name in tqdm(list(zip(videos, audios, names)), desc="generating", unit="video",

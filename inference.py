@@ -10,7 +10,8 @@ flac, or a video whose audio track drives the face. The output is an H.264 + AAC
 long as the speech (the template loops forwards and backwards when it is shorter), at the template's own frame
 rate: every template frame once per pass, none dropped or repeated. A still image, a variable-rate video and a
 rate above 60 fps give 25 fps, each saying so in one line; --fps 25 (or N) resamples the template to that rate.
-Checkpoints may be this project's (runs/*/step_*.pt) or the official IP_LAP files.
+Checkpoints may be this project's (runs/*/step_*.pt), the official IP_LAP files or exports (models/export.py), each
+by path or by hub reference, hf://OWNER/REPO@REVISION/PATH[#sha256=HEX] (docs/models.md).
 
 Several dubs in one run load the networks once, analyse and encode each template once however many audios use
 it, and keep going past a bad entry. A task list is YAML, a list of {video, audio, output} entries (relative
@@ -63,9 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "from the I-th, so shard sizes differ by at most one (one process per GPU, a SLURM "
                              "array; every shard must be given the same list; with --device cuda, shard I takes GPU "
                              "I mod the visible GPUs); default 0/1")
-    parser.add_argument("--landmark-ckpt", help="landmark generator checkpoint (default: checkpoints.landmark in "
-                                                "the config)")
-    parser.add_argument("--renderer-ckpt", help="renderer checkpoint (default: checkpoints.renderer in the config)")
+    parser.add_argument("--landmark-ckpt", help="landmark generator checkpoint: a path, an export folder, or "
+                                                "hf://OWNER/REPO@REVISION/PATH, optionally ending in #sha256=HEX "
+                                                "(default: checkpoints.landmark in the config)")
+    parser.add_argument("--renderer-ckpt", help="renderer checkpoint, as --landmark-ckpt (default: "
+                                                "checkpoints.renderer in the config)")
     parser.add_argument("--config", default=str(INFERENCE_CONFIG),
                         help="YAML settings laid over configs/inference.yaml (default: that file)")
     parser.add_argument("--fps", help="output frame rate: 'template' (the template's own: a constant-rate video up "

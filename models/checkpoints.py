@@ -1,26 +1,38 @@
-"""Loading checkpoints: this project's files and the official IP_LAP release's, told apart automatically.
+"""Loading checkpoints: this project's files, the official IP_LAP release's, and exports, told apart automatically.
 
 Official files (github.com/Weizhi-Zhong/IP_LAP, README "Test": landmarkgenerator_checkpoint.pth and
 renderer_checkpoint.pth) are torch.save'd dicts {'state_dict', 'optimizer', 'global_step', 'global_epoch'} from
 CUDA models, keys possibly prefixed 'module.' (DataParallel). This project's files are dicts with 'kind',
-'model' (state dict) and 'model_args' (constructor keywords).
+'model' (state dict) and 'model_args' (constructor keywords). An export (models/export.py) is a safetensors file
+of the network's state dict under this project's names, with 'kind' and 'model_args' in its metadata; its folder
+may stand for it. Any of them may be named by a hub reference (models/hub.py). Every load checks each tensor's
+name and shape and prints the sha256 of the file it read.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import re
+import struct
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from data.errors import InputError
+from data.errors import InputError, one_line
+from models import hub
 from models.landmark_generator import LandmarkGenerator
 from models.layers import sinusoidal_encoding
 from models.renderer import Renderer
 from models.weights import load_exactly, read_file, strip_module_prefix
 
-OFFICIAL_SOURCE = ("the official IP_LAP release (github.com/Weizhi-Zhong/IP_LAP, README section 'Test'); "
-                   "put it under checkpoints/ or pass its path")
+OFFICIAL_SOURCE = ("docs/models.md (the official release's download links are dead; a re-hosted copy loads by "
+                   "hf:// reference)")
+NETWORKS = {"landmark_generator": "landmark generator", "renderer": "renderer"}  # kind -> its name in messages
+EXPORT_FILES = {kind: f"{kind}.safetensors" for kind in NETWORKS}  # an export folder's weights file
+EXPORT_FORMAT = "iplap-export-1"  # the safetensors metadata's 'format': what this loader reads
 
 # Official landmark-generator names that differ from ours (prefix renames).
 LANDMARK_RENAMES = {"mouse_keypoint_map.": "lip_head.", "jaw_keypoint_map.": "jaw_head.", "Norm.": "norm."}
@@ -28,16 +40,91 @@ LANDMARK_RENAMES = {"mouse_keypoint_map.": "lip_head.", "jaw_keypoint_map.": "ja
 LANDMARK_FIXED = ("fusion_transformer.position_v.pe", "fusion_transformer.position_a.pe")
 
 
-def read_checkpoint(path: str | Path, what: str) -> dict:
-    """A checkpoint dict on the CPU, with one-line errors for a missing, unreadable or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, f"{what} checkpoint not found; get it from {OFFICIAL_SOURCE}, "
-                               "or train one with this project")
-    checkpoint = read_file(path, f"{what} checkpoint")
-    if not isinstance(checkpoint, dict) or not ({"state_dict", "model"} & set(checkpoint)):
+@dataclass
+class Checkpoint:
+    """A checkpoint file as read: where it is, the sha256 of its bytes, its layout ('official', 'project' or
+    'export'), and its contents, an official dict ({'state_dict', ...}) or this project's ({'kind', 'model',
+    'model_args', ...}; an export's are given that shape)."""
+
+    path: Path
+    sha256: str
+    layout: str
+    contents: dict
+
+
+def is_safetensors(data: bytes) -> bool:
+    """Whether bytes look like a safetensors file: an 8-byte header length, then the JSON header."""
+    return len(data) > 9 and data[8:9] == b"{" and 2 <= struct.unpack("<Q", data[:8])[0] <= len(data) - 8
+
+
+def export_contents(data: bytes, path: Path) -> dict:
+    """An export's bytes -> {'kind', 'model', 'model_args'}, as this project's checkpoints hold them."""
+    from safetensors.torch import load
+
+    try:
+        length = struct.unpack("<Q", data[:8])[0]
+        metadata = json.loads(data[8:8 + length]).get("__metadata__") or {}
+        state = load(data)
+    except Exception as error:  # a cut or foreign file: safetensors and json errors mean the same to a user
+        raise InputError(path, f"not a readable safetensors file ({one_line(error)[:160]})") from None
+    if metadata.get("format") != EXPORT_FORMAT or metadata.get("kind") not in NETWORKS:
+        raise InputError(path, "a safetensors file without this project's export metadata (kind, model_args); "
+                               "export checkpoints with python -m models.export")
+    return {"kind": metadata["kind"], "model": state, "model_args": json.loads(metadata.get("model_args", "{}"))}
+
+
+def checkpoint_file(reference: str | Path, kind: str | None) -> Path:
+    """The local file a checkpoint reference names (a path, an export folder of `kind`, or hf://..., downloaded
+    into the Hugging Face cache), its sha256 checked when the reference gives one. kind None: either network."""
+    what = f"{NETWORKS[kind]} checkpoint" if kind else "checkpoint"
+    return hub.resolve(reference, what, inside=EXPORT_FILES[kind] if kind else None,
+                       hint=f"see {OFFICIAL_SOURCE}, or train one with this project")
+
+
+def read_checkpoint(reference: str | Path, kind: str | None) -> Checkpoint:
+    """The checkpoint a reference names, read once and hashed, with one-line errors for a missing, unreadable or
+    foreign file. kind None: either network (`checkpoint_kind` tells which)."""
+    what = NETWORKS[kind] if kind else "network"
+    path = checkpoint_file(reference, kind)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise InputError(path, f"cannot read the {what} checkpoint ({one_line(error)[:120]})") from None
+    sha256 = hashlib.sha256(data).hexdigest()
+    if is_safetensors(data):
+        return Checkpoint(path, sha256, "export", export_contents(data, path))
+    contents = read_file(path, f"{what} checkpoint", data)
+    if not isinstance(contents, dict) or not ({"state_dict", "model"} & set(contents)):
         raise InputError(path, f"not a {what} checkpoint (no 'state_dict' or 'model' entry)")
-    return checkpoint
+    return Checkpoint(path, sha256, "official" if "model" not in contents else "project", contents)
+
+
+def checkpoint_kind(contents: dict) -> str | None:
+    """'landmark_generator' or 'renderer' for a checkpoint's contents (an official file by its tensor names);
+    None when neither."""
+    if "model" in contents:
+        return contents.get("kind")
+    names = strip_module_prefix(contents.get("state_dict") or {})
+    if any(name.startswith(("flow_module.", "translation.")) for name in names):
+        return "renderer"
+    if any(name.startswith(("fusion_transformer.", "mel_encoder.")) for name in names):
+        return "landmark_generator"
+    return None
+
+
+def _check_kind(checkpoint: Checkpoint, kind: str) -> None:
+    found = checkpoint_kind(checkpoint.contents)
+    if "model" in checkpoint.contents and found is None:
+        return  # this project's earliest files said no kind; load_exactly still checks every tensor
+    if found != kind:
+        holds = f"a {NETWORKS[found]}" if found in NETWORKS else "neither network"
+        raise InputError(checkpoint.path, f"holds {holds}, not a {NETWORKS[kind]}")
+
+
+def report_loaded(checkpoint: Checkpoint, kind: str, reference: str | Path) -> None:
+    """One line on stderr: which network was loaded from what, and the sha256 of the bytes that were read."""
+    source = str(reference) if str(reference) == str(checkpoint.path) else f"{reference} ({checkpoint.path})"
+    print(f"{NETWORKS[kind]}: {source}, {checkpoint.layout} layout, sha256 {checkpoint.sha256}", file=sys.stderr)
 
 
 def official_landmark_state(state: dict, path: Path) -> dict:
@@ -60,18 +147,25 @@ def official_landmark_state(state: dict, path: Path) -> dict:
     return converted
 
 
-def load_landmark_generator(path: str | Path, device: str | torch.device = "cpu") -> LandmarkGenerator:
-    """The landmark generator of an official IP_LAP checkpoint or one of this project's, in eval mode."""
-    path = Path(path)
-    checkpoint = read_checkpoint(path, "landmark generator")
-    if "model" in checkpoint:
-        if checkpoint.get("kind", "landmark_generator") != "landmark_generator":
-            raise InputError(path, f"holds a {checkpoint.get('kind')}, not a landmark generator")
-        model = LandmarkGenerator(**checkpoint.get("model_args", {}))
-        load_exactly(model, strip_module_prefix(checkpoint["model"]), path)
+def landmark_generator_of(checkpoint: Checkpoint) -> LandmarkGenerator:
+    """The landmark generator a checkpoint holds, on the CPU, every tensor's name and shape checked."""
+    _check_kind(checkpoint, "landmark_generator")
+    contents, path = checkpoint.contents, checkpoint.path
+    if "model" in contents:
+        model = LandmarkGenerator(**contents.get("model_args", {}))
+        load_exactly(model, strip_module_prefix(contents["model"]), path)
     else:
         model = LandmarkGenerator()
-        load_exactly(model, official_landmark_state(checkpoint["state_dict"], path), path)
+        load_exactly(model, official_landmark_state(contents["state_dict"], path), path)
+    return model
+
+
+def load_landmark_generator(reference: str | Path, device: str | torch.device = "cpu") -> LandmarkGenerator:
+    """The landmark generator of an official IP_LAP checkpoint, one of this project's or an export (a path, an
+    export folder or a hub reference), in eval mode."""
+    checkpoint = read_checkpoint(reference, "landmark_generator")
+    model = landmark_generator_of(checkpoint)
+    report_loaded(checkpoint, "landmark_generator", reference)
     return model.to(device).eval()
 
 
@@ -144,25 +238,33 @@ def official_renderer_state(state: dict, path: Path) -> tuple[dict, dict]:
     return renamed_renderer_state(renderer), vgg
 
 
-def load_renderer(path: str | Path, device: str | torch.device = "cpu") -> Renderer:
-    """The renderer of an official IP_LAP checkpoint or one of this project's, in eval mode, taking RGB images.
+def renderer_of(checkpoint: Checkpoint) -> Renderer:
+    """The renderer a checkpoint holds, on the CPU, taking RGB images, every tensor's name and shape checked.
 
     An official file also carries the VGG19 weights of its perceptual loss (under 'perceptual.'); they are checked
-    against VGG19's layout and left out here (`official_vgg19_features` hands them to the perceptual loss).
-    On CPU, the renderer runs faster after allocator.keep_freed_memory(), which entry points apply.
-    """
-    path = Path(path)
-    checkpoint = read_checkpoint(path, "renderer")
+    against VGG19's layout and left out here (`official_vgg19_features` hands them to the perceptual loss)."""
+    _check_kind(checkpoint, "renderer")
+    contents, path = checkpoint.contents, checkpoint.path
     model = Renderer()
-    if "model" in checkpoint:
-        if checkpoint.get("kind", "renderer") != "renderer":
-            raise InputError(path, f"holds a {checkpoint.get('kind')}, not a renderer")
-        load_exactly(model, renamed_renderer_state(strip_module_prefix(checkpoint["model"])), path)
+    if "model" in contents:
+        load_exactly(model, renamed_renderer_state(strip_module_prefix(contents["model"])), path)
     else:
-        _check_official_names(checkpoint["state_dict"], model, path)
-        state, vgg = official_renderer_state(checkpoint["state_dict"], path)
+        _check_official_names(contents["state_dict"], model, path)
+        state, vgg = official_renderer_state(contents["state_dict"], path)
         _check_vgg19_features(vgg, path)
         load_exactly(model, state, path)
+    return model
+
+
+def load_renderer(reference: str | Path, device: str | torch.device = "cpu") -> Renderer:
+    """The renderer of an official IP_LAP checkpoint, one of this project's or an export (a path, an export folder
+    or a hub reference), in eval mode, taking RGB images.
+
+    On CPU, the renderer runs faster after allocator.keep_freed_memory(), which entry points apply.
+    """
+    checkpoint = read_checkpoint(reference, "renderer")
+    model = renderer_of(checkpoint)
+    report_loaded(checkpoint, "renderer", reference)
     return model.to(device).eval()
 
 
@@ -192,9 +294,12 @@ def _check_vgg19_features(vgg: dict, path: Path) -> None:
 
 def official_vgg19_features(path: str | Path) -> dict:
     """The VGG19 `features` state dict stored in an official renderer checkpoint (ImageNet weights)."""
-    path = Path(path)
-    _, vgg = official_renderer_state(read_checkpoint(path, "renderer")["state_dict"], path)
+    checkpoint = read_checkpoint(path, "renderer")
+    if "state_dict" not in checkpoint.contents:
+        raise InputError(checkpoint.path, "holds no VGG19 weights under 'perceptual.' (only an official renderer "
+                                          "checkpoint does)")
+    _, vgg = official_renderer_state(checkpoint.contents["state_dict"], checkpoint.path)
     if not vgg:
-        raise InputError(path, "holds no VGG19 weights under 'perceptual.'")
-    _check_vgg19_features(vgg, path)
+        raise InputError(checkpoint.path, "holds no VGG19 weights under 'perceptual.'")
+    _check_vgg19_features(vgg, checkpoint.path)
     return vgg

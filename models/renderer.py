@@ -154,7 +154,7 @@ class Alignment(nn.Module):
         step = reference_chunk(batch, count, target_sketches.device)
         sums = None
         for start in range(0, count, step):
-            part = self._weighted(refs.chunk(start, start + step), modulation)
+            part = self._weighted(refs if step >= count else refs.chunk(start, start + step), modulation)
             sums = part if sums is None else [a + b for a, b in zip(sums, part)]
         h1, h2, image, weights = sums
         total = weights + 1e-5
@@ -202,6 +202,8 @@ def reference_chunk(batch: int, count: int, device: torch.device) -> int:
     convolutions) and which stays in cache between layers (timings: bench/README.md). Elsewhere, as many pairs as
     ALIGNMENT_BUDGET holds at PAIR_BYTES each, so that a long template's references (refs=fifth) never need more
     than the budget at once, whatever their number."""
+    if torch.jit.is_tracing():  # an exported graph (ONNX) takes all references in one pass: any count then works
+        return count
     rows = CPU_ROWS_PER_CHUNK if device.type == "cpu" else ALIGNMENT_BUDGET // PAIR_BYTES
     return max(1, min(count, rows // batch))
 

@@ -1,14 +1,16 @@
 """Weight files: where one is found, how it is downloaded, and how its tensors are loaded into a network.
 
-A pretrained file (VGG19 for the perceptual loss, the metric networks) is looked up in this order: the path from
-the command line or config; the torch hub cache (`torch.hub.get_dir()/checkpoints/<file>`, where torchvision and
-pytorch-fid keep their downloads); a download into that cache when the file has a public URL and the machine is
-online. Downloads go over https, show a progress bar, are written under a temporary name and renamed into place
-when complete, and are checked against the sha256 prefix that the file's publisher puts in its name (torchvision's
-and pytorch-fid's convention). When everything fails, the one-line error names the file and where to get it.
+A pretrained file (VGG19 for the perceptual loss, the metric networks) is looked up in this order: the path or hub
+reference (models/hub.py) from the command line or config; the torch hub cache
+(`torch.hub.get_dir()/checkpoints/<file>`, where torchvision and pytorch-fid keep their downloads); a download into
+that cache when the file has a public URL and the machine is online. Downloads go over https, show a progress bar,
+are written under a temporary name and renamed into place when complete, and are checked against the sha256 prefix
+that the file's publisher puts in its name (torchvision's and pytorch-fid's convention). When everything fails,
+the one-line error names the file and where to get it.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from data.errors import InputError, one_line
+from models import hub
 
 
 @dataclass(frozen=True)
@@ -49,12 +52,10 @@ def fetch_url(url: str, destination: Path, sha256_prefix: str | None, progress: 
 
 def resolve(weight: WeightFile, path: str | Path | None = None, download: bool = True,
             progress: bool = True) -> Path:
-    """Path of an existing weight file: `path` if given, else the hub cache, else downloaded there (when online)."""
+    """Path of an existing weight file: `path` if given (a path or hub reference, models/hub.py), else the torch hub
+    cache, else downloaded there (when online)."""
     if path is not None:
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise InputError(path, f"{weight.what} weights not found ({where_to_get(weight)})")
-        return path
+        return hub.resolve(path, f"{weight.what} weights", hint=where_to_get(weight))
     cached = cache_path(weight)
     if cached.is_file():
         return cached
@@ -71,13 +72,14 @@ def resolve(weight: WeightFile, path: str | Path | None = None, download: bool =
     raise InputError(cached, f"{weight.what} weights not found; {where_to_get(weight)}")
 
 
-def read_file(path: str | Path, what: str) -> object:
-    """torch.load onto the CPU (tensors only), with a one-line error for a missing or unreadable file."""
+def read_file(path: str | Path, what: str, data: bytes | None = None) -> object:
+    """torch.load onto the CPU (tensors only), with a one-line error for a missing or unreadable file; `data`: the
+    file's bytes, already read."""
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise InputError(path, f"{what} file not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and torch errors all mean the same to a user
         raise InputError(path, f"not a readable {what} file ({one_line(error)[:160]})") from None
 

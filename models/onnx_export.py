@@ -1,0 +1,164 @@
+"""ONNX models of the two networks, as a dub calls them, each checked against torch with onnxruntime on the CPU.
+
+    landmark_generator.onnx          (mels, pose, ref_pose, ref_content) -> content      LandmarkGenerator.forward
+    renderer_encode_references.onnx  (ref_images, ref_sketches) -> (h1, h2)              Renderer.encode_references
+    renderer_render.onnx             (face, target_sketches, ref_images, h1, h2, mels) -> face     Renderer.render
+
+Shapes as the networks document them (models/landmark_generator.py, models/renderer.py); the batch axis is dynamic
+in every input and output, and so are the number of frames T, of reference landmark sets Nl and of reference
+images N (the graph takes all N references in one pass). Images are RGB in 0..1 at the size the graph was exported
+at (128x128 for a dub). Exported with the TorchScript-based exporter (torch.onnx.export(dynamo=False)), which needs
+no package beyond onnx.
+The check uses smooth random images. On a real dub's inputs (sharp one-pixel sketch lines) with random weights,
+renderer_render differed from torch by up to 8e-3 (about 2 levels of 255; 1e-3 with the sketches blurred, 3e-5
+here), a gap not yet explained (ruled out: the instance norm written as ONNX ops, 1e-5 in torch itself; the
+nearest-neighbour downsampling, exact; large motion fields, about 10 px), so dubbing runs on torch only.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data.landmarks import NUM_JAW, NUM_LIP, SKETCH_WINDOW
+from models.renderer import References, Renderer
+
+OPSET = 17  # GridSample (16) and LayerNormalization (17) as single operators
+TOLERANCE = 1e-4  # the largest absolute difference from torch an export may have
+FACE = 128  # the renderer's face size in a dub
+MEL = (1, 80, 16)  # one mel window per frame
+POSE_POINTS, CONTENT_POINTS = 74, NUM_JAW + NUM_LIP
+
+
+class EncodeReferences(nn.Module):
+    """Renderer.encode_references with its reusable features as outputs."""
+
+    def __init__(self, renderer: Renderer):
+        super().__init__()
+        self.renderer = renderer
+
+    def forward(self, ref_images: torch.Tensor, ref_sketches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        refs = self.renderer.encode_references(ref_images, ref_sketches)
+        return refs.h1, refs.h2
+
+
+class Render(nn.Module):
+    """Renderer.render from encoded references (their sketches are not used by the render step)."""
+
+    def __init__(self, renderer: Renderer):
+        super().__init__()
+        self.renderer = renderer
+
+    def forward(self, face: torch.Tensor, target_sketches: torch.Tensor, ref_images: torch.Tensor, h1: torch.Tensor,
+                h2: torch.Tensor, mels: torch.Tensor) -> torch.Tensor:
+        return self.renderer.render(face, target_sketches, References(ref_images, h1, h2, ref_images), mels)[0]
+
+
+def example_inputs(kind: str, batch: int = 2, refs: int = 3, size: int = FACE, seed: int = 0
+                   ) -> dict[str, dict[str, torch.Tensor]]:
+    """Random inputs of each graph of `kind`, by graph name then input name (the renderer's h1 and h2 come from
+    encoding the references with the network, at export)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.rand(shape, generator=g)
+
+    def image(*shape):
+        """Smooth random images, as faces are: white noise would turn the warps' float32 rounding of the motion
+        field (in pixels) into differences far larger than any real frame shows."""
+        coarse = rand(*shape[:-2], max(2, shape[-2] // 8), max(2, shape[-1] // 8))
+        flat = coarse.flatten(0, -3)[:, None]
+        return F.interpolate(flat, size=shape[-2:], mode="bilinear", align_corners=False).view(shape)
+
+    if kind == "landmark_generator":
+        frames, landmark_refs = SKETCH_WINDOW, 15
+        return {"landmark_generator": {"mels": rand(batch, frames, *MEL) * 2 - 1,
+                                       "pose": rand(batch, frames, 2, POSE_POINTS),
+                                       "ref_pose": rand(batch, landmark_refs, 2, POSE_POINTS),
+                                       "ref_content": rand(batch, landmark_refs, 2, CONTENT_POINTS)}}
+    images = {"ref_images": image(batch, refs, 3, size, size), "ref_sketches": image(batch, refs, 3, size, size)}
+    return {"renderer_encode_references": images,
+            "renderer_render": {"face": image(batch, 3, size, size),
+                                "target_sketches": image(batch, SKETCH_WINDOW, 3, size, size),
+                                "ref_images": images["ref_images"], "mels": rand(batch, *MEL) * 2 - 1}}
+
+
+def graphs(kind: str, network: nn.Module) -> dict[str, tuple[nn.Module, tuple[str, ...], dict]]:
+    """Graph name -> (module, output names, dynamic axes of every input and output) for a network of `kind`."""
+    batch = {0: "batch"}
+    if kind == "landmark_generator":
+        frames = {0: "batch", 1: "frames"}
+        return {"landmark_generator": (network, ("content",), {
+            "mels": frames, "pose": frames, "ref_pose": {0: "batch", 1: "landmark_refs"},
+            "ref_content": {0: "batch", 1: "landmark_refs"}, "content": frames})}
+    refs = {0: "batch", 1: "refs"}
+    # Wrappers in eval mode: the exporter restores the mode of the module it is given, children included.
+    return {"renderer_encode_references": (EncodeReferences(network).eval(), ("h1", "h2"), {
+                "ref_images": refs, "ref_sketches": refs, "h1": refs, "h2": refs}),
+            "renderer_render": (Render(network).eval(), ("generated",), {
+                "face": batch, "target_sketches": batch, "ref_images": refs, "h1": refs, "h2": refs, "mels": batch,
+                "generated": batch})}
+
+
+def _instance_norm(g, x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, cudnn):
+    """aten::instance_norm without affine parameters as ONNX ops that need no static channel count (the
+    exporter's own InstanceNormalization does, and the references' flattened (B*N) axis hides it)."""
+    from torch.onnx.symbolic_helper import _is_none, _maybe_get_const
+
+    if not (_is_none(weight) and _is_none(bias)):
+        raise ValueError("only instance norm without affine parameters is exported")
+    mean = g.op("ReduceMean", x, axes_i=[2, 3], keepdims_i=1)
+    centred = g.op("Sub", x, mean)
+    variance = g.op("ReduceMean", g.op("Mul", centred, centred), axes_i=[2, 3], keepdims_i=1)
+    epsilon = g.op("Constant", value_t=torch.tensor(_maybe_get_const(eps, "f"), dtype=torch.float32))
+    return g.op("Div", centred, g.op("Sqrt", g.op("Add", variance, epsilon)))
+
+
+def run_session(path: Path, inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
+    """The ONNX model's outputs on the CPU (onnxruntime)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {name: tensor.numpy() for name, tensor in inputs.items()})
+
+
+def export_onnx(kind: str, network: nn.Module, folder: Path, size: int = FACE) -> dict[str, float]:
+    """Write the ONNX graphs of `network` into `folder`; each is run by onnxruntime on other batch and reference
+    counts than it was traced with and compared with torch. Returns graph name -> largest absolute difference
+    (printed); a difference above TOLERANCE is a RuntimeError."""
+    differences = {}
+    torch.onnx.register_custom_op_symbolic("aten::instance_norm", _instance_norm, OPSET)
+    # Traced with gradients on (and inputs made here, outside any inference mode of the caller): under no_grad the
+    # Transformer layers take a fused fast path that ONNX lacks.
+    with torch.inference_mode(False), torch.enable_grad():
+        traced = example_inputs(kind, batch=2, refs=3, size=size, seed=0)
+        checked = example_inputs(kind, batch=3, refs=4, size=size, seed=1)
+        for name, (module, outputs, axes) in graphs(kind, network.cpu().eval()).items():
+            inputs, other = dict(traced[name]), dict(checked[name])
+            if name == "renderer_render":  # the references' features, as encode_references gives them
+                for values, source in ((inputs, traced), (other, checked)):
+                    with torch.no_grad():
+                        encoded = network.encode_references(**source["renderer_encode_references"])
+                    values["h1"], values["h2"] = encoded.h1, encoded.h2
+                inputs = {key: inputs[key] for key in ("face", "target_sketches", "ref_images", "h1", "h2", "mels")}
+                other = {key: other[key] for key in inputs}
+            path = folder / f"{name}.onnx"
+            with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice and tracer remarks
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, tuple(inputs.values()), str(path), dynamo=False, opset_version=OPSET,
+                                  input_names=list(inputs), output_names=list(outputs), dynamic_axes=axes)
+            with torch.no_grad():
+                expected = module(*other.values())
+            expected = expected if isinstance(expected, tuple) else (expected,)
+            got = run_session(path, other)
+            differences[name] = max(float(np.abs(a.numpy() - b).max()) for a, b in zip(expected, got))
+            print(f"{path.name}: onnxruntime vs torch, largest absolute difference {differences[name]:.2e}",
+                  file=sys.stderr)
+            if not differences[name] <= TOLERANCE:
+                raise RuntimeError(f"{path.name} differs from torch by {differences[name]:.2e} (> {TOLERANCE})")
+    return differences
