@@ -245,7 +245,11 @@ def renderer_of(checkpoint: Checkpoint) -> Renderer:
     against VGG19's layout and left out here (`official_vgg19_features` hands them to the perceptual loss)."""
     _check_kind(checkpoint, "renderer")
     contents, path = checkpoint.contents, checkpoint.path
-    model = Renderer()
+    args = contents.get("model_args", {}) if "model" in contents else {}  # official files: the 128 network
+    try:
+        model = Renderer(**args)
+    except (TypeError, ValueError) as error:
+        raise InputError(path, f"holds a renderer this code cannot build ({error})") from None
     if "model" in contents:
         load_exactly(model, renamed_renderer_state(strip_module_prefix(contents["model"])), path)
     else:

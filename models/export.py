@@ -42,6 +42,7 @@ from models.checkpoints import (
     renderer_of,
 )
 from models.landmark_generator import LandmarkGenerator
+from models.renderer import Renderer
 
 LICENSE = "apache-2.0"  # the official release's and this project's (LICENSE)
 TRAINERS = {"landmark_generator": "train_landmark.py", "renderer": "train_render.py"}
@@ -58,9 +59,8 @@ DESCRIPTIONS = {
 
 def constructor_args(kind: str, checkpoint: Checkpoint) -> dict:
     """Every constructor argument of the network, with the defaults filled in."""
-    if kind == "renderer":
-        return {}
-    defaults = {name: p.default for name, p in inspect.signature(LandmarkGenerator).parameters.items()}
+    network = Renderer if kind == "renderer" else LandmarkGenerator
+    defaults = {name: p.default for name, p in inspect.signature(network).parameters.items()}
     return {**defaults, **checkpoint.contents.get("model_args", {})}
 
 

@@ -144,3 +144,21 @@ def test_a_dub_at_256_crops_renders_and_pastes_at_256(samples, tmp_path):
     with VideoReader(tmp_path / "out.mp4", source.source_fps) as output:  # the template's own rate
         frames = list(output)
     assert len(frames) == result.frames > 0 and frames[0].shape == first.shape
+
+
+def test_a_256_checkpoint_and_its_export_load_as_the_256_network(tmp_path):
+    import json
+
+    from models import load_renderer
+    from models.export import export
+
+    torch.manual_seed(3)
+    trained = Renderer(256)
+    path = tmp_path / "step_000000001.pt"
+    torch.save({"kind": "renderer", "model": trained.state_dict(), "model_args": {"face_size": 256}}, path)
+    loaded = load_renderer(path)
+    assert loaded.face_size == 256
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trained.state_dict().items())
+    export(path, tmp_path / "export")
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["model_args"]["face_size"] == 256
+    assert load_renderer(tmp_path / "export").face_size == 256
