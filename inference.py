@@ -11,7 +11,9 @@ long as the speech (the template loops forwards and backwards when it is shorter
 rate: every template frame once per pass, none dropped or repeated. A still image, a variable-rate video and a
 rate above 60 fps give 25 fps, each saying so in one line; --fps 25 (or N) resamples the template to that rate.
 Checkpoints may be this project's (runs/*/step_*.pt), the official IP_LAP files or exports (models/export.py), each
-by path or by hub reference, hf://OWNER/REPO@REVISION/PATH[#sha256=HEX] (docs/models.md).
+by path or by hub reference, hf://OWNER/REPO@REVISION/PATH[#sha256=HEX] (docs/models.md). The renderer's
+checkpoint carries its face size (128, the paper's, or 256 / 512: train_render.py's face_size), and the faces are
+cropped, rendered and pasted back at that size.
 
 Several dubs in one run load the networks once, analyse and encode each template once however many audios use
 it, and keep going past a bad entry. A task list is YAML, a list of {video, audio, output} entries (relative

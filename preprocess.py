@@ -28,19 +28,31 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
 from data.audio import N_MELS, load_audio, melspectrogram
-from data.crop import FACE_SIZE, FACE_SIZES, crop_face
+from data.crop import FACE_SIZE, FACE_SIZES, crop_face, upscaled
 from data.errors import DISK_STATUS, DiskError, InputError, disk_problem, one_line
 from data.facemesh import track_faces
-from data.records import FACE_FORMATS, encode_face, is_complete, record_paths, upscaled_share, write_record
+from data.records import FACE_FORMATS, encode_face, is_complete, record_paths, write_record
 from data.video import FPS, VIDEO_EXTENSIONS, VideoReader, find_videos
 from shards import parse_shard, shard_share
 
 MIN_FRAMES = FPS  # one second of video
+
+
+class Counts(NamedTuple):
+    """What one recorded video adds to the run's summary."""
+
+    frames: int
+    faces: int  # frames with a face
+    upscaled: int  # face frames whose source face box is under the face size (data.crop.upscaled)
+
+
+NOTHING = Counts(0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -72,8 +84,9 @@ def _face_mesh(options: Options):
     return _mesh
 
 
-def preprocess_video(video: Path, stem: Path, options: Options) -> int:
-    """Write the record of one video; returns its number of 25 fps frames. Raises InputError for a bad video."""
+def preprocess_video(video: Path, stem: Path, options: Options) -> Counts:
+    """Write the record of one video; returns its counts of 25 fps frames, face frames and upscaled face frames.
+    Raises InputError for a bad video."""
     mesh = _face_mesh(options)
     with VideoReader(video, FPS) as reader:
         if reader.has_audio:
@@ -97,21 +110,22 @@ def preprocess_video(video: Path, stem: Path, options: Options) -> int:
     write_record(stem, faces=faces, landmarks=track.landmarks, boxes=track.boxes, has_face=track.has_face, mel=mel,
                  source_fps=source_fps, source_size=source_size, face_format=options.face_format, fps=FPS,
                  has_audio=len(mel) > 0, face_size=options.face_size)
-    return len(faces)
+    face_boxes = track.boxes[track.has_face]
+    return Counts(len(faces), len(face_boxes), int(upscaled(face_boxes, options.face_size).sum()))
 
 
-def _job(video: Path, stem: Path, options: Options) -> tuple[int, str | None]:
-    """(frames, None) when recorded, (0, reason) when the video is unusable. A full, read-only or failing disk
+def _job(video: Path, stem: Path, options: Options) -> tuple[Counts, str | None]:
+    """(counts, None) when recorded, (no counts, reason) when the video is unusable. A full, read-only or failing disk
     raises a DiskError naming the record instead: every later video would meet the same disk."""
     try:
         return preprocess_video(video, stem, options), None
     except InputError as error:
-        return 0, error.problem
+        return NOTHING, error.problem
     except Exception as error:  # a bad file must not stop a long run: report it and go on
         problem = disk_problem(error)
         if problem is not None:
             raise DiskError(record_paths(stem)[0], problem) from None  # pickles: reaches the main process whole
-        return 0, f"unexpected {type(error).__name__}: {one_line(error)}"
+        return NOTHING, f"unexpected {type(error).__name__}: {one_line(error)}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -166,7 +180,7 @@ def _process_context():
 
 
 def _run_jobs(jobs: list[tuple[Path, Path]], workers: int, options: Options):
-    """Yield (video, frames, reason) as jobs finish; a worker that crashes fails its video, not the run. A
+    """Yield (video, counts, reason) as jobs finish; a worker that crashes fails its video, not the run. A
     DiskError from a job stops the run: no job is started after it, and the ones under way end first (a record
     being written then is either finished or removed)."""
     if workers == 0:
@@ -193,7 +207,7 @@ def _run_jobs(jobs: list[tuple[Path, Path]], workers: int, options: Options):
             try:
                 yield video, *pool.submit(_job, video, stem, options).result()
             except futures.process.BrokenProcessPool:
-                yield video, 0, "the worker process crashed on this video"
+                yield video, NOTHING, "the worker process crashed on this video"
 
 
 def _stopped_by(error: DiskError, input_root: Path, jobs: list[tuple[Path, Path]], failures_path: Path, done: int,
@@ -233,18 +247,16 @@ def main(argv: list[str] | None = None) -> int:
     failures_path = args.output_root / ("failures.tsv" if count == 1 else f"failures.shard-{index}-of-{count}.tsv")
     print(f"{len(videos)} videos in shard {index}/{count}: {skipped} already done, {len(jobs)} to process",
           file=sys.stderr)
-    done = failed = frames = 0
-    recorded = []
-    stems = dict(jobs)
+    done = failed = frames = face_frames = upscaled_frames = 0
     started = time.perf_counter()
     try:
         args.output_root.mkdir(parents=True, exist_ok=True)
         with open(failures_path, "w") as failures, tqdm(total=len(jobs), unit="video") as bar:
-            for video, video_frames, reason in _run_jobs(jobs, args.workers, options):
+            for video, counts, reason in _run_jobs(jobs, args.workers, options):
                 relative = video.relative_to(args.input_root)
                 if reason is None:
-                    done, frames = done + 1, frames + video_frames
-                    recorded.append(stems[video])
+                    done, frames = done + 1, frames + counts.frames
+                    face_frames, upscaled_frames = face_frames + counts.faces, upscaled_frames + counts.upscaled
                 else:
                     failed += 1
                     failures.write(f"{relative.as_posix()}\t{reason}\n")
@@ -260,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         stop = DiskError(error.filename or failures_path, disk_problem(error))
         return _stopped_by(stop, args.input_root, jobs, failures_path, done, skipped)
     seconds = time.perf_counter() - started
-    upscaled = (f"; {upscaled_share(recorded):.1%} of their face frames upscaled (source face box under "
-                f"{options.face_size} px)") if recorded else ""
+    upscaled = (f"; {upscaled_frames / face_frames:.1%} of their face frames upscaled (source face box under "
+                f"{options.face_size} px)") if face_frames else ""
     print(f"videos: {done} done, {skipped} skipped, {failed} failed; {frames} frames in {seconds:.1f} s "
           f"({frames / max(seconds, 1e-9):.1f} frames/s){upscaled}"
           + (f"; failures listed in {failures_path}" if failed else ""))

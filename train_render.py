@@ -103,7 +103,8 @@ def gan_step(generator: torch.nn.Module, discriminator: torch.nn.Module, g_optim
 
 
 def image_grid(batch: dict, generated: torch.Tensor, warped: torch.Tensor, count: int = 4) -> np.ndarray:
-    """Rows of [target sketch | references | warped reference | generated | target], (rows*128, W, 3) uint8."""
+    """Rows of [target sketch | references | warped reference | generated | target], (rows*S, W, 3) uint8, S the
+    face size."""
     rows = []
     for i in range(min(count, len(generated))):
         tiles = [batch["sketches"][i, SKETCH_CENTRE], *batch["ref_images"][i], warped[i], generated[i],

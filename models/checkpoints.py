@@ -15,7 +15,6 @@ import hashlib
 import json
 import re
 import struct
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,9 +121,10 @@ def _check_kind(checkpoint: Checkpoint, kind: str) -> None:
 
 
 def report_loaded(checkpoint: Checkpoint, kind: str, reference: str | Path) -> None:
-    """One line on stderr: which network was loaded from what, and the sha256 of the bytes that were read."""
+    """One line on stdout, with the run's other report lines (stderr keeps warnings and errors): which network was
+    loaded from what, and the sha256 of the bytes that were read."""
     source = str(reference) if str(reference) == str(checkpoint.path) else f"{reference} ({checkpoint.path})"
-    print(f"{NETWORKS[kind]}: {source}, {checkpoint.layout} layout, sha256 {checkpoint.sha256}", file=sys.stderr)
+    print(f"{NETWORKS[kind]}: {source}, {checkpoint.layout} layout, sha256 {checkpoint.sha256}")
 
 
 def official_landmark_state(state: dict, path: Path) -> dict:

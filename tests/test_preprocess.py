@@ -142,14 +142,14 @@ def test_a_worker_crash_fails_only_its_video(tmp_path, monkeypatch):
     def fake(video, stem, options):
         if video.name == "crash.mp4":
             os._exit(1)  # a native crash inside MediaPipe or FFmpeg looks like this to the pool
-        return 30
+        return preprocess.Counts(30, 30, 0)
 
     monkeypatch.setattr(preprocess, "preprocess_video", fake)  # forked workers inherit the patch
     jobs = [(Path(name), tmp_path / name) for name in ("a.mp4", "crash.mp4", "b.mp4", "c.mp4")]
     results = {video.name: (frames, reason) for video, frames, reason in
                preprocess._run_jobs(jobs, 2, preprocess.Options())}
-    assert results["crash.mp4"] == (0, "the worker process crashed on this video")
-    assert all(results[name] == (30, None) for name in ("a.mp4", "b.mp4", "c.mp4"))
+    assert results["crash.mp4"] == (preprocess.NOTHING, "the worker process crashed on this video")
+    assert all(results[name] == ((30, 30, 0), None) for name in ("a.mp4", "b.mp4", "c.mp4"))
 
 
 def test_exit_status_when_nothing_could_be_recorded(tmp_path):
@@ -174,7 +174,7 @@ def _tiny_record(video, stem, options):
     write_record(stem, faces=[b"face"] * frames, landmarks=np.zeros((frames, 131, 2)), boxes=np.zeros((frames, 4)),
                  has_face=np.ones(frames, bool), mel=np.zeros((130, 80)), source_fps=25.0, source_size=(64, 64),
                  face_format="jpg")
-    return frames
+    return preprocess.Counts(frames, frames, frames)  # zero boxes: every face frame is upscaled
 
 
 def _full_for(name: str):

@@ -39,7 +39,8 @@ def test_preprocessing_shards_the_found_videos_the_same_way(tmp_path, capsys, mo
         (tmp_path / "in" / f"s{i}.mp4").parent.mkdir(exist_ok=True)
         (tmp_path / "in" / f"s{i}.mp4").write_bytes(b"")
     seen = []
-    monkeypatch.setattr(preprocess, "preprocess_video", lambda video, stem, options: seen.append(video.name) or 30)
+    monkeypatch.setattr(preprocess, "preprocess_video",
+                        lambda video, stem, options: seen.append(video.name) or preprocess.Counts(30, 30, 0))
     for index in range(2):
         assert preprocess.main(["--input-root", str(tmp_path / "in"), "--output-root", str(tmp_path / "out"),
                                 "--workers", "0", "--shard", f"{index}/2"]) == 0
