@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train_render  # noqa: E402
 from allocator import keep_freed_memory  # noqa: E402
+from config import read_yaml  # noqa: E402
 from losses.perceptual import PerceptualLoss, load_vgg19_features  # noqa: E402
 from models.discriminator import MultiscaleDiscriminator  # noqa: E402
 from models.renderer import BASE_SIZE, FACE_SIZES, Renderer  # noqa: E402
@@ -67,7 +68,7 @@ def training_step(size: int, perceptual: PerceptualLoss, batch: int = 2, refs: i
     d_opt = torch.optim.Adam(discriminator.parameters(), 1e-4, betas=(0.5, 0.999))
     face, sketches, ref_images, ref_sketches, mels = inputs(size, refs, batch)
     data = {"face": face, "sketches": sketches, "ref_images": ref_images, "ref_sketches": ref_sketches, "mels": mels}
-    weights = {"warp": 2.5, "reconstruction": 4.0, "style": 1000.0, "gan": 0.25, "feature_matching": 2.5}
+    weights = read_yaml(train_render.BASE_CONFIG)["loss"]  # the paper's weights
 
     def step():
         return train_render.gan_step(generator, discriminator, g_opt, d_opt, perceptual, data, weights, False,

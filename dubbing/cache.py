@@ -47,7 +47,7 @@ def cache_entry(path: Path, detect_every_frame: bool, directory: str | Path, fps
 
     stat = path.stat()
     settings = (f"format={FORMAT};detect_every_frame={bool(detect_every_frame)};fps={float(fps)!r};"
-                f"mediapipe={_mediapipe()};crop={crop_rule()}")
+                f"mediapipe={_mediapipe()};crop={crop_rule()}")  # the rule's boxes: the same at every face size
     key = hashlib.sha256(f"{sha256(path)};{settings}".encode()).hexdigest()[:32]
     return Path(directory) / f"{key}.npz", {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 

@@ -44,7 +44,7 @@ def test_export_loads_as_its_source(sources, tmp_path, kind, layout, capsys):
     assert largest_difference(expected, LOADERS[kind](reference)) == 0
     config = json.loads((weights.parent / "config.json").read_text())
     assert config["kind"] == kind and config["source"]["name"] == source.name and config["source"]["layout"] == layout
-    printed = capsys.readouterr().err
+    printed = capsys.readouterr().out  # each load's line: network, source, layout, sha256
     assert f"sha256 {config['source']['sha256']}" in printed and f"sha256 {config['sha256']}" in printed
 
 

@@ -162,3 +162,31 @@ def test_a_256_checkpoint_and_its_export_load_as_the_256_network(tmp_path):
     export(path, tmp_path / "export")
     assert json.loads((tmp_path / "export" / "config.json").read_text())["model_args"]["face_size"] == 256
     assert load_renderer(tmp_path / "export").face_size == 256
+
+
+@pytest.mark.slow
+def test_evaluate_generates_with_a_256_renderer(samples, tmp_path, monkeypatch, capsys):
+    import evaluate
+    from data.audio import SAMPLE_RATE, load_audio
+    from data.video import VideoWriter, read_frames
+    from testing.checkpoints import project_checkpoints
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))
+    landmark, renderer = project_checkpoints(tmp_path / "checkpoints")
+    torch.save({"kind": "renderer", "model": Renderer(256).state_dict(), "model_args": {"face_size": 256}}, renderer)
+    frames = read_frames(samples / "talk_a.mp4")[:10]
+    video = tmp_path / "videos" / "set" / "talk_a.mp4"
+    video.parent.mkdir(parents=True)
+    with VideoWriter(video, audio=load_audio(samples / "talk_a.mp4")[:int(0.4 * SAMPLE_RATE)]) as writer:
+        for frame in frames:
+            writer.write(frame)
+    (tmp_path / "test.txt").write_text("set/talk_a\n")
+    (tmp_path / "dub.yaml").write_text("refs: 1\n")
+    code = evaluate.main(["--setting", "reconstruction", "--filelist", str(tmp_path / "test.txt"), "--video-root",
+                          str(tmp_path / "videos"), "--landmark-ckpt", str(landmark), "--renderer-ckpt", str(renderer),
+                          "--num-videos", "1", "--out", str(tmp_path / "out"), "--inference-config",
+                          str(tmp_path / "dub.yaml"), "--skip-missing", "--no-download", "--quiet", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    generated = read_frames(tmp_path / "out" / "generated" / "set" / "talk_a.mp4")
+    assert len(generated) >= 9 and generated[0].shape == frames[0].shape
+    assert "| IP_LAP (reconstruction)" in capsys.readouterr().out
