@@ -50,6 +50,7 @@ class Models:
         """The renderer's face size: crops, sketches and the faces pasted back are this many pixels square."""
         return self.renderer.face_size
 
+
 def load_models(landmark_ckpt: str | Path, renderer_ckpt: str | Path, device: str | torch.device | None = None
                 ) -> Models:
     """Both networks from this project's checkpoints or the official files (told apart by their contents)."""
