@@ -1,6 +1,7 @@
 """Export a checkpoint as a folder anyone can load and publish: safetensors weights, config.json, a model card.
 
-    python -m models.export SOURCE OUT_DIR [--onnx] [--results eval/.../results.json] [--push OWNER/REPO]
+    python -m models.export SOURCE OUT_DIR [--onnx] [--with-discriminator] [--results eval/.../results.json]
+        [--push OWNER/REPO]
 
 SOURCE: a step_*.pt of either stage of this project, an official IP_LAP .pth, or an export (a path, a folder or an
 hf:// reference, models/hub.py). OUT_DIR receives:
@@ -11,7 +12,11 @@ hf:// reference, models/hub.py). OUT_DIR receives:
 - config.json: the constructor arguments, the source file's name and sha256, and the step and training config
   where the source holds them;
 - README.md: a Hugging Face model card (front matter: license, library_name, tags, datasets);
-- with --onnx, ONNX models of the network (models/onnx_export.py), each checked against torch with onnxruntime.
+- with --onnx, ONNX models of the network (models/onnx_export.py), each checked against torch with onnxruntime;
+- with --with-discriminator (a renderer whose source has one: a run's step_*.pt, or an export that carries it),
+  discriminator.safetensors, so that the published model can be fine-tuned adversarially (--init reads it back:
+  the renderer file's metadata names it and its sha256; models/discriminator_files.py). The card says whether it
+  is included.
 
 The folder is written whole or not at all. Before it is kept, the export is loaded back and compared with the
 source's network: every tensor must be equal. `--push` uploads the folder with huggingface_hub (a token from
@@ -76,12 +81,55 @@ def training_of(checkpoint: Checkpoint) -> dict:
     return {key: contents[key] for key in ("step", "config") if key in contents}
 
 
-def write_weights(network: torch.nn.Module, kind: str, args: dict, path: Path) -> None:
-    """The network's state dict as safetensors, with the kind and constructor arguments in its metadata."""
+def write_weights(network: torch.nn.Module, kind: str, args: dict, path: Path, metadata: dict | None = None) -> None:
+    """The network's state dict as safetensors, with the kind and constructor arguments in its metadata (and
+    `metadata`'s entries: the discriminator file's name and sha256)."""
     from safetensors.torch import save_file
 
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in network.state_dict().items()}
-    save_file(state, str(path), metadata={"format": EXPORT_FORMAT, "kind": kind, "model_args": json.dumps(args)})
+    save_file(state, str(path), metadata={"format": EXPORT_FORMAT, "kind": kind, "model_args": json.dumps(args),
+                                          **(metadata or {})})
+
+
+def write_discriminator_of(source: str | Path, checkpoint: Checkpoint, kind: str, folder: Path) -> tuple[dict, dict]:
+    """discriminator.safetensors in `folder`, from the source's discriminator, checked by loading it back; returns
+    (what the renderer file's metadata says of it, its constructor arguments). A source without one is a one-line
+    error."""
+    from models.discriminator_files import (
+        DISCRIMINATOR_FILE,
+        discriminator_of,
+        discriminator_state,
+        pointer_metadata,
+        read_discriminator_file,
+        write_discriminator,
+    )
+
+    found = discriminator_state(source, checkpoint) if kind == "renderer" else None
+    if found is None:
+        holds = "an official file" if checkpoint.layout == "official" else f"a {NETWORKS[kind]} checkpoint"
+        raise InputError(checkpoint.path, f"holds no discriminator ({holds} without one); --with-discriminator "
+                                          "needs a renderer run's step_*.pt or an export that carries one")
+    state, args = found
+    discriminator = discriminator_of(state, args, checkpoint.path)
+    path = folder / DISCRIMINATOR_FILE
+    write_discriminator(discriminator, args, path)
+    difference = largest_difference(discriminator, discriminator_of(*read_discriminator_file(path), path))
+    if difference != 0:
+        raise RuntimeError(f"the exported discriminator differs from its source (max abs difference {difference})")
+    return pointer_metadata(path), args
+
+
+def discriminator_note(config: dict) -> list[str]:
+    """The model card's paragraph on the discriminator (renderers only)."""
+    if config["kind"] != "renderer":
+        return []
+    found = config.get("discriminator")
+    if found:
+        return [f"`{found['file']}` holds the discriminator trained with it (sha256 `{found['sha256']}`), so that "
+                "the renderer can be fine-tuned adversarially: `python train_render.py --init` with this repository's "
+                "reference loads both.", ""]
+    return ["The discriminator is not included: fine-tuning from this export (`python train_render.py --init`) "
+            "starts a fresh discriminator.", ""]
 
 
 def largest_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
@@ -109,6 +157,7 @@ def model_card(kind: str, config: dict, results: list[dict], repo: str | None, d
              "the IP_LAP reimplementation this card was exported with (models/export.py).", "",
              f"`{file}` holds the weights (safetensors, no pickle); `config.json` the constructor arguments, the "
              "source checkpoint's name and sha256, and its training step and config.", "",
+             *discriminator_note(config),
              "## Load it", "",
              "Pin a revision (the commit hash shown on the repository's page) so that results stay reproducible:",
              "", "```bash",
@@ -164,8 +213,9 @@ def read_results(path: Path) -> dict:
 
 
 def export(source: str | Path, out_dir: Path, onnx: bool = False, results: list[Path] = (),
-           repo: str | None = None, datasets: list[str] | None = None) -> Path:
-    """Write the export of `source` into `out_dir` (whole or not at all); returns the weights file."""
+           repo: str | None = None, datasets: list[str] | None = None, with_discriminator: bool = False) -> Path:
+    """Write the export of `source` into `out_dir` (whole or not at all); returns the weights file. With
+    `with_discriminator`, the source's discriminator too (a one-line error when it has none)."""
     checkpoint = read_checkpoint(source, None)
     kind = checkpoint_kind(checkpoint.contents)
     if kind not in NETWORKS:
@@ -179,7 +229,9 @@ def export(source: str | Path, out_dir: Path, onnx: bool = False, results: list[
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         weights = staging / EXPORT_FILES[kind]
-        write_weights(network, kind, args, weights)
+        pointer, discriminator_args = (write_discriminator_of(source, checkpoint, kind, staging)
+                                       if with_discriminator else ({}, None))
+        write_weights(network, kind, args, weights, pointer)
         loaded = read_checkpoint(weights, kind)
         difference = largest_difference(network, network_of(kind, loaded))
         if difference != 0:
@@ -189,6 +241,9 @@ def export(source: str | Path, out_dir: Path, onnx: bool = False, results: list[
                   "source": {"name": checkpoint.path.name, "sha256": checkpoint.sha256, "layout": checkpoint.layout,
                              "reference": str(source)},
                   "training": training_of(checkpoint)}
+        if pointer:
+            config["discriminator"] = {"file": pointer["discriminator"], "sha256": pointer["discriminator_sha256"],
+                                       "model_args": discriminator_args}
         (staging / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
         card = model_card(kind, config, tables, repo, datasets or ["lrs2"])
         (staging / "README.md").write_text(card)
@@ -230,13 +285,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", help="step_*.pt of this project, an official .pth, or an export; a path or hf://")
     parser.add_argument("out_dir", type=Path, help="the folder to write (new or empty)")
     parser.add_argument("--onnx", action="store_true", help="also write ONNX models, checked with onnxruntime")
+    parser.add_argument("--with-discriminator", action="store_true",
+                        help="also write discriminator.safetensors (a renderer run's step_*.pt or an export that "
+                             "has one), for adversarial fine-tuning")
     parser.add_argument("--results", type=Path, action="append", default=[],
                         help="an evaluate.py results.json whose Table 1 row goes in the model card (repeatable)")
     parser.add_argument("--datasets", nargs="+", help="training datasets for the card's metadata (default: lrs2)")
     parser.add_argument("--push", metavar="OWNER/REPO", help="upload the folder to this Hub model repository")
     args = parser.parse_args(argv)
     try:
-        weights = export(args.source, args.out_dir, args.onnx, args.results, args.push, args.datasets)
+        weights = export(args.source, args.out_dir, args.onnx, args.results, args.push, args.datasets,
+                         args.with_discriminator)
         print(f"exported to {args.out_dir}")
         if args.push:
             commit = push(args.out_dir, args.push)

@@ -174,11 +174,17 @@ def resume(resume: str | None, config: dict, env: Distributed, model: torch.nn.M
            others: dict | None = None) -> int:
     """The step to start from: 0, or that of the checkpoint --resume names, loaded into the networks and
     optimisers with this rank's RNG states. A checkpoint of another network or configuration is a one-line
-    InputError."""
+    InputError. A new run (nothing to resume) starts from config init.source's weights when it names a model
+    (training/initialise.py)."""
     found = find_resume(resume, Path(config["run_dir"]), warn=env.main)
     if found is None:
+        from training.initialise import initialise  # a new run: from init.source's weights, when it names one
+
+        initialise(config, env, model, others)
         return 0
     path, state = found
+    if "init" in config:  # a resumed run keeps the record of the weights it started from
+        config["init"] = (state.get("config") or {}).get("init", config["init"])
     saved, wanted = state.get("model_args", {}).get("face_size"), getattr(bare(model), "face_size", None)
     if wanted is not None and (saved or FACE_SIZE) != wanted:
         raise InputError(path, f"holds a renderer of {saved or FACE_SIZE}x{saved or FACE_SIZE} faces where the "

@@ -1,4 +1,5 @@
-"""The trainers' command line: --config, --resume, dotted overrides; each way a run ends has its exit status."""
+"""The trainers' command line: --config, --resume, --init, dotted overrides; each way a run ends has its exit
+status."""
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,16 @@ def main(doc: str, train: Callable[[dict, str | None], int], argv: list[str] | N
                         help=f"YAML settings{laid_over}; a relative path not found here is looked up in the "
                              "repository")
     parser.add_argument("--resume", help="'auto' (newest checkpoint in run_dir, if any) or a checkpoint path")
+    parser.add_argument("--init", metavar="REF",
+                        help="start a new run from this model's weights (fine-tuning): an official file, a step_*.pt, "
+                             "an export or hf://...; step 0 and fresh optimisers (config init.source; --resume wins "
+                             "when run_dir has a checkpoint)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. optim.lr=5e-5 run_dir=runs/x")
     args = parser.parse_intermixed_args(argv)
     try:
         config = load_config(args.config, args.overrides, base=base)
+        if args.init:
+            config["init"]["source"] = args.init
         status = train(config, args.resume)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
