@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from config import REPO, check_keys, read_yaml
-from data.errors import InputError, one_line
+from data.errors import DISK_STATUS, DiskError, InputError, one_line
 
 CONFIG = REPO / "configs" / "finetune_speaker.yaml"
 STAGES = {"landmark": ("train_landmark", "landmark_generator"), "renderer": ("train_render", "renderer")}
@@ -44,7 +44,8 @@ TABLE_METRICS = (("psnr", "PSNR (dB)", "higher"), ("ssim", "SSIM", "higher"), ("
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="exit status: 0 when the model was exported and evaluated; 2 for bad "
-                                            "input (one line); a trainer's status when it stopped (75: resumable)")
+                                            "input (one line); 74 when a disk could not take a file; a trainer's "
+                                            "status when it stopped (75: resumable); 130 when interrupted")
     parser.add_argument("--videos", type=Path, required=True, help="folder of the speaker's videos (any depth)")
     parser.add_argument("--init-landmark", required=True, metavar="REF", help="landmark generator to start from")
     parser.add_argument("--init-renderer", required=True, metavar="REF", help="renderer to start from")
@@ -246,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
+    except DiskError as error:  # a split video or an export that its disk could not take; the rest is kept
+        print(f"error: {error}; run the same command again once there is room", file=sys.stderr)
+        return DISK_STATUS
     except KeyboardInterrupt:
         print(f"interrupted; run the same command again to continue in {args.out}", file=sys.stderr)
         return 130
