@@ -178,12 +178,13 @@ def evaluate_models(out: Path, names: list[str], landmark: str, renderer: str, d
         raise InputError(folder, f"evaluate.py stopped with status {status} (see the lines above)")
     status = evaluate.main(["--out", str(folder / "sync"), "--generated", str(folder / "generated"), "--metrics",
                             "sync", *common])
+    if status != 0:
+        raise InputError(folder / "sync", f"evaluate.py stopped with status {status} (see the lines above)")
     scores = {}
     for results in (folder / "results.json", folder / "sync" / "results.json"):
-        if status == 0 or results.parent == folder:
-            found = json.loads(results.read_text())
-            scores.update({k: f"n/a: {v}" for k, v in found.get("not_available", {}).items()})
-            scores.update({k: v for k, v in found["summary"].items() if v is not None})
+        found = json.loads(results.read_text())
+        scores.update({k: f"n/a: {v}" for k, v in found.get("not_available", {}).items()})
+        scores.update({k: v for k, v in found["summary"].items() if v is not None})
     return scores
 
 

@@ -116,3 +116,47 @@ def test_finetune_end_to_end_reports_exports_and_dubs(random_checkpoints, sample
     assert finetune.main(argv) == 0
     assert (out / "report.md").read_text() == report
     assert "generated videos reused" in (out / "eval" / "after" / "table.md").read_text()
+
+
+def heldout_l1(checkpoint: Path, records: Path) -> float:
+    """Mean L1 between the renderer's reconstructions and the real faces over fixed samples of held-out records."""
+    from data.datasets import RenderFrames, records_under
+    from models.checkpoints import load_renderer
+    from training import loop
+
+    model = load_renderer(checkpoint)
+    dataset = RenderFrames(records_under(records), refs=1, seed=11, repeats=8)
+    loader = torch.utils.data.DataLoader(dataset, 4, shuffle=False)
+    losses = []
+    with torch.no_grad():
+        for batch in loop.eval_batches(loader, torch.device("cpu"), 2):
+            generated, _ = model(batch["face"], batch["sketches"], batch["ref_images"], batch["ref_sketches"],
+                                 batch["mels"])
+            losses.append((generated.float() - batch["face"]).abs().mean().item())
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.slow  # minutes on a 2-core CPU: three preprocessing runs and 10 renderer steps
+def test_finetuning_on_a_second_speaker_lowers_its_held_out_loss(samples, tmp_path):
+    import preprocess
+    import train_render
+
+    for name in ("talk_a", "talk_b"):
+        (tmp_path / "in" / name).mkdir(parents=True)
+    (tmp_path / "in" / "talk_a" / "talk_a.mp4").symlink_to(samples / "talk_a.mp4")
+    split_video(samples / "talk_b.mp4", tmp_path / "in" / "talk_b" / "talk_b.mp4",
+                tmp_path / "in" / "holdout" / "talk_b.mp4", 1.5)
+    for part in ("talk_a", "talk_b", "holdout"):
+        assert preprocess.main(["--input-root", str(tmp_path / "in" / part), "--output-root",
+                                str(tmp_path / "records" / part), "--workers", "0"]) == 0
+    small = ["--config", "configs/render_smoke.yaml", "data.val_list=null", "optim.batch_size=2", "sample.refs=1",
+             "sample.epoch_repeats=8", "schedule.warmup_epochs=0", "schedule.max_steps=5", "schedule.save_every=5",
+             "schedule.eval_every=1000"]
+    brief = tmp_path / "brief"  # a model trained briefly on the first speaker
+    assert train_render.main([*small, f"data.records={tmp_path / 'records' / 'talk_a'}", f"run_dir={brief}"]) == 0
+    tuned = tmp_path / "tuned"  # fine-tuned on the second speaker's training part
+    assert train_render.main([*small, f"data.records={tmp_path / 'records' / 'talk_b'}", f"run_dir={tuned}",
+                              "--init", str(brief / "step_000000005.pt")]) == 0
+    holdout = tmp_path / "records" / "holdout"
+    before, after = heldout_l1(brief / "step_000000005.pt", holdout), heldout_l1(tuned / "step_000000005.pt", holdout)
+    assert after < 0.9 * before, (before, after)

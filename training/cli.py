@@ -35,7 +35,7 @@ def main(doc: str, train: Callable[[dict, str | None], int], argv: list[str] | N
     try:
         config = load_config(args.config, args.overrides, base=base)
         if args.init:
-            config["init"]["source"] = args.init
+            config["init"] = {**(config.get("init") or {}), "source": args.init}
         status = train(config, args.resume)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
