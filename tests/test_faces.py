@@ -21,6 +21,7 @@ from data.facemesh import FaceMesh, track_faces
 from data.video import VideoReader, read_frames
 from dubbing.faces import DESCRIPTOR_SIZE, FaceScan, follow, parse_face, scan_faces, select_face
 from dubbing.paste import paste_region
+from dubbing.speaker import INNER_LIP, loudness, speaking_face, track_scores
 from dubbing.speakers import dub_speakers
 from testing.two_faces import TILE, two_face_clip
 
@@ -141,6 +142,47 @@ def test_one_face_gives_the_track_of_facemesh_looking_for_one(samples, tmp_path)
     np.testing.assert_array_equal(selection.track.boxes, one.boxes)
     np.testing.assert_array_equal(selection.track.has_face, one.has_face)
     assert selection.starts.tolist() == [True] + [False] * 11
+
+
+# ---------------------------------------------------------------- auto: the face whose lips move with the sound
+def test_loudness_is_the_log_rms_of_each_frame():
+    sound = np.zeros(SAMPLE_RATE, np.float32)
+    sound[SAMPLE_RATE // 2:] = 0.3 * np.sin(2 * np.pi * 500 * np.arange(SAMPLE_RATE // 2) / SAMPLE_RATE)
+    energy = loudness(sound, 25, 25.0)
+    np.testing.assert_allclose(energy[:12], np.log(1e-5))  # silent frames (frame 12 straddles the onset)
+    np.testing.assert_allclose(energy[13:], np.log(0.3 / np.sqrt(2) + 1e-5), rtol=1e-3)
+
+
+def _talking_scan(openings: list[np.ndarray]) -> FaceScan:
+    """Two faces in every frame, face k's inner lips open by openings[k][t] of its 100 px box."""
+    frames = len(openings[0])
+    landmarks = np.full((frames * 2, 131, 2), 0.5, np.float32)
+    for k, opening in enumerate(openings):
+        landmarks[k::2, INNER_LIP[1], 1] = 0.5 + opening
+    boxes = np.tile(np.array([[0, 0, 100, 100], [150, 0, 250, 100]], np.int32), (frames, 1))
+    cuts = np.zeros(frames, bool)
+    cuts[0] = True
+    return FaceScan(np.repeat(np.arange(frames), 2), landmarks, boxes, np.tile([0, 1], frames),
+                    np.zeros((frames * 2, DESCRIPTOR_SIZE), np.float32), cuts, (250, 100))
+
+
+@pytest.mark.parametrize("speaker", [0, 1])
+def test_auto_chooses_the_face_whose_lips_follow_the_loudness(speaker):
+    rng = np.random.default_rng(speaker)
+    openings = [rng.uniform(0.0, 0.2, 60) for _ in range(2)]
+    # Loudness follows the speaker's opening one frame earlier (the sound leads the lips).
+    amplitude = np.exp(20 * np.roll(openings[speaker], -1)) * 0.01
+    block = SAMPLE_RATE // 25  # frame t's loudness is measured over its 1/25 s centred on t / 25
+    sound = np.roll(np.repeat(amplitude, block), -block // 2) * rng.choice([-1.0, 1.0], 60 * block)
+    scan = _talking_scan(openings)
+    scores = track_scores(scan, sound.astype(np.float32), 25.0)
+    assert scores[speaker] > 0.9 and abs(scores[1 - speaker]) < 0.4
+    assert scan.track[speaking_face(scan, sound.astype(np.float32), 25.0)] == speaker
+
+
+def test_auto_on_a_template_without_sound_is_one_line(clip, models):
+    with pytest.raises(InputError, match="--face auto finds the speaker by the template's own sound: no audio"):
+        dubbing.prepare_template(clip["path"], models, _config(clip["cache"]), progress=False, face="auto")
 
 
 # ---------------------------------------------------------------- dubbing the chosen face
