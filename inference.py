@@ -129,8 +129,8 @@ def read_tasks(path: Path) -> list[Task]:
     for number, entry in enumerate(entries, 1):
         keys = set(entry) - {"face"} if isinstance(entry, dict) else set()
         if keys not in ({"video", "audio", "output"}, {"video", "speakers", "output"}):
-            raise InputError(path, f"entry {number} must have the keys video, audio and output (and optionally "
-                                   "face), or video, speakers and output")
+            raise InputError(path, f"entry {number} must have exactly the keys video, audio and output (and "
+                                   "optionally face), or video, speakers and output")
         local = lambda value: path.parent / Path(str(value)).expanduser()  # noqa: E731
         if "speakers" in entry:
             speakers = entry["speakers"]
