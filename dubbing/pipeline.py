@@ -334,12 +334,7 @@ def dub(video: str | Path, audio: str | Path, output: str | Path, models: Models
     bad input and leaves no output file. `report` hears of every FaceMesh frame and every batch written, and may
     raise to stop the dub (dubbing/progress.py)."""
     started = time.perf_counter()
-    config = default_config() if config is None else config
-    check_config(config)
-    video, output = Path(video), Path(output)
-    if not video.is_file():
-        raise InputError(video, "no such file")
-    _check_output(output, video, Path(audio))
+    config, video, output = checked_request(video, output, config, audio)
     wav, muxed = read_driving(audio, config)  # a bad audio file fails before the template's FaceMesh pass
     prepared = prepare_template(video, models, config, progress, report)
     try:
@@ -360,6 +355,19 @@ def dub_prepared(prepared: Prepared, audio: str | Path, output: str | Path, mode
     _check_output(output, prepared.template.path, Path(audio))
     state = new_dub(prepared, *read_driving(audio, config), output, models, config)
     return _run(state, output, sketch_output, StageProgress(FRAMES, state.count, progress, report), started)
+
+
+def checked_request(video: str | Path, output: str | Path, config: dict | None, *audios: str | Path
+                    ) -> tuple[dict, Path, Path]:
+    """A dub's config (the default when None), checked, and its template and output as paths; InputError for a
+    missing template or an output that would overwrite an input."""
+    config = default_config() if config is None else config
+    check_config(config)
+    video, output = Path(video), Path(output)
+    if not video.is_file():
+        raise InputError(video, "no such file")
+    _check_output(output, video, *(Path(audio) for audio in audios))
+    return config, video, output
 
 
 def _check_output(output: Path, *inputs: Path) -> None:

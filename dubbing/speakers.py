@@ -21,10 +21,8 @@ from dubbing.pipeline import (
     Dub,
     DubResult,
     Prepared,
-    _check_output,
     _run,
-    check_config,
-    default_config,
+    checked_request,
     new_dub,
     paste_batch,
     prepare_batch,
@@ -64,12 +62,7 @@ def dub_speakers(video: str | Path, speakers: list[tuple[str | Path, str]], outp
     """Dub `video` with several (audio, face) pairs into one `output` (.mp4), as long as the longest audio.
     Raises InputError on bad input (two speakers choosing one face among them) and leaves no output file."""
     started = time.perf_counter()
-    config = default_config() if config is None else config
-    check_config(config)
-    video, output = Path(video), Path(output)
-    if not video.is_file():
-        raise InputError(video, "no such file")
-    _check_output(output, video, *(Path(audio) for audio, _ in speakers))
+    config, video, output = checked_request(video, output, config, *(audio for audio, _ in speakers))
     driving = [read_driving(audio, config) for audio, _ in speakers]
     prepared: list[Prepared] = []
     try:

@@ -130,6 +130,13 @@ def test_after_a_cut_one_look_alike_is_followed_and_doubt_is_passed_through_and_
     assert selection.starts[selection.track.has_face].tolist() == [True, False, True]  # box smoothing restarts
 
 
+def test_the_dubs_line_counts_the_frames_passed_through():
+    result = dubbing.DubResult(Path("o.mp4"), frames=50, rendered=40, seconds=2.0, uncertain=3)
+    assert dubbing.summary(result, 25.0) == ("50 frames at 25 fps (40 with a face; 3 template frames passed through, "
+                                             "identity uncertain) in 2.0 s, 25.00 frames/s")
+    assert "uncertain" not in dubbing.summary(replace(result, uncertain=0), 25.0)
+
+
 def test_one_face_gives_the_track_of_facemesh_looking_for_one(samples, tmp_path):
     """max_faces=4 on a one-face template: the same points as max_faces=1, so the same dub as before."""
     with VideoReader(samples / "template_129.mp4") as reader:
@@ -198,7 +205,7 @@ def models(random_checkpoints) -> dubbing.Models:
 
 def _config(cache: Path, **changes) -> dict:
     config = dubbing.default_config()
-    config.update(refs=1, batch_size=4, smooth_boxes=1, pipeline=False, **changes)
+    config.update(refs=1, landmark_refs=3, batch_size=16, smooth_boxes=1, pipeline=False, **changes)
     config["cache"] = {"enabled": True, "dir": str(cache)}
     return config
 
@@ -284,7 +291,8 @@ def test_the_command_line_takes_a_face_per_audio_and_refuses_bad_ones(clip, rand
     monkeypatch.setattr(dubbing, "load_models", lambda *args: replace(load(*args), render_step=_drawn))
     landmark, renderer = random_checkpoints
     base = ["--video", str(clip["path"]), "--landmark-ckpt", str(landmark), "--renderer-ckpt", str(renderer),
-            "--device", "cpu", "--quiet", "refs=1", "batch_size=4", "audio_seconds=0.2", f"cache.dir={clip['cache']}"]
+            "--device", "cpu", "--quiet", "refs=1", "landmark_refs=3", "batch_size=16", "audio_seconds=0.2",
+            f"cache.dir={clip['cache']}"]
     bad = inference.main(base + ["--audio", str(clip["audio"]["a"]), "--face", "index:5", "--output",
                                  str(tmp_path / "x.mp4")])
     err = capsys.readouterr().err.strip()
