@@ -192,6 +192,30 @@ def test_auto_on_a_template_without_sound_is_one_line(clip, models):
         dubbing.prepare_template(clip["path"], models, _config(clip["cache"]), progress=False, face="auto")
 
 
+def test_a_one_face_track_seeded_into_the_cache_gives_the_scans_template(samples, tmp_path, facemesh_calls):
+    """bench/gpu_dub.py carries one-face tracks to a machine without MediaPipe and seeds its cache with them."""
+    from data.video import VideoWriter
+    from dubbing.cache import cache_entry, write_cached_track
+    from dubbing.template import analyse_template
+
+    with VideoReader(samples / "template_129.mp4") as reader:
+        frames = list(itertools.islice(reader, 8))
+    template = tmp_path / "t.mp4"
+    with VideoWriter(template) as writer:
+        for frame in frames:
+            writer.write(frame)
+    faces = dubbing.default_config()["faces"]
+    scanned = analyse_template(template, smooth=5, progress=False, faces=faces)
+    with VideoReader(template) as reader, FaceMesh(max_faces=1) as mesh:
+        track = track_faces(reader, mesh)
+    write_cached_track(*cache_entry(template, False, tmp_path / "cache", 25.0, faces["max"]), track)
+    calls = facemesh_calls["n"]
+    seeded = analyse_template(template, smooth=5, progress=False, cache_dir=tmp_path / "cache", faces=faces)
+    assert facemesh_calls["n"] == calls  # read from the cache
+    np.testing.assert_array_equal(seeded.boxes, scanned.boxes)
+    np.testing.assert_array_equal(seeded.landmarks, scanned.landmarks)
+
+
 # ---------------------------------------------------------------- dubbing the chosen face
 def _drawn(renderer, refs, faces, sketches, mels):
     """A render step whose output depends on the face crop, the target sketches and the audio window."""
