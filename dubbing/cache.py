@@ -81,7 +81,7 @@ def read_cached_scan(entry: Path, facts: dict) -> FaceScan | None:
     faces = len(scan.frame)
     if scan.landmarks.shape != (faces, NUM_LANDMARKS, 2) or scan.boxes.shape != (faces, 4) or \
             scan.descriptors.shape != (faces, DESCRIPTOR_SIZE) or scan.track.shape != (faces,) or \
-            (faces and scan.frame.max() >= len(scan.cuts)):
+            (faces and (scan.frame.max() >= len(scan.cuts) or (np.diff(scan.frame) < 0).any())):
         return None
     return scan
 

@@ -91,8 +91,8 @@ class FaceScan:
         return denormalise_from_box(self.landmarks, self.boxes)
 
     def at(self, frame: int) -> np.ndarray:
-        """The faces (indices into D) in `frame`."""
-        return np.flatnonzero(self.frame == frame)
+        """The faces (indices into D) in `frame` (faces are stored in frame order)."""
+        return np.arange(*np.searchsorted(self.frame, [frame, frame + 1]))
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

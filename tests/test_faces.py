@@ -108,6 +108,7 @@ def test_bad_choices_say_what_is_wrong(clip, choice, problem):
 
 def _scan(rows: list[tuple[int, int, float]], frames: int) -> FaceScan:
     """A scan of (frame, track, descriptor distance from track 0's) rows, boxes apart from one another."""
+    rows = sorted(rows, key=lambda row: row[0])  # a scan holds its faces in frame order
     count = len(rows)
     descriptors = np.zeros((count, DESCRIPTOR_SIZE), np.float32)
     descriptors[:, 0] = [gap for _, _, gap in rows]
