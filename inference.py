@@ -4,7 +4,7 @@
                         [--renderer-ckpt PATH] [--config configs/inference.yaml] [--device cpu|cuda] [key=value ...]
     python inference.py --video TEMPLATE --audio A.wav --audio B.wav ... --output OUT_DIR    (one dub per audio)
     python inference.py --tasks tasks.yaml [--shard I/N] ...                                  (a list of dubs)
-    python inference.py --video TEMPLATE --audio A.wav --face point:0,120,200 --audio B.wav --face index:1 \
+    python inference.py --video TEMPLATE --audio A.wav --face index:0 --audio B.wav --face point:0,120,200
                         --output OUT.mp4                                     (two speakers, one output)
 
 TEMPLATE: a video of any frame rate, size and container, or a still image (jpg/png). SPEECH: wav, mp3, m4a,
@@ -23,8 +23,8 @@ paths are relative to the list's folder), each with an optional face, or {video,
 output} for several speakers in one output. Where the template shows several people, --face chooses the one to
 dub (largest, index:K, point:FRAME,X,Y, box:FRAME,X0,Y0,X1,Y1 or auto; docs/dubbing.md): only that face changes,
 followed through cuts by its looks; frames where it is absent, or its identity uncertain, pass unchanged. What
-the FaceMesh pass learns about a template is cached (keyed by the
-file's content and the settings that change it), so a later run on the same template skips that pass.
+the FaceMesh pass learns about a template is cached (keyed by the file's content and the settings that change
+it), so a later run on the same template skips that pass.
 """
 from __future__ import annotations
 
