@@ -281,6 +281,25 @@ def page_overrides(refs: str, fps: str, seconds: float | None, smooth: float) ->
             f"smooth_boxes={int(smooth)}"]
 
 
+def face_override(face: str | None) -> str:
+    """The page's face choice as a config override (an unreadable one is the dub's one-line error)."""
+    return f"face={(face or '').strip() or 'largest'}"
+
+
+def chooser_picture(template: str | None, max_faces: int):
+    """The template's first frame with its faces numbered (dubbing/chooser.py), or None where it has no picture
+    to show (none uploaded, not readable, no face)."""
+    from dubbing.chooser import chooser_picture as picture
+
+    if not template:
+        return None
+    try:
+        image, count = picture(template, max_faces)
+    except (InputError, StopIteration):
+        return None
+    return image if count else None
+
+
 # ---------------------------------------------------------------- the page
 def build_page(dubber: Dubber, landmark: str, renderer: str, keep_minutes: float):
     """The Gradio page over `dubber`, its checkpoint fields starting at `landmark` and `renderer`."""
@@ -296,6 +315,10 @@ def build_page(dubber: Dubber, landmark: str, renderer: str, keep_minutes: float
             with gr.Column():
                 template = gr.File(label="template: a video or a photo of a face", type="filepath",
                                    file_types=list(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS), elem_id="template")
+                chooser = gr.Image(label="the faces of the first frame: click the one to dub", type="numpy",
+                                   interactive=False, height=240, elem_id="chooser")
+                face = gr.Textbox(label="face to dub (largest, index:K, point:FRAME,X,Y, box:..., auto)",
+                                  value=str(config["face"]), elem_id="face")
                 audio = gr.Audio(label="speech", sources=["upload", "microphone"], type="filepath", format=None,
                                  buttons=["download"], elem_id="audio")
                 with gr.Accordion("Settings", open=True):
@@ -325,16 +348,25 @@ def build_page(dubber: Dubber, landmark: str, renderer: str, keep_minutes: float
                 sketch_video = gr.Video(label="sketch video (predicted sketch | result)", format=None,
                                         buttons=["download"], height=240, elem_id="sketch-video")
 
-        def on_dub(template, audio, landmark, renderer, refs, fps, seconds, smooth, sketch, request: gr.Request,
-                   progress=gr.Progress()):  # noqa: B008 (Gradio finds the page's progress bar by this default)
-            overrides = page_overrides(refs, fps, seconds, smooth)
+        def on_dub(template, audio, landmark, renderer, refs, fps, seconds, smooth, sketch, face,
+                   request: gr.Request, progress=gr.Progress()):  # noqa: B008 (Gradio finds the progress bar by it)
+            overrides = page_overrides(refs, fps, seconds, smooth) + [face_override(face)]
             return dubber.dub(request.session_hash, template, audio, landmark, renderer, overrides, sketch, progress)
 
         def on_stop(request: gr.Request):
             return dubber.stop(request.session_hash)
 
+        def on_template(template):
+            return chooser_picture(template, int(config["faces"]["max"])), str(config["face"])
+
+        def on_pick(event: gr.SelectData):
+            x, y = event.index
+            return f"point:0,{int(x)},{int(y)}"
+
+        template.change(on_template, template, [chooser, face], concurrency_limit=None)
+        chooser.select(on_pick, None, face, queue=False)
         running = start.click(on_dub, [template, audio, landmark_box, renderer_box, refs, fps, seconds, smooth,
-                                       sketch], [video, sketch_video, status], concurrency_limit=1)
+                                       sketch, face], [video, sketch_video, status], concurrency_limit=1)
         stop.click(on_stop, None, status, cancels=[running], concurrency_limit=None)
         for box in (landmark_box, renderer_box):
             box.change(checkpoint_notice, [landmark_box, renderer_box], notice, queue=False)

@@ -4,6 +4,8 @@
                         [--renderer-ckpt PATH] [--config configs/inference.yaml] [--device cpu|cuda] [key=value ...]
     python inference.py --video TEMPLATE --audio A.wav --audio B.wav ... --output OUT_DIR    (one dub per audio)
     python inference.py --tasks tasks.yaml [--shard I/N] ...                                  (a list of dubs)
+    python inference.py --video TEMPLATE --audio A.wav --face index:0 --audio B.wav --face point:0,120,200
+                        --output OUT.mp4                                     (two speakers, one output)
 
 TEMPLATE: a video of any frame rate, size and container, or a still image (jpg/png). SPEECH: wav, mp3, m4a,
 flac, or a video whose audio track drives the face. The output is an H.264 + AAC video at the template's size, as
@@ -17,8 +19,12 @@ cropped, rendered and pasted back at that size.
 
 Several dubs in one run load the networks once, analyse and encode each template once however many audios use
 it, and keep going past a bad entry. A task list is YAML, a list of {video, audio, output} entries (relative
-paths are relative to the list's folder). What the FaceMesh pass learns about a template is cached (keyed by the
-file's content and the settings that change it), so a later run on the same template skips that pass.
+paths are relative to the list's folder), each with an optional face, or {video, speakers: [{audio, face}, ...],
+output} for several speakers in one output. Where the template shows several people, --face chooses the one to
+dub (largest, index:K, point:FRAME,X,Y, box:FRAME,X0,Y0,X1,Y1 or auto; docs/dubbing.md): only that face changes,
+followed through cuts by its looks; frames where it is absent, or its identity uncertain, pass unchanged. What
+the FaceMesh pass learns about a template is cached (keyed by the file's content and the settings that change
+it), so a later run on the same template skips that pass.
 """
 from __future__ import annotations
 
@@ -41,6 +47,8 @@ class Task:
     audio: Path
     output: Path
     sketch: Path | None = None
+    face: str | None = None  # None: the config's
+    speakers: list[tuple[Path, str]] | None = None  # several (audio, face) into one output; audio is the first's
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,6 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--video", help="template video or still image (the face to animate)")
     parser.add_argument("--audio", action="append", help="driving speech: an audio file or a video with audio; "
                                                          "repeat for several dubs of the one template")
+    parser.add_argument("--face", action="append",
+                        help="the face to dub: largest (default), index:K (K-th from the left in the first frame "
+                             "with faces, from 0), point:FRAME,X,Y, box:FRAME,X0,Y0,X1,Y1, auto (the face whose lips "
+                             "move with the template's own sound); once for every dub, or once after each --audio: "
+                             "several speakers, each face with its own audio, into one output")
     parser.add_argument("--output", help="output video (.mp4, .mov or .mkv); with several --audio, a folder that "
                                          "receives <audio name>.mp4 for each")
     parser.add_argument("--tasks", type=Path, help="YAML list of {video, audio, output}: many dubs in one run")
@@ -100,7 +113,8 @@ def _sketch_for(output: Path, args: argparse.Namespace) -> Path | None:
 
 
 def read_tasks(path: Path) -> list[Task]:
-    """A task list: YAML, a list of {video, audio, output}; relative paths from the list's folder."""
+    """A task list: YAML, a list of {video, audio, output} (and optionally face) or {video, speakers: [{audio,
+    face}, ...], output}; relative paths from the list's folder."""
     import yaml
 
     if not path.is_file():
@@ -113,9 +127,26 @@ def read_tasks(path: Path) -> list[Task]:
         raise InputError(path, "a task list is a non-empty YAML list of {video, audio, output} entries")
     tasks = []
     for number, entry in enumerate(entries, 1):
-        if not isinstance(entry, dict) or set(entry) != {"video", "audio", "output"}:
-            raise InputError(path, f"entry {number} must have exactly the keys video, audio and output")
-        tasks.append(Task(*(path.parent / Path(str(entry[key])).expanduser() for key in ("video", "audio", "output"))))
+        keys = set(entry) - {"face"} if isinstance(entry, dict) else set()
+        if keys not in ({"video", "audio", "output"}, {"video", "speakers", "output"}):
+            raise InputError(path, f"entry {number} must have exactly the keys video, audio and output (and "
+                                   "optionally face), or video, speakers and output")
+        local = lambda value: path.parent / Path(str(value)).expanduser()  # noqa: E731
+        if "speakers" in entry:
+            speakers = entry["speakers"]
+            if "face" in entry or not isinstance(speakers, list) or len(speakers) < 2 or \
+                    any(not isinstance(one, dict) or set(one) != {"audio", "face"} for one in speakers):
+                raise InputError(path, f"entry {number}: speakers is a list of two or more {{audio, face}}")
+            pairs = [(local(one["audio"]), str(one["face"])) for one in speakers]
+            tasks.append(Task(local(entry["video"]), pairs[0][0], local(entry["output"]), speakers=pairs))
+        else:
+            face = str(entry["face"]) if "face" in entry else None
+            tasks.append(Task(*(local(entry[key]) for key in ("video", "audio", "output")), face=face))
+    from dubbing.faces import parse_face
+
+    for task in tasks:
+        for _, face in task.speakers or ([(None, task.face)] if task.face else []):
+            parse_face(face)
     return tasks
 
 
@@ -126,16 +157,31 @@ def plan(args: argparse.Namespace) -> list[Task]:
             raise InputError("--tasks", "give either --tasks or --video/--audio/--output")
         if args.sketch_output:
             raise InputError("--sketch-output", "names one file: use --save-sketch with --tasks")
+        if args.face:
+            raise InputError("--face", "with --tasks, give each entry's face in the list")
         tasks = read_tasks(args.tasks)
         for task in tasks:
-            task.sketch = _sketch_for(task.output, args) if args.save_sketch else None
+            task.sketch = _sketch_for(task.output, args) if args.save_sketch and not task.speakers else None
     else:
         missing = [flag for flag, value in (("--video", args.video), ("--audio", args.audio),
                                             ("--output", args.output)) if not value]
         if missing:
             raise InputError(missing[0], "missing: give --video, --audio and --output (or --tasks)")
         output = Path(args.output)
-        if len(args.audio) == 1:
+        from dubbing.faces import parse_face
+
+        faces = args.face or []
+        for face in faces:
+            parse_face(face)
+        if len(faces) > 1 and len(faces) != len(args.audio):
+            raise InputError("--face", "give one --face for every dub, or one after each --audio (several "
+                                       "speakers in one output)")
+        if len(faces) > 1:
+            if args.save_sketch or args.sketch_output:
+                raise InputError("--save-sketch", "is for one speaker's dubs")
+            pairs = [(Path(audio), face) for audio, face in zip(args.audio, faces)]
+            tasks = [Task(Path(args.video), pairs[0][0], output, speakers=pairs)]
+        elif len(args.audio) == 1:
             tasks = [Task(Path(args.video), Path(args.audio[0]), output, _sketch_for(output, args))]
         else:
             if output.suffix.lower() in OUTPUT_SUFFIXES:
@@ -149,6 +195,8 @@ def plan(args: argparse.Namespace) -> list[Task]:
                      zip(args.audio, stems)]
             for task in tasks:
                 task.sketch = _sketch_for(task.output, args)
+        for task in tasks:
+            task.face = faces[0] if len(faces) == 1 else None
     for task in tasks:
         if task.output.suffix.lower() not in OUTPUT_SUFFIXES:
             raise InputError(task.output, "the output must be a .mp4, .mov or .mkv file")
@@ -180,7 +228,7 @@ def run(tasks: list[Task], args: argparse.Namespace, config: dict) -> list[tuple
     import dubbing
 
     if len(tasks) == 1:  # the cheap checks first, before the checkpoints load (several dubs: each fails alone)
-        for path in (tasks[0].video, tasks[0].audio):
+        for path in (tasks[0].video, *(audio for audio, _ in tasks[0].speakers or [(tasks[0].audio, None)])):
             if not path.is_file():
                 raise InputError(path, "no such file")
     models = dubbing.load_models(args.landmark_ckpt or config["checkpoints"]["landmark"],
@@ -190,14 +238,20 @@ def run(tasks: list[Task], args: argparse.Namespace, config: dict) -> list[tuple
         from allocator import keep_freed_memory
 
         keep_freed_memory()  # process-wide: the renderer's CPU pass runs faster with it (bench/README.md)
-    groups: dict[Path, list[Task]] = {}
-    for task in tasks:
-        groups.setdefault(task.video.resolve(), []).append(task)
+    groups: dict[tuple, list[Task]] = {}
+    for task in tasks:  # one prepared template per template and face (several speakers: a dub of its own)
+        groups.setdefault((task.video.resolve(), task.face, id(task) if task.speakers else None), []).append(task)
     failures, written = [], 0
     for group in groups.values():
+        if group[0].speakers:
+            failed = _run_speakers(group[0], models, config, args, len(tasks))
+            failures += failed
+            written += not failed
+            continue
         prepared = None
         try:
-            prepared = dubbing.prepare_template(group[0].video, models, config, progress=not args.quiet)
+            prepared = dubbing.prepare_template(group[0].video, models, config, progress=not args.quiet,
+                                                face=group[0].face)
         except InputError as error:
             failures += [(task, str(error)) for task in group]
             if len(tasks) > 1:
@@ -226,6 +280,23 @@ def run(tasks: list[Task], args: argparse.Namespace, config: dict) -> list[tuple
         finally:
             prepared.close()
     return failures
+
+
+def _run_speakers(task: Task, models, config: dict, args: argparse.Namespace, total: int) -> list[tuple[Task, str]]:
+    """One dub of several speakers; its failure (a bad input) as a list of one, else an empty list."""
+    from dubbing.speakers import dub_speakers
+    from dubbing.template import dubbing_rate
+
+    try:
+        result = dub_speakers(task.video, task.speakers, task.output, models, config, progress=not args.quiet)
+    except InputError as error:
+        if total > 1:
+            print(f"error: {error}", file=sys.stderr)
+        return [(task, str(error))]
+    import dubbing
+
+    print(f"{result.output}: {dubbing.summary(result, dubbing_rate(task.video, config['output']['fps'])[0])}")
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:

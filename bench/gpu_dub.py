@@ -64,7 +64,7 @@ def seed_cache(template: Path, cache: Path) -> None:
     with np.load(template.with_suffix(".track.npz")) as arrays:
         track = FaceTrack(arrays["landmarks"], arrays["boxes"], arrays["has_face"],
                           tuple(int(v) for v in arrays["size"]))
-    write_cached_track(*cache_entry(template, False, cache, FPS), track)
+    write_cached_track(*cache_entry(template, False, cache, FPS, dubbing.default_config()["faces"]["max"]), track)
 
 
 def random_models(folder: Path, device: str) -> dubbing.Models:

@@ -30,34 +30,40 @@ def native_stderr_silenced():
 
 
 class FaceMesh:
-    """One-face FaceMesh detector. Call it on an RGB uint8 (H, W, 3) frame; returns (478, 2) float32 pixels or None.
+    """FaceMesh detector. Call it on an RGB uint8 (H, W, 3) frame; returns the first face's (478, 2) float32 pixels
+    or None; `faces` returns every face found (at most `max_faces`, in FaceMesh's order).
 
     video=True tracks the face from frame to frame (faster: bench/README.md, preprocess.py; call reset() between
-    videos); video=False detects the face on every frame, as the official preprocessing did.
+    videos); video=False detects the face on every frame, as the official preprocessing did. With one face in the
+    frame, max_faces above 1 gives the same points as 1 (tests/test_faces.py).
     """
 
-    def __init__(self, video: bool = True, min_confidence: float = 0.5):
+    def __init__(self, video: bool = True, min_confidence: float = 0.5, max_faces: int = 1):
         os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's start-up chatter
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from mediapipe.python.solutions import face_mesh  # heavy import, only where detection runs
 
         with native_stderr_silenced():  # start-up chatter
-            self._mesh = face_mesh.FaceMesh(static_image_mode=not video, max_num_faces=1, refine_landmarks=True,
+            self._mesh = face_mesh.FaceMesh(static_image_mode=not video, max_num_faces=max_faces, refine_landmarks=True,
                                             min_detection_confidence=min_confidence,
                                             min_tracking_confidence=min_confidence)
             self._mesh._graph.wait_until_idle()
         self._settling = 3  # calls whose graph threads are waited for while fd 2 is silenced
 
     def __call__(self, frame: np.ndarray) -> np.ndarray | None:
+        faces = self.faces(frame)
+        return faces[0] if faces else None
+
+    def faces(self, frame: np.ndarray) -> list[np.ndarray]:
+        """Every face's (478, 2) float32 pixel points."""
         with native_stderr_silenced():  # the detection and the tracking graphs each warn on first use, from
             result = self._mesh.process(frame)  # graph threads that may still run after process() returns
             if self._settling:
                 self._mesh._graph.wait_until_idle()
                 self._settling -= 1
-        if not result.multi_face_landmarks:
-            return None
-        points = np.array([(p.x, p.y) for p in result.multi_face_landmarks[0].landmark], dtype=np.float32)
-        return points * np.array([frame.shape[1], frame.shape[0]], dtype=np.float32)
+        scale = np.array([frame.shape[1], frame.shape[0]], dtype=np.float32)
+        return [np.array([(p.x, p.y) for p in face.landmark], dtype=np.float32) * scale
+                for face in result.multi_face_landmarks or ()]
 
     def reset(self) -> None:
         """Forget the tracked face (start of a new video)."""
@@ -99,8 +105,16 @@ def find_face(mesh: FaceMesh, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray
     frame; None when FaceMesh finds none or the face lies (almost) outside the frame, so that its crop box would
     be empty: both count as "no face" everywhere."""
     points = mesh(frame)
-    if points is None:
-        return None
+    return None if points is None else face_in_frame(points, frame)
+
+
+def find_faces(mesh: FaceMesh, frame: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """find_face for every face FaceMesh finds in the frame (those with an empty crop box left out)."""
+    return [face for face in (face_in_frame(points, frame) for points in mesh.faces(frame)) if face is not None]
+
+
+def face_in_frame(points: np.ndarray, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """find_face's answer for one face's 478 FaceMesh points."""
     landmarks = from_facemesh(points)
     try:
         box = crop_box(landmarks, (frame.shape[1], frame.shape[0]))

@@ -2,6 +2,9 @@
 
 One module per stage a frame passes through:
 - template: pass 1 (FaceMesh once per frame at the dubbing rate) and the choice of reference frames;
+- faces: every face linked into tracks, the face to dub chosen (`--face`) and followed across cuts (identity:
+  dlib's face descriptor; speaker: `auto`, the face whose lips move with the template's sound; chooser: the
+  first frame's faces numbered, for a page to click);
 - cache: pass 1's result kept on disk for the next run on the same template;
 - frames: the template's frames for pass 2, decoded or read back from a spool;
 - prepare: per batch, the landmark generator's inputs, the target sketches, face crops and audio windows;
@@ -9,6 +12,7 @@ One module per stage a frame passes through:
 - paste: the generated face blended back into its frame (mask: its hull and blur in torch);
 - writer: encoding and muxing;
 - pipeline: `prepare_template`, `dub`, `dub_prepared`, and the stages run overlapped (overlap) or in series;
+- speakers: `dub_speakers`, several faces each with its own audio into one output;
 - progress: each stage's bar and the report hook through which a caller follows (or cancels) a dub.
 
 The output's frame rate (`output.fps`, `dubbing_rate`): the template's own for a constant-rate video up to 60 fps,

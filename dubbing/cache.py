@@ -1,5 +1,6 @@
-"""The template cache: pass 1's result (data/facemesh.FaceTrack) kept on disk, keyed by the template's content and
-the settings that change it, so that a later run on the same template skips the FaceMesh pass.
+"""The template cache: pass 1's result (every face of every frame, dubbing/faces.FaceScan) kept on disk, keyed by
+the template's content and the settings that change it, so that a later run on the same template skips the
+FaceMesh pass.
 
 A cache is a convenience: an entry that cannot be read is recomputed, and one that cannot be written (a full or
 read-only disk) is skipped with one warning while the dub goes on.
@@ -19,8 +20,11 @@ from data.errors import disk_problem, one_line
 from data.facemesh import FaceTrack
 from data.landmarks import NUM_LANDMARKS
 from data.video import FPS
+from dubbing.faces import FaceScan, scan_of_track
+from dubbing.identity import DESCRIPTOR_SIZE
 
-FORMAT = 2  # raise when what the cache holds, or how FaceMesh is run, changes
+FORMAT = 3  # raise when what the cache holds, or how FaceMesh is run, changes
+SCAN_ARRAYS = ("frame", "landmarks", "boxes", "track", "descriptors", "cuts")  # FaceScan's, in order
 DIR_ENV = "IPLAP_TEMPLATES"  # where prepared templates are cached when the config does not say
 
 
@@ -38,16 +42,17 @@ def cache_dir(config: dict) -> Path | None:
     return user_cache("templates")
 
 
-def cache_entry(path: Path, detect_every_frame: bool, directory: str | Path, fps: float = FPS
+def cache_entry(path: Path, detect_every_frame: bool, directory: str | Path, fps: float = FPS, max_faces: int = 1
                 ) -> tuple[Path, dict]:
     """The entry's file, named by the template's content and the settings that change pass 1 (the rate it was
-    decoded at and the crop rule among them), and the facts that must still hold when it is read (the file's size
+    decoded at, the crop rule and the most faces FaceMesh looks for among them; the face chosen is not: every
+    choice reads the same scan of every face), and the facts that must still hold when it is read (the file's size
     and modification time: a touched file is analysed again)."""
     from data.samples import sha256
 
     stat = path.stat()
     settings = (f"format={FORMAT};detect_every_frame={bool(detect_every_frame)};fps={float(fps)!r};"
-                f"mediapipe={_mediapipe()};crop={crop_rule()}")  # the rule's boxes: the same at every face size
+                f"mediapipe={_mediapipe()};crop={crop_rule()};faces={int(max_faces)}")  # crop: any face size's
     key = hashlib.sha256(f"{sha256(path)};{settings}".encode()).hexdigest()[:32]
     return Path(directory) / f"{key}.npz", {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
@@ -61,7 +66,7 @@ def _mediapipe() -> str:
         return "none"
 
 
-def read_cached_track(entry: Path, facts: dict) -> FaceTrack | None:
+def read_cached_scan(entry: Path, facts: dict) -> FaceScan | None:
     """The pass-1 result in a cache entry (`cache_entry`); None when there is none, it is stale, or it does not
     read back whole (a damaged entry is recomputed, never trusted)."""
     if not entry.is_file():
@@ -70,25 +75,25 @@ def read_cached_track(entry: Path, facts: dict) -> FaceTrack | None:
         with np.load(entry, allow_pickle=False) as arrays:
             if int(arrays["bytes"]) != facts["bytes"] or int(arrays["mtime_ns"]) != facts["mtime_ns"]:
                 return None
-            track = FaceTrack(arrays["landmarks"], arrays["boxes"], arrays["has_face"],
-                              tuple(int(v) for v in arrays["size"]))
+            scan = FaceScan(*(arrays[name] for name in SCAN_ARRAYS), size=tuple(int(v) for v in arrays["size"]))
     except Exception:  # a cut-short or foreign file: analyse again
         return None
-    frames = len(track.has_face)
-    if track.landmarks.shape != (frames, NUM_LANDMARKS, 2) or track.boxes.shape != (frames, 4):
+    faces = len(scan.frame)
+    if scan.landmarks.shape != (faces, NUM_LANDMARKS, 2) or scan.boxes.shape != (faces, 4) or \
+            scan.descriptors.shape != (faces, DESCRIPTOR_SIZE) or scan.track.shape != (faces,) or \
+            (faces and (scan.frame.max() >= len(scan.cuts) or (np.diff(scan.frame) < 0).any())):
         return None
-    return track
+    return scan
 
 
-def write_cached_track(entry: Path, facts: dict, track: FaceTrack) -> bool:
+def write_cached_scan(entry: Path, facts: dict, scan: FaceScan) -> bool:
     """Store a pass-1 result atomically (a temporary file renamed into place). A cache that cannot be written is
     skipped with one warning on stderr, not an error; returns whether the entry was written."""
-    # The archive is built in memory (about 1 KB a frame) and written in one call: numpy's zip writer on a file
+    # The archive is built in memory (about 1 KB a face) and written in one call: numpy's zip writer on a file
     # that fails mid-way leaves a ZipFile whose finaliser prints a traceback.
     buffer = io.BytesIO()
-    np.savez(buffer, landmarks=track.landmarks, boxes=track.boxes, has_face=track.has_face,
-             size=np.asarray(track.size, np.int64), bytes=np.int64(facts["bytes"]),
-             mtime_ns=np.int64(facts["mtime_ns"]))
+    np.savez(buffer, **{name: getattr(scan, name) for name in SCAN_ARRAYS}, size=np.asarray(scan.size, np.int64),
+             bytes=np.int64(facts["bytes"]), mtime_ns=np.int64(facts["mtime_ns"]))
     temp = entry.with_name(f"{entry.stem}.tmp-{os.getpid()}.npz")
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
@@ -104,3 +109,8 @@ def write_cached_track(entry: Path, facts: dict, track: FaceTrack) -> bool:
         problem = disk_problem(error) or one_line(error)
         print(f"warning: {entry.parent}: {problem} (template not cached; the dub goes on)", file=sys.stderr)
         return False
+
+
+def write_cached_track(entry: Path, facts: dict, track: FaceTrack) -> bool:
+    """write_cached_scan for a one-face track (a template whose FaceMesh pass ran elsewhere: bench/gpu_dub.py)."""
+    return write_cached_scan(entry, facts, scan_of_track(track))

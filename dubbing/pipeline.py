@@ -33,6 +33,7 @@ from data.audio import MEL_PER_SECOND, MEL_STEPS, SAMPLE_RATE, frames_covered, l
 from data.crop import crop_face_tensor
 from data.errors import DiskError, InputError, disk_problem
 from dubbing.cache import cache_dir
+from dubbing.faces import check_faces
 from dubbing.frames import FrameSpool, read_selected, spool_template, template_frames
 from dubbing.network import (
     Encoded,
@@ -88,6 +89,7 @@ def check_config(config: dict) -> None:
             raise InputError(f"{key}={config[key]}", f"{key} takes true or false")
     if config["frame_work"] not in FRAME_WORK:
         raise InputError(f"frame_work={config['frame_work']}", f"frame_work takes one of {', '.join(FRAME_WORK)}")
+    check_faces(config)
 
 
 def batch_size_for(config: dict, device: torch.device) -> int:
@@ -120,6 +122,7 @@ class DubResult:
     rendered: int  # frames with a face, generated
     seconds: float
     setup_seconds: float = 0.0  # the work before the first frame is rendered (for `dub`, the template's too)
+    uncertain: int = 0  # template frames passed through: the chosen face's identity was uncertain there
 
 
 def summary(result: DubResult, fps: float, seconds: float | None = None) -> str:
@@ -127,7 +130,9 @@ def summary(result: DubResult, fps: float, seconds: float | None = None) -> str:
     dub's own) as seconds and frames per second."""
     seconds = result.seconds if seconds is None else seconds
     rate = result.frames / seconds if seconds else float("inf")
-    return (f"{result.frames} frames at {fps:g} fps ({result.rendered} with a face) in {seconds:.1f} s, "
+    uncertain = f"; {result.uncertain} template frames passed through, identity uncertain" if result.uncertain \
+        else ""
+    return (f"{result.frames} frames at {fps:g} fps ({result.rendered} with a face{uncertain}) in {seconds:.1f} s, "
             f"{rate:.2f} frames/s")
 
 
@@ -156,9 +161,10 @@ class Prepared:
 
 
 def prepare_template(video: str | Path, models: Models, config: dict, progress: bool = True,
-                     report: Report | None = None) -> Prepared:
+                     report: Report | None = None, face: str | None = None) -> Prepared:
     """Pass 1 (or its cached result) and the references, encoded once for every audio this template is dubbed
-    with. Raises InputError for a missing or unusable template. `report`: see dubbing/progress.py."""
+    with. Raises InputError for a missing or unusable template, or a `face` (default: the config's) that names
+    no face. `report`: see dubbing/progress.py."""
     started = time.perf_counter()
     check_config(config)
     video = Path(video)
@@ -167,7 +173,8 @@ def prepare_template(video: str | Path, models: Models, config: dict, progress: 
     rate, note = dubbing_rate(video, config["output"]["fps"])
     template = analyse_template(video, smooth=int(config["smooth_boxes"]),
                                 detect_every_frame=config["detect_every_frame"], progress=progress,
-                                cache_dir=cache_dir(config), fps=rate, report=report)
+                                cache_dir=cache_dir(config), fps=rate, report=report,
+                                face=config["face"] if face is None else face, faces=config["faces"])
     landmark_refs = choose_references(template, int(config["landmark_refs"]))
     # Distinct frames only: a repeated reference image would add cost and nothing else.
     image_refs = np.unique(choose_references(template, reference_count(config["refs"], template)))
@@ -327,12 +334,7 @@ def dub(video: str | Path, audio: str | Path, output: str | Path, models: Models
     bad input and leaves no output file. `report` hears of every FaceMesh frame and every batch written, and may
     raise to stop the dub (dubbing/progress.py)."""
     started = time.perf_counter()
-    config = default_config() if config is None else config
-    check_config(config)
-    video, output = Path(video), Path(output)
-    if not video.is_file():
-        raise InputError(video, "no such file")
-    _check_output(output, video, Path(audio))
+    config, video, output = checked_request(video, output, config, audio)
     wav, muxed = read_driving(audio, config)  # a bad audio file fails before the template's FaceMesh pass
     prepared = prepare_template(video, models, config, progress, report)
     try:
@@ -355,16 +357,30 @@ def dub_prepared(prepared: Prepared, audio: str | Path, output: str | Path, mode
     return _run(state, output, sketch_output, StageProgress(FRAMES, state.count, progress, report), started)
 
 
+def checked_request(video: str | Path, output: str | Path, config: dict | None, *audios: str | Path
+                    ) -> tuple[dict, Path, Path]:
+    """A dub's config (the default when None), checked, and its template and output as paths; InputError for a
+    missing template or an output that would overwrite an input."""
+    config = default_config() if config is None else config
+    check_config(config)
+    video, output = Path(video), Path(output)
+    if not video.is_file():
+        raise InputError(video, "no such file")
+    _check_output(output, video, *(Path(audio) for audio in audios))
+    return config, video, output
+
+
 def _check_output(output: Path, *inputs: Path) -> None:
     if output.resolve() in tuple(path.resolve() for path in inputs):
         raise InputError(output, "the output would overwrite an input")
 
 
-def _run(state: Dub, output: Path, sketch_output: str | Path | None, bar: StageProgress, started: float
-         ) -> DubResult:
+def _run(state: Dub, output: Path, sketch_output: str | Path | None, bar: StageProgress, started: float,
+         layers: Callable[[FrameBatch], tuple] | None = None) -> DubResult:
     """Pass 2: render, paste and encode every output frame, in overlapping stages or in series. A full,
     read-only or failing disk under the output (or its spool) is one DiskError, and no partial file stays (nor
-    when `bar`'s report hook raises to cancel)."""
+    when `bar`'s report hook raises to cancel). `layers` (several speakers, dubbing/speakers.py): each batch's
+    (batch, frames, sketches) made by it, in series, instead of by the stages."""
     template, outputs, rendered = state.template, None, 0
 
     def paste(item: tuple[FrameBatch, RenderInputs | None, HostCopy | None]
@@ -387,7 +403,10 @@ def _run(state: Dub, output: Path, sketch_output: str | Path | None, bar: StageP
                           choose_encoder(state.config["output"]["encoder"], state.models.device))
         setup = time.perf_counter() - started
         prepared = (prepare_batch(state, batch) for batch in frame_batches(state, spool))
-        if state.config["pipeline"]:
+        if layers is not None:
+            for batch in frame_batches(state, spool):
+                encode(layers(batch))
+        elif state.config["pipeline"]:
             run_overlapped(prepared, lambda item: render_batch(state, item), paste, encode,
                            source_context=_stage_stream(state.models))
         else:
@@ -403,7 +422,7 @@ def _run(state: Dub, output: Path, sketch_output: str | Path | None, bar: StageP
         raise
     finally:
         bar.close()
-    return DubResult(output, state.count, rendered, time.perf_counter() - started, setup)
+    return DubResult(output, state.count, rendered, time.perf_counter() - started, setup, template.uncertain)
 
 
 def _stage_stream(models: Models) -> Callable[[], contextlib.AbstractContextManager]:

@@ -13,9 +13,9 @@ import numpy as np
 
 from data.crop import denormalise_from_box, normalise_to_box, smooth_boxes
 from data.errors import InputError
-from data.facemesh import FaceTrack, track_faces
 from data.landmarks import lip_openness
 from data.video import FPS, VideoReader, is_image
+from dubbing.faces import FaceChoice, FaceScan, parse_face, scan_faces, select_face
 from dubbing.progress import ANALYSIS, Report, StageProgress
 
 MAX_TEMPLATE_FPS = 60  # the highest template rate dubbed at its own rate (output.fps: template)
@@ -34,6 +34,7 @@ class Template:
     has_face: np.ndarray
     openness: np.ndarray
     fps: float = FPS
+    uncertain: int = 0  # frames passed through because the chosen face's identity was uncertain (dubbing/faces.py)
 
     def __len__(self) -> int:
         return len(self.has_face)
@@ -50,39 +51,65 @@ def nearest_face(has_face: np.ndarray) -> np.ndarray:
 
 
 def analyse_template(path: str | Path, *, smooth: int, detect_every_frame: bool = False, progress: bool = True,
-                     cache_dir: str | Path | None = None, fps: float = FPS, report: Report | None = None
-                     ) -> Template:
-    """Pass 1: FaceMesh once per frame at `fps` of a video or image (or, with `cache_dir`, the result of an earlier
-    pass over the same file with the same settings and rate); then no-face frames filled from their nearest face
-    frame and the crop boxes smoothed over `smooth` frames (the config's smooth_boxes; data/crop.smooth_boxes;
-    landmarks follow their box). `report` hears of every frame FaceMesh reads (dubbing/progress.py), and of none
-    when the cache answers."""
-    from dubbing.cache import cache_entry, read_cached_track, write_cached_track
+                     cache_dir: str | Path | None = None, fps: float = FPS, report: Report | None = None,
+                     face: str | FaceChoice = "largest", faces: dict | None = None) -> Template:
+    """Pass 1: FaceMesh once per frame at `fps` of a video or image, every face (at most faces['max']) linked
+    into tracks (or, with `cache_dir`, the result of an earlier pass over the same file with the same settings
+    and rate); the chosen `face` followed through the template (dubbing/faces.py; `faces`: the config's faces
+    section); then frames without it filled from their nearest frame with it and the crop boxes smoothed over
+    `smooth` frames within each shot (the config's smooth_boxes; data/crop.smooth_boxes; landmarks follow their
+    box). `report` hears of every frame FaceMesh reads (dubbing/progress.py), and of none when the cache
+    answers. A choice that names no face is an InputError."""
+    from dubbing.cache import cache_entry, read_cached_scan, write_cached_scan
 
+    if faces is None:  # callers without a config: configs/inference.yaml's
+        from config import INFERENCE_CONFIG, load_config
+
+        faces = load_config(INFERENCE_CONFIG)["faces"]
     path = Path(path)
-    entry = cache_entry(path, detect_every_frame, cache_dir, fps) if cache_dir is not None else None
-    track = read_cached_track(*entry) if entry is not None else None
-    if track is None:
-        track = _track(path, detect_every_frame, fps, progress, report)
+    choice = face if isinstance(face, FaceChoice) else parse_face(face)
+    entry = cache_entry(path, detect_every_frame, cache_dir, fps, faces["max"]) if cache_dir is not None else None
+    scan = read_cached_scan(*entry) if entry is not None else None
+    if scan is None:
+        scan = _scan(path, detect_every_frame, fps, progress, report, int(faces["max"]))
         if entry is not None:
-            write_cached_track(*entry, track)
+            write_cached_scan(*entry, scan)
+    sound = _own_sound(path) if choice.kind == "auto" else None
+    selection = select_face(scan, choice, str(path), float(faces["same"]), float(faces["other"]), sound, fps)
+    track = selection.track
     if not track.has_face.any():
         raise InputError(path, f"no face found in any of its {len(track)} frames")
     nearest = nearest_face(track.has_face)
     landmarks, boxes = track.landmarks[nearest], track.boxes[nearest]
     pixels = denormalise_from_box(landmarks, boxes)
     if smooth > 1:
-        boxes = smooth_boxes(boxes, track.has_face, smooth, track.size)
+        # Shot by shot: a box is never averaged with the box of another shot or another track.
+        starts = np.flatnonzero(selection.starts[1:]) + 1
+        boxes = np.concatenate([smooth_boxes(b, f, smooth, track.size) for b, f in
+                                zip(np.split(boxes, starts), np.split(track.has_face, starts))])
         landmarks = normalise_to_box(pixels, boxes)
-    return Template(path, track.size, landmarks, boxes, track.has_face, lip_openness(pixels), fps)
+    return Template(path, track.size, landmarks, boxes, track.has_face, lip_openness(pixels), fps,
+                    int(selection.uncertain.sum()))
 
 
-def _track(path: Path, detect_every_frame: bool, fps: float, progress: bool, report: Report | None) -> FaceTrack:
+def _scan(path: Path, detect_every_frame: bool, fps: float, progress: bool, report: Report | None,
+          max_faces: int) -> FaceScan:
     from data.facemesh import FaceMesh
 
-    with VideoReader(path, fps) as reader, FaceMesh(video=not detect_every_frame) as mesh, \
+    with VideoReader(path, fps) as reader, FaceMesh(video=not detect_every_frame, max_faces=max_faces) as mesh, \
             StageProgress(ANALYSIS, reader.expected_frames, progress, report, leave=False) as steps:
-        return track_faces(reader, mesh, on_frame=lambda frame, box: steps.advance())
+        return scan_faces(reader, mesh, on_frame=steps.advance)
+
+
+def _own_sound(path: Path) -> np.ndarray:
+    """The template's own sound (16 kHz), by which `auto` finds the face that speaks."""
+    from data.audio import SAMPLE_RATE, load_audio
+
+    try:
+        return load_audio(path, SAMPLE_RATE)
+    except InputError as error:
+        raise InputError(path, f"--face auto finds the speaker by the template's own sound: {error.problem}") \
+            from None
 
 
 def dubbing_rate(video: str | Path, setting: str | int | float) -> tuple[float, str | None]:

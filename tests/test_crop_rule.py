@@ -11,7 +11,7 @@ from data import records
 from data.errors import InputError
 from data.facemesh import FaceTrack
 from data.packs import pack_key
-from dubbing.cache import cache_entry, read_cached_track, write_cached_track
+from dubbing.cache import cache_entry, read_cached_scan, write_cached_track
 from testing.records import random_record
 
 
@@ -66,9 +66,9 @@ def test_packs_and_the_template_cache_are_keyed_on_the_rule(tmp_path, monkeypatc
     track = FaceTrack(np.zeros((2, 131, 2), np.float32), np.tile(np.array([1, 2, 30, 40], np.int32), (2, 1)),
                       np.ones(2, bool), (64, 64))
     entry, facts = cache_entry(template, False, tmp_path / "cache")
-    assert write_cached_track(entry, facts, track) and read_cached_track(entry, facts) is not None
+    assert write_cached_track(entry, facts, track) and read_cached_scan(entry, facts) is not None
     pack = pack_key([tmp_path / "clip"], 5, 1)
     _wider_margin(monkeypatch)
     changed, changed_facts = cache_entry(template, False, tmp_path / "cache")
-    assert changed != entry and read_cached_track(changed, changed_facts) is None  # a miss: pass 1 runs again
+    assert changed != entry and read_cached_scan(changed, changed_facts) is None  # a miss: pass 1 runs again
     assert pack_key([tmp_path / "clip"], 5, 1) != pack

@@ -143,6 +143,51 @@ def test_a_second_visitor_waits_in_the_queue_and_is_served_after_a_cancel(site, 
     site["driver"].switch_to.window(first.window)
 
 
+def test_a_click_on_the_first_frame_chooses_the_face_to_dub(site, samples, tmp_path):
+    """Two talkers side by side: the first frame comes back with both faces numbered; a click on the left one
+    makes the choice a point on it, and the dub follows that face."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    from testing.two_faces import TILE, two_face_clip
+
+    two_face_clip(samples, tmp_path / "two.mp4")
+    page = DemoPage(site["driver"], site["url"])
+    page.upload("template", tmp_path / "two.mp4")
+    picture = wait_for(lambda: page.find("#chooser img"), 60, "the numbered faces")
+    assert page.find("#face textarea").get_attribute("value") == "largest"
+    shown = picture.size  # the element; the 320x160 picture is centred in it, scaled down only (object-fit)
+    scale = min(shown["width"] / 320, shown["height"] / 160, 1)
+    # Click on the left talker's face (75, 90 of 320x160): offsets from the picture's centre.
+    ActionChains(site["driver"]).move_to_element_with_offset(
+        picture, int((75 - 160) * scale), int((90 - 80) * scale)).click().perform()
+    choice = wait_for(lambda: page.find("#face textarea").get_attribute("value").startswith("point:0,") and
+                      page.find("#face textarea").get_attribute("value"), 30, "the clicked point")
+    x, y = (int(v) for v in choice.split(",")[1:])
+    assert x < TILE and abs(x - 75) <= 6 and abs(y - 90) <= 6, choice
+    page.upload("audio", samples / "speech_audio2.wav")
+    status = page.dub()
+    assert status.startswith(f"{int(PREVIEW * FPS)} frames at {FPS} fps ({int(PREVIEW * FPS)} with a face)"), status
+    if os.environ.get("IPLAP_CHOOSER_SCREENSHOT"):
+        _chooser_screenshot(page, Path(os.environ["IPLAP_CHOOSER_SCREENSHOT"]))
+    page.find("#face textarea").clear()
+    page.find("#face textarea").send_keys("point:0,160,5")  # between the two faces
+    assert page.dub() == "error: two.mp4: --face point:0,160,5: the point is on no face of frame 0 (2 faces there)"
+
+
+def _chooser_screenshot(page: DemoPage, path: Path) -> None:
+    """The template upload, the numbered faces and the choice, cut from the page, as a 256-colour PNG."""
+    from PIL import Image
+
+    page.driver.execute_script("arguments[0].scrollIntoView()", page.find("#template"))
+    time.sleep(0.5)
+    top, bottom = (page.driver.execute_script("return arguments[0].getBoundingClientRect().toJSON()", page.find(part))
+                   for part in ("#template", "#face"))
+    page.driver.save_screenshot(str(path))
+    ratio = page.driver.execute_script("return window.devicePixelRatio") or 1
+    box = [int(v * ratio) for v in (top["left"], top["top"], top["right"], bottom["bottom"])]
+    Image.open(path).convert("RGB").crop(box).quantize(256).save(path, optimize=True)
+
+
 def _screenshot(page: DemoPage, path: Path) -> None:
     """The page as it stands, as a 256-colour PNG (small enough for docs/)."""
     from PIL import Image
