@@ -86,6 +86,9 @@ def check_config(config: dict) -> None:
     for key in ("pipeline", "compile"):
         if config[key] not in (True, False):
             raise InputError(f"{key}={config[key]}", f"{key} takes true or false")
+    if config["checkpoints"]["require_sha256"] not in (True, False):
+        raise InputError(f"checkpoints.require_sha256={config['checkpoints']['require_sha256']}",
+                         "checkpoints.require_sha256 takes true or false")
     if config["frame_work"] not in FRAME_WORK:
         raise InputError(f"frame_work={config['frame_work']}", f"frame_work takes one of {', '.join(FRAME_WORK)}")
 
