@@ -10,6 +10,7 @@ name and shape and prints the sha256 of the file it read.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -78,10 +79,31 @@ def export_contents(data: bytes, path: Path) -> dict:
     return {"kind": metadata["kind"], "model": state, "model_args": args}
 
 
+def export_folder_kind(reference: str | Path) -> str | None:
+    """The network an export folder holds (its config.json says; a local folder may show it by its one weights
+    file); None when the reference does not name a folder."""
+    ref = hub.parse(reference)
+    if not ref.names_folder():
+        return None
+    if not ref.on_hub and not (ref.local / "config.json").is_file():
+        present = [kind for kind, name in EXPORT_FILES.items() if (ref.local / name).is_file()]
+        if len(present) == 1:
+            return present[0]
+    config = hub.resolve(dataclasses.replace(ref.inside("config.json"), sha256=None), "export folder's config.json")
+    try:
+        kind = json.loads(config.read_text()).get("kind")
+    except (OSError, ValueError, AttributeError) as error:
+        raise InputError(config, f"not an export's config.json ({one_line(error)[:120]})") from None
+    if kind not in NETWORKS:
+        raise InputError(config, "names neither network under 'kind'")
+    return kind
+
+
 def checkpoint_file(reference: str | Path, kind: str | None, require_sha256: bool = False) -> Path:
-    """The local file a checkpoint reference names (a path, an export folder of `kind`, or hf://..., downloaded
-    into the Hugging Face cache), its sha256 checked when the reference gives one (and the reference refused
-    without one when require_sha256). kind None: either network."""
+    """The local file a checkpoint reference names (a path, an export folder, or hf://..., downloaded into the
+    Hugging Face cache), its sha256 checked when the reference gives one (and the reference refused without one
+    when require_sha256). kind None: either network (an export folder's config.json says which)."""
+    kind = kind or export_folder_kind(reference)
     what = f"{NETWORKS[kind]} checkpoint" if kind else "checkpoint"
     return hub.resolve(reference, what, inside=EXPORT_FILES[kind] if kind else None,
                        hint=f"see {OFFICIAL_SOURCE}, or train one with this project", require_sha256=require_sha256)
