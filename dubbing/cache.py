@@ -41,8 +41,9 @@ def cache_dir(config: dict) -> Path | None:
 def cache_entry(path: Path, detect_every_frame: bool, directory: str | Path, fps: float = FPS
                 ) -> tuple[Path, dict]:
     """The entry's file, named by the template's content and the settings that change pass 1 (the rate it was
-    decoded at and the crop rule among them), and the facts that must still hold when it is read (the file's size
-    and modification time: a touched file is analysed again)."""
+    decoded at and the crop rule among them), and the facts stored with it (the file's size and modification time;
+    a read checks the size only: the name holds the content's hash, so any file with that content, a copy or a
+    re-upload, may use the entry)."""
     from data.samples import sha256
 
     stat = path.stat()
@@ -62,13 +63,13 @@ def _mediapipe() -> str:
 
 
 def read_cached_track(entry: Path, facts: dict) -> FaceTrack | None:
-    """The pass-1 result in a cache entry (`cache_entry`); None when there is none, it is stale, or it does not
-    read back whole (a damaged entry is recomputed, never trusted)."""
+    """The pass-1 result in a cache entry (`cache_entry`), for any file with the content it was made from; None when
+    there is none or it does not read back whole (a damaged entry is recomputed, never trusted)."""
     if not entry.is_file():
         return None
     try:
         with np.load(entry, allow_pickle=False) as arrays:
-            if int(arrays["bytes"]) != facts["bytes"] or int(arrays["mtime_ns"]) != facts["mtime_ns"]:
+            if int(arrays["bytes"]) != facts["bytes"]:
                 return None
             track = FaceTrack(arrays["landmarks"], arrays["boxes"], arrays["has_face"],
                               tuple(int(v) for v in arrays["size"]))

@@ -171,6 +171,10 @@ def test_videos_are_matched_by_relative_path_and_bad_input_is_one_line(tmp_path,
                           "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert "nowhere: no such folder" in capsys.readouterr().err
     assert evaluate.load_config(evaluate.CONFIG)["num_videos"] == 45
+    assert evaluate.main(["--generated", str(tmp_path / "gen"), "--reference", str(tmp_path / "real"),
+                          "--out", str(tmp_path / "out"), "--quiet", "protocol=[a]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "protocol: ['a'] is not one of" in err[0], err
 
 
 def test_generation_mode_dubs_the_sampled_videos_and_scores_them(samples, random_checkpoints, tmp_path, monkeypatch,
