@@ -38,11 +38,12 @@ from steady_faces import jitter  # noqa: E402
 
 import dubbing  # noqa: E402
 import dubbing.template  # noqa: E402
-from data.audio import SAMPLE_RATE, load_audio, write_wav  # noqa: E402
+from data.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from data.facemesh import FaceMesh, track_faces  # noqa: E402
 from data.samples import sample  # noqa: E402
 from data.video import FPS, VideoReader, VideoWriter, read_frames  # noqa: E402
 from metrics.steadiness import track_lip_jitter  # noqa: E402
+from testing.audio import write_wav  # noqa: E402
 
 
 def pass_through(renderer, refs, faces, sketches, mels):

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dubbing  # noqa: E402
-from data.audio import SAMPLE_RATE, load_audio, write_wav  # noqa: E402
+from data.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from data.errors import InputError  # noqa: E402
 from data.facemesh import FaceTrack  # noqa: E402
 from data.samples import sample  # noqa: E402
@@ -33,6 +33,7 @@ from data.tensors import as_images  # noqa: E402
 from data.video import FPS, read_frames  # noqa: E402
 from dubbing.cache import cache_entry, write_cached_track  # noqa: E402
 from metrics.image import psnr  # noqa: E402
+from testing.audio import write_wav  # noqa: E402
 
 SIZES = ((256, 256), (1280, 720))
 

@@ -50,9 +50,10 @@ sys.path.insert(0, str(ROOT))
 
 import dubbing  # noqa: E402
 import dubbing.pipeline  # noqa: E402
-from data.audio import SAMPLE_RATE, load_audio, write_wav  # noqa: E402
+from data.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from data.samples import sample  # noqa: E402
 from data.video import FPS  # noqa: E402
+from testing.audio import write_wav  # noqa: E402
 
 OFFICIAL_REFS = 25  # N of the official inference script (configs/inference.yaml's refs)
 # bench/README.md (official reference figures): the whole official script on the CPU, frames/s by N

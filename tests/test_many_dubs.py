@@ -12,9 +12,10 @@ import pytest
 
 import dubbing
 import inference
-from data.audio import SAMPLE_RATE, frames_covered, load_audio, write_wav
+from data.audio import SAMPLE_RATE, frames_covered, load_audio
 from data.crop import smooth_boxes
 from data.video import VideoReader, VideoWriter, read_frames
+from testing.audio import write_wav
 
 FAST = ["refs=1", "batch_size=4"]
 
