@@ -51,10 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.add_argument(f"--{network}-ckpt", metavar="PATH|REF",
                             help=f"{key} checkpoint, a path or a hub reference, shown in the page (default: "
                                  f"checkpoints.{network} in the config)")
-    parser.add_argument("--models", nargs="+", metavar="LANDMARK,RENDERER",
-                        help="the checkpoint pairs visitors choose from (paths or hub references, comma between the "
-                             "two); on a non-loopback --host or with --share the page offers only these (default: "
-                             "the pair of --landmark-ckpt and --renderer-ckpt)")
+    parser.add_argument("--models", action="append", metavar="LANDMARK,RENDERER",
+                        help="a checkpoint pair visitors may choose (paths or hub references, a comma between the "
+                             "two; repeat for more); on a non-loopback --host or with --share the page offers only "
+                             "these (default: the pair of --landmark-ckpt and --renderer-ckpt)")
     parser.add_argument("--config", default=str(INFERENCE_CONFIG),
                         help="YAML settings laid over configs/inference.yaml (default: that file); the page's "
                              "settings start from it")
