@@ -264,7 +264,8 @@ class Dubber:
 
         key = (landmark, renderer, *(_stamp(path) for path in (landmark, renderer)))
         if key not in self._models:
-            models = dubbing.load_models(landmark, renderer, self.device)  # a pair that fails keeps the last one
+            models = dubbing.load_models(landmark, renderer, self.device,  # a pair that fails keeps the last one
+                                         self.config()["checkpoints"]["require_sha256"])
             self._models.clear()  # one pair in memory at a time
             self._models[key] = models
         return self._models[key]

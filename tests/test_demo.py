@@ -293,4 +293,7 @@ def test_the_networks_load_once_per_checkpoint_pair(random_checkpoints):
     assert dubber.models(landmark, renderer) is not models
     with pytest.raises(demo.InputError, match="renderer checkpoint not found"):
         dubber.models(landmark, renderer + ".absent")
+    strict = demo.Dubber(str(demo.INFERENCE_CONFIG), ["checkpoints.require_sha256=true"], "cpu", Path("unused"))
+    with pytest.raises(demo.InputError, match="hashes are required"):
+        strict.models(landmark, renderer)
     assert len(dubber._models) == 1  # a pair that fails to load leaves the last one in place
