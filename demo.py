@@ -1,14 +1,16 @@
 """A dubbing page in the browser: drop in a template (a video or a photo of a face) and a speech recording (or record
 one), and get the dubbed video. A Gradio app over the same dubbing library as inference.py (dubbing/).
 
-    python demo.py [--landmark-ckpt PATH|REF] [--renderer-ckpt PATH|REF] [--config configs/inference.yaml]
-                   [--device cpu|cuda] [--host 127.0.0.1] [--port 7860] [--share] [--work-dir DIR]
-                   [--keep-minutes 60] [key=value ...]
+    python demo.py [--landmark-ckpt PATH|REF] [--renderer-ckpt PATH|REF] [--models LANDMARK,RENDERER ...]
+                   [--config configs/inference.yaml] [--device cpu|cuda] [--host 127.0.0.1] [--port 7860] [--share]
+                   [--work-dir DIR] [--keep-minutes 60] [--max-upload-mb 200] [key=value ...]
 
 Then open http://127.0.0.1:7860 (on a GPU server, forward the port first: ssh -L 7860:127.0.0.1:7860 user@server).
 The networks load once per checkpoint pair; the template cache is shared by every request, so a second audio on
 the same template skips the FaceMesh pass; one dub runs at a time, and a waiting visitor sees their place in the
-queue. Uploads and results are deleted after --keep-minutes. More in docs/demo.md.
+queue. Uploads and results are deleted after --keep-minutes, and when the app stops (SIGTERM included). On a
+non-loopback --host or with --share, visitors choose among the operator's checkpoint pairs (--models) and can name
+no file. More in docs/demo.md.
 """
 # No `from __future__ import annotations` here: Gradio finds the request parameter of a page's handler by its
 # annotation, which must be the class itself.
@@ -17,6 +19,7 @@ import atexit
 import contextvars
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -32,6 +35,10 @@ from data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 SWEEP_SECONDS = 60  # how often old uploads and results are looked for
 STOP_WAIT_SECONDS = 120  # how long Stop waits for the dub to reach its next batch and end
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+TEMPLATE_TYPES = VIDEO_EXTENSIONS + IMAGE_EXTENSIONS
+# What a speech upload may be: audio files, the browser's recording, and videos (their audio track is used).
+AUDIO_TYPES = (".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".oga", ".opus", ".weba") + VIDEO_EXTENSIONS
 
 
 class Cancelled(Exception):
@@ -44,6 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.add_argument(f"--{network}-ckpt", metavar="PATH|REF",
                             help=f"{key} checkpoint, a path or a hub reference, shown in the page (default: "
                                  f"checkpoints.{network} in the config)")
+    parser.add_argument("--models", action="append", metavar="LANDMARK,RENDERER",
+                        help="a checkpoint pair visitors may choose (paths or hub references, a comma between the "
+                             "two; repeat for more); on a non-loopback --host or with --share the page offers only "
+                             "these (default: the pair of --landmark-ckpt and --renderer-ckpt)")
     parser.add_argument("--config", default=str(INFERENCE_CONFIG),
                         help="YAML settings laid over configs/inference.yaml (default: that file); the page's "
                              "settings start from it")
@@ -55,10 +66,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--share", action="store_true",
                         help="also ask Gradio for a public share link (needs internet; off by default)")
     parser.add_argument("--work-dir", type=Path,
-                        help="where uploads and dubbed videos are kept (default: a new temporary folder, removed "
-                             "when the app stops)")
+                        help="where the app makes its folder of uploads and dubbed videos (default: the system's "
+                             "temporary folder); that folder is removed when the app stops, and nothing else there "
+                             "is touched")
     parser.add_argument("--keep-minutes", type=float, default=60.0,
-                        help="uploads and dubbed videos older than this are deleted (default 60)")
+                        help="uploads, dubbed videos and visitors' template cache entries older than this are "
+                             "deleted (default 60)")
+    parser.add_argument("--max-upload-mb", type=float, default=200.0,
+                        help="largest upload accepted, in megabytes (default 200)")
     parser.add_argument("overrides", nargs="*", help="config overrides, dotted.key=value (e.g. batch_size=8)")
     return parser.parse_intermixed_args(argv)
 
@@ -70,9 +85,56 @@ def is_local(reference: str) -> bool:
     return "://" not in reference
 
 
+def local_file(reference: str) -> Path | None:
+    """The local path a reference names, without its #sha256=HEX; None for a hub reference or a malformed one."""
+    from models import hub
+
+    try:
+        return hub.parse(reference).local
+    except InputError:
+        return None
+
+
 def missing_checkpoints(landmark: str, renderer: str) -> list[str]:
-    """The local checkpoint files of the pair that do not exist."""
-    return [path for path in (landmark, renderer) if is_local(path) and not Path(path).expanduser().is_file()]
+    """The local checkpoint files of the pair that do not exist (an export folder counts as there)."""
+    return [path for path in (landmark, renderer) if is_local(path) and not _exists(local_file(path))]
+
+
+def _exists(path: Path | None) -> bool:
+    return path is not None and (path.is_file() or path.is_dir())
+
+
+def is_exposed(host: str, share: bool) -> bool:
+    """Whether visitors may come from other machines: a --host other than loopback, or a share link."""
+    return share or host not in LOOPBACK
+
+
+def model_choices(specs: list[str] | None, default: tuple[str, str]) -> dict[str, tuple[str, str]]:
+    """The operator's checkpoint pairs ('LANDMARK,RENDERER' each; none: the default pair) by the label the page
+    shows: the files' names, never their folders."""
+    pairs = []
+    for spec in specs or ():
+        landmark, comma, renderer = spec.partition(",")
+        if not comma or not landmark.strip() or not renderer.strip():
+            raise InputError("--models", f"{spec!r} is not LANDMARK,RENDERER")
+        pairs.append((landmark.strip(), renderer.strip()))
+    choices = {}
+    for number, pair in enumerate(pairs or [default], 1):
+        choices[f"{number}: {_shown_name(pair[0])} + {_shown_name(pair[1])}"] = pair
+    return choices
+
+
+def _shown_name(reference: str) -> str:
+    return reference.partition("#")[0].rstrip("/").rpartition("/")[2] or reference
+
+
+def check_upload(path: str, allowed: tuple[str, ...], max_bytes: float, what: str) -> None:
+    """A one-line InputError unless the uploaded file has an allowed type (by its name) and size."""
+    name = Path(path).name
+    if Path(path).suffix.lower() not in allowed:
+        raise InputError(name, f"not a {what} this page takes ({' '.join(allowed)})")
+    if Path(path).stat().st_size > max_bytes:
+        raise InputError(name, f"larger than the {max_bytes / 1e6:g} MB this page takes")
 
 
 def checkpoint_notice(landmark: str, renderer: str) -> str:
@@ -106,17 +168,49 @@ def sweep(folder: Path, age_seconds: float, now: float | None = None) -> list[Pa
     return deleted
 
 
-def keep_sweeping(folder: Path, age_seconds: float, every: float = SWEEP_SECONDS) -> threading.Event:
-    """Sweep `folder` (`sweep`) every `every` seconds in a daemon thread, for as long as the app runs or until the
-    returned event is set."""
+def sweep_files(files: set[Path], age_seconds: float, now: float | None = None) -> list[Path]:
+    """Delete the files of `files` (the app's own, such as the template cache entries it wrote) last modified more
+    than `age_seconds` ago, and forget them; returns what was deleted."""
+    now = time.time() if now is None else now
+    deleted = []
+    for path in list(files):
+        try:
+            if now - path.stat().st_mtime <= age_seconds:
+                continue
+            path.unlink()
+            deleted.append(path)
+        except FileNotFoundError:
+            pass
+        except OSError:  # the next sweep tries again
+            continue
+        files.discard(path)
+    return deleted
+
+
+def keep_sweeping(folder: Path, age_seconds: float, every: float = SWEEP_SECONDS,
+                  files: set[Path] | None = None) -> threading.Event:
+    """Sweep `folder` (`sweep`) and `files` (`sweep_files`) every `every` seconds in a daemon thread, for as long as
+    the app runs or until the returned event is set."""
     stop = threading.Event()
 
     def run() -> None:
         while not stop.wait(every):
             sweep(folder, age_seconds)
+            sweep_files(files if files is not None else set(), age_seconds)
 
     threading.Thread(target=run, name="demo-sweep", daemon=True).start()
     return stop
+
+
+def clean_up(work: Path, cache_files: set[Path]) -> None:
+    """Remove the app's folder and the template cache entries it wrote (at exit)."""
+    shutil.rmtree(work, ignore_errors=True)
+    for path in list(cache_files):
+        path.unlink(missing_ok=True)
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 # ---------------------------------------------------------------- the dubs
@@ -134,7 +228,8 @@ class Dubber:
     """What the page's requests share: the networks (loaded once per checkpoint pair), the device, the config the
     page's settings are laid over, the results folder, and one lock so that one dub runs at a time."""
 
-    def __init__(self, config_path: str, overrides: list[str], device: str, outputs: Path):
+    def __init__(self, config_path: str, overrides: list[str], device: str, outputs: Path,
+                 choices: dict[str, tuple[str, str]] | None = None, max_upload_bytes: float = float("inf")):
         from config import pick_device
 
         self.config_path, self.overrides, self.outputs = config_path, list(overrides), outputs
@@ -143,6 +238,19 @@ class Dubber:
         self._models: dict[tuple, object] = {}
         self.facemesh_passes = 0
         self.running: dict[str, Running] = {}
+        # choices: the operator's checkpoint pairs by label, the only ones a visitor can use (None: visitors type
+        # references, on loopback only); cache_files: the template cache entries this app wrote (swept with it).
+        self.choices, self.max_upload_bytes = choices, max_upload_bytes
+        self.cache_files: set[Path] = set()
+
+    def pair(self, landmark: str, renderer: str) -> tuple[str, str]:
+        """The checkpoint pair a request names: with choices, `landmark` is a choice's label (anything else is
+        refused); without, the two references as typed."""
+        if self.choices is None:
+            return landmark.strip(), renderer.strip()
+        if landmark not in self.choices:
+            raise InputError("checkpoints", "choose one of the pairs this page offers")
+        return self.choices[landmark]
 
     def config(self, page: list[str] = ()) -> dict:
         """The dubbing config: the config file, the command line's overrides, then the page's."""
@@ -156,7 +264,8 @@ class Dubber:
 
         key = (landmark, renderer, *(_stamp(path) for path in (landmark, renderer)))
         if key not in self._models:
-            models = dubbing.load_models(landmark, renderer, self.device)  # a pair that fails keeps the last one
+            models = dubbing.load_models(landmark, renderer, self.device,  # a pair that fails keeps the last one
+                                         self.config()["checkpoints"]["require_sha256"])
             self._models.clear()  # one pair in memory at a time
             self._models[key] = models
         return self._models[key]
@@ -168,8 +277,8 @@ class Dubber:
         running = self.running[session] = Running()
         try:
             with self.lock:
-                video, sketch_video, running.line = self._dub(running, template, audio, landmark.strip(),
-                                                              renderer.strip(), page, sketch, progress)
+                video, sketch_video, running.line = self._dub(running, template, audio, *self.pair(landmark, renderer),
+                                                              page, sketch, progress)
                 return video, sketch_video, running.line
         except Cancelled:
             running.line = f"cancelled after {_frames(running.frames)}; nothing was kept"
@@ -193,6 +302,8 @@ class Dubber:
             raise InputError("template", "upload a video or a photo of a face")
         if not audio:
             raise InputError("audio", "upload or record the speech that drives the face")
+        check_upload(template, TEMPLATE_TYPES, self.max_upload_bytes, "template (a video or a photo)")
+        check_upload(audio, AUDIO_TYPES, self.max_upload_bytes, "speech recording")
         config = self.config(page)
         report_progress = _reporter(progress)
         analysed = False
@@ -211,7 +322,15 @@ class Dubber:
         report("loading the networks", 0, None)
         models = self.models(landmark, renderer)
         report("preparing the template", 0, None)
-        prepared = dubbing.prepare_template(template, models, config, progress=False, report=report)
+        from dubbing.cache import cache_dir
+
+        cache = cache_dir(config)
+        cached = set(cache.glob("*.npz")) if cache is not None and cache.is_dir() else set()
+        try:
+            prepared = dubbing.prepare_template(template, models, config, progress=False, report=report)
+        finally:
+            if cache is not None and cache.is_dir():  # one dub at a time: what appeared is this dub's entry
+                self.cache_files |= set(cache.glob("*.npz")) - cached
         try:
             folder = self.outputs / uuid.uuid4().hex
             output = folder / f"{Path(template).stem}_{Path(audio).stem}.mp4"
@@ -244,8 +363,8 @@ class Dubber:
 
 def _stamp(reference: str) -> int | None:
     """A local file's modification time (so that a rewritten checkpoint is loaded again); None otherwise."""
-    path = Path(reference).expanduser()
-    return path.stat().st_mtime_ns if is_local(reference) and path.is_file() else None
+    path = local_file(reference)
+    return path.stat().st_mtime_ns if path is not None and path.is_file() else None
 
 
 def _frames(frames: tuple[int, int | None]) -> str:
@@ -302,7 +421,8 @@ def chooser_picture(template: str | None, max_faces: int):
 
 # ---------------------------------------------------------------- the page
 def build_page(dubber: Dubber, landmark: str, renderer: str, keep_minutes: float):
-    """The Gradio page over `dubber`, its checkpoint fields starting at `landmark` and `renderer`."""
+    """The Gradio page over `dubber`, its checkpoint fields starting at `landmark` and `renderer`; when the dubber
+    has choices (an exposed app), a list of the operator's pairs instead, and no field or notice that names a file."""
     import gradio as gr
 
     config = dubber.config()
@@ -310,11 +430,12 @@ def build_page(dubber: Dubber, landmark: str, renderer: str, keep_minutes: float
     with gr.Blocks(title="IP_LAP dubbing", delete_cache=(SWEEP_SECONDS, keep), analytics_enabled=False) as page:
         gr.Markdown("# IP_LAP dubbing\nA template (a video or a photo of a face) and a speech recording in; the "
                     "face speaking it out. One dub runs at a time: a waiting visitor sees their place in the queue.")
-        notice = gr.Markdown(checkpoint_notice(landmark, renderer), elem_id="notice")
+        exposed = dubber.choices is not None
+        notice = None if exposed else gr.Markdown(checkpoint_notice(landmark, renderer), elem_id="notice")
         with gr.Row():
             with gr.Column():
                 template = gr.File(label="template: a video or a photo of a face", type="filepath",
-                                   file_types=list(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS), elem_id="template")
+                                   file_types=list(TEMPLATE_TYPES), elem_id="template")
                 chooser = gr.Image(label="the faces of the first frame: click the one to dub", type="numpy",
                                    interactive=False, height=240, elem_id="chooser")
                 face = gr.Textbox(label="face to dub (largest, index:K, point:FRAME,X,Y, box:..., auto)",
@@ -332,12 +453,17 @@ def build_page(dubber: Dubber, landmark: str, renderer: str, keep_minutes: float
                                        value=int(config["smooth_boxes"]), elem_id="smooth")
                     sketch = gr.Checkbox(label="also make the sketch video (predicted landmarks | result)",
                                          value=False, elem_id="sketch")
-                with gr.Accordion("Checkpoints", open=bool(missing_checkpoints(landmark, renderer)),
-                                  elem_id="checkpoints"):
-                    landmark_box = gr.Textbox(label="landmark generator: a path or a hub reference", value=landmark,
-                                              elem_id="landmark")
-                    renderer_box = gr.Textbox(label="renderer: a path or a hub reference", value=renderer,
-                                              elem_id="renderer")
+                if exposed:  # the operator's pairs only; the unused second input keeps one handler for both modes
+                    landmark_box = gr.Dropdown(list(dubber.choices), value=next(iter(dubber.choices)),
+                                               label="checkpoints", elem_id="models")
+                    renderer_box = gr.State("")
+                else:
+                    with gr.Accordion("Checkpoints", open=bool(missing_checkpoints(landmark, renderer)),
+                                      elem_id="checkpoints"):
+                        landmark_box = gr.Textbox(label="landmark generator: a path or a hub reference",
+                                                  value=landmark, elem_id="landmark")
+                        renderer_box = gr.Textbox(label="renderer: a path or a hub reference", value=renderer,
+                                                  elem_id="renderer")
                 with gr.Row():
                     start = gr.Button("Dub", variant="primary", elem_id="start")
                     stop = gr.Button("Stop", elem_id="stop")
@@ -368,7 +494,7 @@ def build_page(dubber: Dubber, landmark: str, renderer: str, keep_minutes: float
         running = start.click(on_dub, [template, audio, landmark_box, renderer_box, refs, fps, seconds, smooth,
                                        sketch, face], [video, sketch_video, status], concurrency_limit=1)
         stop.click(on_stop, None, status, cancels=[running], concurrency_limit=None)
-        for box in (landmark_box, renderer_box):
+        for box in () if exposed else (landmark_box, renderer_box):
             box.change(checkpoint_notice, [landmark_box, renderer_box], notice, queue=False)
     return page
 
@@ -376,23 +502,30 @@ def build_page(dubber: Dubber, landmark: str, renderer: str, keep_minutes: float
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.keep_minutes <= 0:
-            raise InputError("--keep-minutes", "must be more than 0")
-        dubber = Dubber(args.config, args.overrides, args.device, Path())
+        for option, value in (("--keep-minutes", args.keep_minutes), ("--max-upload-mb", args.max_upload_mb)):
+            if value <= 0:
+                raise InputError(option, "must be more than 0")
+        dubber = Dubber(args.config, args.overrides, args.device, Path(), max_upload_bytes=args.max_upload_mb * 1e6)
         config = dubber.config()
         from dubbing.pipeline import check_config
 
         check_config(config)
+        landmark = args.landmark_ckpt or str(config["checkpoints"]["landmark"])
+        renderer = args.renderer_ckpt or str(config["checkpoints"]["renderer"])
+        if args.models or is_exposed(args.host, args.share):  # visitors choose among the operator's pairs only
+            dubber.choices = model_choices(args.models, (landmark, renderer))
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    landmark = args.landmark_ckpt or str(config["checkpoints"]["landmark"])
-    renderer = args.renderer_ckpt or str(config["checkpoints"]["renderer"])
-    for path in missing_checkpoints(landmark, renderer):
-        print(f"warning: {path}: checkpoint not found; the page says how to get one", file=sys.stderr)
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="iplap-demo-"))
-    if args.work_dir is None:
-        atexit.register(shutil.rmtree, work, True)
+    for pair in dubber.choices.values() if dubber.choices else [(landmark, renderer)]:
+        for path in missing_checkpoints(*pair):
+            print(f"warning: {path}: checkpoint not found; the page says how to get one", file=sys.stderr)
+    if args.work_dir is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+    # The app's own folder: everything the sweeps and the clean-up delete is in it (or is a cache entry it wrote).
+    work = Path(tempfile.mkdtemp(prefix="iplap-demo-", dir=args.work_dir))
+    atexit.register(clean_up, work, dubber.cache_files)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # a service manager's stop: exit through the clean-up
     dubber.outputs = work / "outputs"
     dubber.outputs.mkdir(parents=True, exist_ok=True)
     if dubber.device.type == "cpu":
@@ -404,13 +537,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["GRADIO_TEMP_DIR"] = str(work / "uploads")
     import gradio as gr
 
-    keep_sweeping(dubber.outputs, args.keep_minutes * 60)
+    keep_sweeping(dubber.outputs, args.keep_minutes * 60, files=dubber.cache_files)
     page = build_page(dubber, landmark, renderer, args.keep_minutes)
     page.queue(default_concurrency_limit=1)
     print(f"dubbing on {dubber.device}; uploads and results in {work}, kept {args.keep_minutes:g} minutes",
           file=sys.stderr)
     try:
         page.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=False,
+                    max_file_size=f"{args.max_upload_mb:g}mb",
                     theme=gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                                             font_mono=["ui-monospace", "monospace"]))
     except OSError:  # Gradio's message names its own settings, not this script's options

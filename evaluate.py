@@ -236,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
     paths = {metric: getattr(args, f"{key}_weights") or config["weights"][key] for key, metric in WEIGHT_KEYS.items()}
     batch_size = args.batch_size or config["batch_size"]
     protocol, round_trip = args.protocol or config["protocol"], config["sync"]["reference_pipeline"]
-    if protocol not in PROTOCOLS:
+    if not isinstance(protocol, str) or protocol not in PROTOCOLS:
         raise InputError(args.config, f"protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
     if not isinstance(round_trip, bool):
         raise InputError(args.config, f"sync.reference_pipeline: {round_trip!r} is not true or false")

@@ -84,6 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                 "(default: checkpoints.landmark in the config)")
     parser.add_argument("--renderer-ckpt", help="renderer checkpoint, as --landmark-ckpt (default: "
                                                 "checkpoints.renderer in the config)")
+    parser.add_argument("--require-hash", action="store_true",
+                        help="refuse a checkpoint reference without #sha256=HEX (checkpoints.require_sha256=true)")
     parser.add_argument("--config", default=str(INFERENCE_CONFIG),
                         help="YAML settings laid over configs/inference.yaml (default: that file)")
     parser.add_argument("--fps", help="output frame rate: 'template' (the template's own: a constant-rate video up "
@@ -233,7 +235,7 @@ def run(tasks: list[Task], args: argparse.Namespace, config: dict) -> list[tuple
                 raise InputError(path, "no such file")
     models = dubbing.load_models(args.landmark_ckpt or config["checkpoints"]["landmark"],
                                  args.renderer_ckpt or config["checkpoints"]["renderer"],
-                                 device_for_shard(args.device, args.shard))
+                                 device_for_shard(args.device, args.shard), config["checkpoints"]["require_sha256"])
     if models.device.type == "cpu":
         from allocator import keep_freed_memory
 
@@ -307,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = list(args.overrides) + (["cache.enabled=false"] if args.no_cache else []) + \
             ([f"cache.dir={args.cache_dir}"] if args.cache_dir else []) + \
             ([f"output.fps={args.fps}"] if args.fps else []) + \
-            ([f"output.encoder={args.encoder}"] if args.encoder else [])
+            ([f"output.encoder={args.encoder}"] if args.encoder else []) + \
+            (["checkpoints.require_sha256=true"] if args.require_hash else [])
         config = load_config(args.config, overrides, base=INFERENCE_CONFIG)
         tasks = shard_of(plan(args), args.shard)
         if not tasks:

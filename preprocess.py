@@ -34,8 +34,9 @@ import numpy as np
 from tqdm import tqdm
 
 from data.audio import N_MELS, load_audio, melspectrogram
-from data.crop import FACE_SIZE, FACE_SIZES, crop_face, upscaled
+from data.crop import crop_face, upscaled
 from data.errors import DISK_STATUS, DiskError, InputError, disk_problem, one_line
+from data.face_size import FACE_SIZE, FACE_SIZES
 from data.facemesh import track_faces
 from data.records import FACE_FORMATS, encode_face, is_complete, record_paths, write_record
 from data.video import FPS, VIDEO_EXTENSIONS, VideoReader, find_videos

@@ -132,14 +132,12 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, batches: int
     return {name: value / max(count, 1) for name, value in scores.items()}, grid
 
 
-def train(config: dict, resume: str | None) -> int:
-    """Train the renderer and its discriminator to schedule.max_steps (from the checkpoint `resume` names, if any);
-    returns 0."""
+def render_data(config: dict, env: distributed.Distributed) -> tuple:
+    """(the validation set, None without a val list; the training loader), with the run's report of both sets and
+    a warning when most training faces were enlarged to the face size."""
     from data.datasets import RenderFrames  # here, so that the step above imports without OpenCV (bench/gpu.py)
 
-    env = distributed.begin(config)
-    data, sample, optim, schedule = config["data"], config["sample"], config["optim"], config["schedule"]
-    size = config["face_size"]
+    data, sample, schedule, size = config["data"], config["sample"], config["schedule"], config["face_size"]
     train_set = RenderFrames(loop.record_list(data, "train"), sample["refs"], sample["min_face_frames"],
                              seed=config["seed"], repeats=sample["epoch_repeats"], progress=env.main,
                              pack_dir=data["pack_dir"], on_bad_record=schedule["on_bad_record"], face_size=size)
@@ -157,6 +155,15 @@ def train(config: dict, resume: str | None) -> int:
     if loader.batch_size < 2:
         raise InputError("optim.batch_size", "needs at least 2 samples per process (the audio encoder's BatchNorm "
                                              "sees one value per channel)")
+    return val_set, loader
+
+
+def train(config: dict, resume: str | None) -> int:
+    """Train the renderer and its discriminator to schedule.max_steps (from the checkpoint `resume` names, if any);
+    returns 0."""
+    env = distributed.begin(config)
+    optim, schedule, size = config["optim"], config["schedule"], config["face_size"]
+    val_set, loader = render_data(config, env)
 
     vgg = config["vgg19"]
     if vgg["allow_random"] and env.main:

@@ -1,6 +1,6 @@
 """The renderer's cost at face sizes 256 and 512 against the paper's 128, in one process.
 
-  python bench/face_sizes.py [--sizes 128 256 512] [--refs 3 25] [--repeats 2] [--skip-training]
+  python -m bench.face_sizes [--sizes 128 256 512] [--refs 3 25] [--repeats 2] [--skip-training]
 
 Per-frame forward at batch 1 (Renderer.render, references encoded once as a dub does), eval mode, CPU threads as
 torch sets them, after allocator.keep_freed_memory() as inference.py applies on CPU; multiply-accumulates from
@@ -13,22 +13,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import train_render  # noqa: E402
-from allocator import keep_freed_memory  # noqa: E402
-from config import read_yaml  # noqa: E402
-from losses.perceptual import PerceptualLoss, load_vgg19_features  # noqa: E402
-from models.discriminator import MultiscaleDiscriminator  # noqa: E402
-from models.renderer import BASE_SIZE, FACE_SIZES, Renderer  # noqa: E402
-from testing.memory import LiveTensorBytes  # noqa: E402
+import train_render
+from allocator import keep_freed_memory
+from config import read_yaml
+from losses.perceptual import PerceptualLoss, load_vgg19_features
+from models.discriminator import MultiscaleDiscriminator
+from models.renderer import BASE_SIZE, FACE_SIZES, Renderer
+from testing.memory import LiveTensorBytes
 
 
 def inputs(size: int, refs: int, batch: int = 1) -> tuple[torch.Tensor, ...]:

@@ -1,6 +1,6 @@
 """Several faces per template: what they cost in pass 1, and how well `--face auto` finds the speaker.
 
-  python bench/faces.py [--frames 50] [--skip-auto]
+  python -m bench.faces [--frames 50] [--skip-auto]
 
 Cost: the template pass (FaceMesh in tracking mode at faces.max, tracks, descriptors) over --frames frames of
 clips made from the sample talkers (testing/two_faces.py): one face beside an empty square, two, and four (a 2x2
@@ -8,28 +8,24 @@ grid), against FaceMesh looking for one face on the one-face clip (the pass befo
 per frame, the ratio to the one-face pass, and the descriptor's own cost per face.
 
 Auto: a held-out clip (frames 40-124 of both talkers, none of the frames the tests use), the talkers side by side
-in both arrangements, with either talker's sound; in every 2 s window (sliding by 1 s) `dubbing.speaker` picks a
+in both arrangements, with either talker's sound; in every 2 s window (sliding by 1 s) `dubbing.active_speaker` picks a
 face, and it should be the one whose sound plays. Also with the other talker still (its first frame held: a
 listener). Prints the share of windows picked right.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.audio import SAMPLE_RATE, load_audio  # noqa: E402
-from data.facemesh import FaceMesh, track_faces  # noqa: E402
-from data.samples import samples_folder  # noqa: E402
-from dubbing.faces import FaceScan, scan_faces  # noqa: E402
-from dubbing.identity import describe  # noqa: E402
-from dubbing.speaker import track_scores  # noqa: E402
-from testing.two_faces import TILE, compose, talker_tiles  # noqa: E402
+from data.audio import SAMPLE_RATE, load_audio
+from data.facemesh import FaceMesh, track_faces
+from data.samples import samples_folder
+from dubbing.active_speaker import track_scores
+from dubbing.faces import FaceScan, scan_faces
+from dubbing.identity import describe
+from testing.two_faces import TILE, compose, talker_tiles
 
 HELD_OUT = (40, 85)  # first frame and frames of the auto clip
 

@@ -1,6 +1,6 @@
 """Dubbing a 30 fps template at its own rate against resampling it to 25 fps, as every lip-sync tool does.
 
-  python bench/frame_rate.py [--seconds 3]
+  python -m bench.frame_rate [--seconds 3]
 
 Clip: the first --seconds of template_129.mp4 (the official demo template, 256x256, 30 fps), held out of every
 record, with the first --seconds of speech_audio2.wav; each frame's index is written into two 8x8 corner patches
@@ -24,25 +24,21 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from steady_faces import jitter  # noqa: E402
-
-import dubbing  # noqa: E402
-import dubbing.template  # noqa: E402
-from data.audio import SAMPLE_RATE, load_audio, write_wav  # noqa: E402
-from data.facemesh import FaceMesh, track_faces  # noqa: E402
-from data.samples import sample  # noqa: E402
-from data.video import FPS, VideoReader, VideoWriter, read_frames  # noqa: E402
-from metrics.steadiness import track_lip_jitter  # noqa: E402
+import dubbing
+import dubbing.template
+from bench.steady_faces import jitter
+from data.audio import SAMPLE_RATE, load_audio
+from data.facemesh import FaceMesh, track_faces
+from data.samples import sample
+from data.video import FPS, VideoReader, VideoWriter, read_frames
+from metrics.steadiness import track_lip_jitter
+from testing.audio import write_wav
 
 
 def pass_through(renderer, refs, faces, sketches, mels):

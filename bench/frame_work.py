@@ -1,7 +1,7 @@
 """Per-frame crop and paste-back: OpenCV on the host (frame_work: host) against torch on a device
 (frame_work: device), in ms per frame, at 256x256 and 1280x720.
 
-  python bench/frame_work.py [--device cpu|cuda] [--frames 32] [--threads N]
+  python -m bench.frame_work [--device cpu|cuda] [--frames 32] [--threads N]
 
 The frame is talk_a's first (data/samples.py) scaled so that the face fills the frame's height as in a talking-head
 shot (256x256: the whole frame; 1280x720: a 720x720 square in the middle). The face box is talk_a's, scaled; the
@@ -15,25 +15,19 @@ On CUDA each torch row ends with a synchronisation, so it is the device's time f
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from timing import seconds_per_call  # noqa: E402
-
-from config import INFERENCE_CONFIG, load_config, pick_device  # noqa: E402
-from data.crop import crop_face, crop_face_tensor  # noqa: E402
-from data.samples import sample  # noqa: E402
-from data.video import VideoReader  # noqa: E402
-from dubbing.network import HostCopy, upload_frames  # noqa: E402
-from dubbing.paste import paste_face, paste_face_tensor  # noqa: E402
+from bench.timing import seconds_per_call
+from config import INFERENCE_CONFIG, load_config, pick_device
+from data.crop import crop_face, crop_face_tensor
+from data.samples import sample
+from data.video import VideoReader
+from dubbing.network import HostCopy, upload_frames
+from dubbing.paste import paste_face, paste_face_tensor
 
 TALK_A_BOX = np.array([250, 300, 550, 620])  # talk_a's face (844x844 frame), about as FaceMesh boxes it
 MASK = load_config(INFERENCE_CONFIG)["mask"]  # the blur of the pasted face's mask

@@ -1,6 +1,6 @@
 """One command for a GPU machine: is the CUDA path right, and how fast are the training steps?
 
-  python bench/gpu.py [--device cuda] [--json gpu.json] [--records DIR] [--quick]
+  python -m bench.gpu [--device cuda] [--json gpu.json] [--records DIR] [--quick]
 
 Needs only torch, torchvision, numpy, PyYAML, tqdm and tensorboard (no MediaPipe, OpenCV or PyAV), so it runs on
 a bare GPU machine; weights are random (speed and device agreement do not depend on their values). Prints one
@@ -24,23 +24,19 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from timing import seconds_per_call  # noqa: E402
-
-from config import autocast, load_config, pick_device  # noqa: E402
-from data.errors import InputError  # noqa: E402
-from losses.perceptual import PerceptualLoss, load_vgg19_features  # noqa: E402
-from metrics.image import psnr  # noqa: E402
-from models.discriminator import MultiscaleDiscriminator  # noqa: E402
-from models.landmark_generator import LandmarkGenerator  # noqa: E402
-from models.renderer import Renderer  # noqa: E402
-from train_landmark import landmark_step  # noqa: E402
-from train_render import gan_step  # noqa: E402
-from training import checkpoints  # noqa: E402
-from training.distributed import Distributed, device_line  # noqa: E402
-from training.stopping import LossGuard  # noqa: E402
+from bench.timing import seconds_per_call
+from config import autocast, load_config, pick_device
+from data.errors import InputError
+from losses.perceptual import PerceptualLoss, load_vgg19_features
+from metrics.image import psnr
+from models.discriminator import MultiscaleDiscriminator
+from models.landmark_generator import LandmarkGenerator
+from models.renderer import Renderer
+from train_landmark import landmark_step
+from train_render import gan_step
+from training import checkpoints
+from training.distributed import Distributed, device_line
+from training.stopping import LossGuard
 
 LOSS_WEIGHTS = load_config("configs/render.yaml")["loss"]  # the paper's settings, from their one home
 LANDMARK_ARGS = load_config("configs/landmark.yaml")["model"]

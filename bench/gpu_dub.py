@@ -1,7 +1,7 @@
 """The dubbing half of the GPU check: pass 2 end to end on a device, on templates prepared on a CPU machine.
 
-  python bench/gpu_dub.py --prepare DIR                         # here (needs MediaPipe): templates + face tracks
-  python bench/gpu_dub.py --templates DIR [--device cuda] [--json gpu_dub.json] [--frames 200] [--refs 25]
+  python -m bench.gpu_dub --prepare DIR                         # here (needs MediaPipe): templates + face tracks
+  python -m bench.gpu_dub --templates DIR [--device cuda] [--json gpu_dub.json] [--frames 200] [--refs 25]
 
 --prepare writes DIR/template_256x256.mp4 and DIR/template_1280x720.mp4 (the demo template's first 100 frames,
 scaled) and each one's FaceMesh track (DIR/*.track.npz, a few hundred KB), so the device machine needs no
@@ -21,18 +21,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import dubbing  # noqa: E402
-from data.audio import SAMPLE_RATE, load_audio, write_wav  # noqa: E402
-from data.errors import InputError  # noqa: E402
-from data.facemesh import FaceTrack  # noqa: E402
-from data.samples import sample  # noqa: E402
-from data.tensors import as_images  # noqa: E402
-from data.video import FPS, read_frames  # noqa: E402
-from dubbing.cache import cache_entry, write_cached_track  # noqa: E402
-from metrics.image import psnr  # noqa: E402
+import dubbing
+from data.audio import SAMPLE_RATE, load_audio
+from data.errors import InputError
+from data.facemesh import FaceTrack
+from data.samples import sample
+from data.tensors import as_images
+from data.video import FPS, read_frames
+from dubbing.cache import cache_entry, write_cached_track
+from metrics.image import psnr
+from testing.audio import write_wav
 
 SIZES = ((256, 256), (1280, 720))
 

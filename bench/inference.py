@@ -1,6 +1,6 @@
 """Dubbing speed and memory on the official demo (template_129.mp4 + speech_audio2.wav), CPU or CUDA.
 
-  python bench/inference.py [--seconds 1] [--refs 3,25] [--skip-speed] [--skip-many] [--skip-memory]
+  python -m bench.inference [--seconds 1] [--refs 3,25] [--skip-speed] [--skip-many] [--skip-memory]
                             [--skip-pipeline] [--pipeline-only] [--device cpu]
 
 Speed: output frames per second of the whole pipeline (inference.py's `dubbing.dub`: FaceMesh pass, landmark
@@ -45,14 +45,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import dubbing
+import dubbing.pipeline
+from data.audio import SAMPLE_RATE, load_audio
+from data.samples import sample
+from data.video import FPS
+from testing.audio import write_wav
 
-import dubbing  # noqa: E402
-import dubbing.pipeline  # noqa: E402
-from data.audio import SAMPLE_RATE, load_audio, write_wav  # noqa: E402
-from data.samples import sample  # noqa: E402
-from data.video import FPS  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 OFFICIAL_REFS = 25  # N of the official inference script (configs/inference.yaml's refs)
 # bench/README.md (official reference figures): the whole official script on the CPU, frames/s by N

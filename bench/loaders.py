@@ -1,6 +1,6 @@
 """Training loaders' samples per second in one process (what one DataLoader worker delivers), both stages.
 
-  python bench/loaders.py [--official /path/to/IP_LAP] [--samples 400] [--landmark-samples 3000]
+  python -m bench.loaders [--official /path/to/IP_LAP] [--samples 400] [--landmark-samples 3000]
 
 Data: records of talk_a.mp4 and talk_b.mp4 (found by data/samples.py) made by preprocess.py in a temporary folder.
 Each column loops over items of one epoch and collates batches with torch's default_collate, torch threads = 1
@@ -34,16 +34,14 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import preprocess  # noqa: E402
-from data.crop import box_size  # noqa: E402
-from data.datasets import LandmarkWindows, RenderFrames, records_under  # noqa: E402
-from data.landmarks import CONTENT_POSITIONS, FACEMESH_IDS, POSE_POSITIONS  # noqa: E402
-from data.records import load_clip  # noqa: E402
-from data.samples import samples_folder  # noqa: E402
-from data.sketch import draw_sketch  # noqa: E402
-from testing.reference_samples import landmark_sample, render_sample  # noqa: E402
+import preprocess
+from data.crop import box_size
+from data.datasets import LandmarkWindows, RenderFrames, records_under
+from data.landmarks import CONTENT_POSITIONS, FACEMESH_IDS, POSE_POSITIONS
+from data.records import load_clip
+from data.samples import samples_folder
+from data.sketch import draw_sketch
+from testing.reference_samples import landmark_sample, render_sample
 
 # bench/README.md "Official reference figures": the official loaders on this kind of machine, one process.
 OFFICIAL_FIGURES = {"landmark": 132.0, "renderer": 109.0}

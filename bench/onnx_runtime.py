@@ -1,6 +1,6 @@
 """The two networks of a CPU dub under onnxruntime against torch, in one process, at equal output.
 
-  python bench/onnx_runtime.py [--refs 3 25] [--calls 3]
+  python -m bench.onnx_runtime [--refs 3 25] [--calls 3]
 
 Random official-layout weights (testing/checkpoints.py), exported by models/onnx_export.py at 128x128 (the export
 checks each graph against torch). Per frame, batch 1, as a CPU dub calls them:
@@ -10,28 +10,22 @@ checks each graph against torch). Per frame, batch 1, as a CPU dub calls them:
              allocator.keep_freed_memory() as inference.py sets it; onnxruntime: renderer_render.onnx)
   encode     the renderer's encode_references, once per template
 Printed: seconds per call for each runtime, the ratio onnxruntime / torch (below 1: onnxruntime is faster) and the
-largest absolute difference between their outputs. (Not named onnx.py: a script's own folder comes first on
-sys.path, and that name would hide the onnx package from the exporter.)
+largest absolute difference between their outputs.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from timing import seconds_per_call  # noqa: E402
-
-from allocator import keep_freed_memory  # noqa: E402
-from models.checkpoints import load_landmark_generator, load_renderer  # noqa: E402
-from models.onnx_export import Render, example_inputs, export_onnx  # noqa: E402
-from testing.checkpoints import official_checkpoints  # noqa: E402
+from allocator import keep_freed_memory
+from bench.timing import seconds_per_call
+from models.checkpoints import load_landmark_generator, load_renderer
+from models.onnx_export import Render, example_inputs, export_onnx
+from testing.checkpoints import official_checkpoints
 
 
 def session(path: Path):

@@ -1,6 +1,6 @@
 """Preprocessing throughput and storage: this project's preprocess.py against the official formulation.
 
-  python bench/preprocess.py [--copies 3] [--workers 2]
+  python -m bench.preprocess [--copies 3] [--workers 2]
 
 Both run on the same input tree (talk_a.mp4 and talk_b.mp4, found by data/samples.py, each linked --copies times)
 in this process, wall clock from start to finish, start-up included:
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as futures
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,15 +23,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import preprocess  # noqa: E402
-from data.audio import load_audio, melspectrogram  # noqa: E402
-from data.facemesh import FaceMesh  # noqa: E402
-from data.landmarks import from_facemesh  # noqa: E402
-from data.samples import samples_folder  # noqa: E402
-from data.sketch import canvas_size, draw_edges  # noqa: E402
-from data.video import read_frames  # noqa: E402
+import preprocess
+from data.audio import load_audio, melspectrogram
+from data.facemesh import FaceMesh
+from data.landmarks import from_facemesh
+from data.samples import samples_folder
+from data.sketch import canvas_size, draw_edges
+from data.video import read_frames
 
 
 def reference_video(video: Path, out: Path) -> int:

@@ -2,7 +2,7 @@
 
 The figures of docs/evaluation.md, "Protocols and the SyncNet pipeline"; not a timing.
 
-    python bench/protocols.py OUT [--part steps|csim|scores|all]
+    python -m bench.protocols OUT [--part steps|csim|scores|all]
 
 steps: the pixel change of each round trip of metrics/round_trip.py on the sample files talk_a and talk_b.
 csim: CSIM of the blurred copies under standard, whole-frame matched pairs, and iplap (whole frames, all pairs).
@@ -15,26 +15,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-
-import evaluate  # noqa: E402
-from data.audio import load_audio  # noqa: E402
-from data.facemesh import FaceMesh, track_faces  # noqa: E402
-from data.samples import samples_folder  # noqa: E402
-from data.video import VideoWriter, read_frames  # noqa: E402
-from metrics import identity  # noqa: E402
-from metrics.round_trip import frame_round_trip, jpeg_files, mpeg4_round_trip, read_jpegs  # noqa: E402
-from metrics.sync import face_crop, face_track  # noqa: E402
-from testing.metric_networks import save_random_weights  # noqa: E402
+import evaluate
+from data.audio import load_audio
+from data.facemesh import FaceMesh, track_faces
+from data.samples import samples_folder
+from data.video import VideoWriter, read_frames
+from metrics import identity
+from metrics.round_trip import frame_round_trip, jpeg_files, mpeg4_round_trip, read_jpegs
+from metrics.sync import face_crop, face_track
+from testing.metric_networks import save_random_weights
 
 NAMES = ("talk_a", "talk_b")
 

@@ -1,6 +1,6 @@
 """Renderer cost per frame and per training step: this project's formulation against the official one.
 
-  python bench/renderer.py [--repeats 3] [--refs 3 25] [--skip-training]
+  python -m bench.renderer [--repeats 3] [--refs 3 25] [--skip-training]
 
 Per-frame forward at batch 1 for N = 3 and 25 references, eval mode, CPU threads as torch sets them:
   reference  the official formulation (testing/reference_renderer.py): the alignment network once per reference,
@@ -17,21 +17,17 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import train_render  # noqa: E402
-from allocator import keep_freed_memory  # noqa: E402
-from losses.perceptual import PerceptualLoss, load_vgg19_features  # noqa: E402
-from models.discriminator import MultiscaleDiscriminator  # noqa: E402
-from models.renderer import Renderer  # noqa: E402
-from testing.reference_renderer import per_reference_forward  # noqa: E402
+import train_render
+from allocator import keep_freed_memory
+from losses.perceptual import PerceptualLoss, load_vgg19_features
+from models.discriminator import MultiscaleDiscriminator
+from models.renderer import Renderer
+from testing.reference_renderer import per_reference_forward
 
 OFFICIAL_STEP_SECONDS = (49.0, 53.3)  # bench/README.md, warp-only and full loss, batch 4, N=3
 

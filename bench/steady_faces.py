@@ -1,6 +1,6 @@
 """Crop-box jitter with and without temporal smoothing (data/crop.smooth_boxes), on the sample clips.
 
-  python bench/steady_faces.py [--windows 3,5,7,9]
+  python -m bench.steady_faces [--windows 3,5,7,9]
 
 Per clip (talk_a, talk_b, template_129; decoded at 25 fps; FaceMesh in tracking mode as dubbing runs it):
   jitter  mean absolute second difference of the four box edges over time, in % of the box size (the mean of
@@ -12,17 +12,13 @@ Raw boxes are window 1. Prints one row per clip and window, and the mean over cl
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.crop import smooth_boxes  # noqa: E402
-from data.facemesh import FaceMesh, track_faces  # noqa: E402
-from data.samples import sample  # noqa: E402
-from data.video import VideoReader  # noqa: E402
+from data.crop import smooth_boxes
+from data.facemesh import FaceMesh, track_faces
+from data.samples import sample
+from data.video import VideoReader
 
 CLIPS = ("talk_a.mp4", "talk_b.mp4", "template_129.mp4")
 

@@ -124,16 +124,3 @@ def mel_windows(mel: np.ndarray, frames: int | np.ndarray, fps: float = FPS) -> 
 def frames_covered(num_samples: int, sample_rate: int = SAMPLE_RATE, fps: float = FPS) -> int:
     """Number of whole video frames that num_samples of audio last."""
     return int(num_samples * fps // sample_rate)
-
-
-def write_wav(path: str | Path, samples: np.ndarray, rate: int = SAMPLE_RATE, channels: int = 1) -> Path:
-    """Float samples in -1..1 as a 16-bit PCM WAV file (mono, or the mono signal on every channel)."""
-    import wave
-
-    data = np.repeat(samples[:, None], channels, axis=1) if channels > 1 else samples
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(channels)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes((np.clip(data, -1, 1) * 32767).astype(np.int16).tobytes())
-    return Path(path)

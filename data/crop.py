@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from data.face_size import BASE_SIZE, FACE_SIZE, FACE_SIZES  # noqa: F401  (the crop's sizes)
+from data.face_size import FACE_SIZE
 from data.resize import resize_image, to_uint8
 
 MARGIN = 0.05

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.crop import FACE_SIZE, FACE_SIZES, box_size
+from data.crop import box_size
 from data.errors import BadRecord, InputError, one_line
+from data.face_size import FACE_SIZE, FACE_SIZES
 from data.landmarks import SKETCH_CENTRE, SKETCH_WINDOW
 from data.packs import Video, open_pack
 from data.records import AGAIN, decode_face_planes, record_paths, size_mismatch

@@ -17,6 +17,12 @@ def _path_and_problem(kind: str, message: str) -> tuple[str, str]:
     return path, problem
 
 
+def escaped(text: object) -> str:
+    """`text` with its control and format characters (newlines, escapes, direction marks) written as Python escapes,
+    so that a name read from a file or typed by a visitor shows as one line, as it is."""
+    return "".join(char if char.isprintable() or char == " " else repr(char)[1:-1] for char in str(text))
+
+
 class InputError(Exception):
     """A user-facing problem with an input file or setting; str(error) is one line naming the file.
 
@@ -31,7 +37,7 @@ class InputError(Exception):
             path, problem = _path_and_problem(type(self).__name__, path)
         self.path = str(path)
         self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        super().__init__(f"{escaped(self.path)}: {escaped(problem)}")
 
 
 class BadRecord(InputError):
@@ -48,7 +54,7 @@ class DiskError(Exception):
         if problem is None:
             path, problem = _path_and_problem(type(self).__name__, path)
         self.path, self.problem = str(path), problem
-        super().__init__(f"{self.path}: {problem}")
+        super().__init__(f"{escaped(self.path)}: {escaped(problem)}")
 
 
 def disk_problem(error: BaseException) -> str | None:

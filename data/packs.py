@@ -29,8 +29,9 @@ import numpy as np
 from tqdm import tqdm
 
 from data.audio import MEL_STEPS, N_MELS, window_start
-from data.crop import FACE_SIZE, upscaled
+from data.crop import upscaled
 from data.errors import InputError
+from data.face_size import FACE_SIZE
 from data.landmarks import CONTENT_POSITIONS, NUM_LANDMARKS, POSE_POSITIONS, content_of, pose_of
 from data.records import record_paths, record_version, verify_record
 

@@ -11,7 +11,7 @@ Frames without a face keep their place (zero landmarks and box, has_face False),
 aligned. The .npz is renamed into place last: a record whose .npz exists is complete.
 
 A record's version is VERSION and the crop rule it was cut with (data/crop.crop_rule), which names its face size S
-(one of data/crop.FACE_SIZES; Clip.face_size): a record of another version is refused in one line (and made again by
+(data/face_size.FACE_SIZES; Clip.face_size): a record of another version is refused in one line (and made again by
 preprocess.py), so a changed crop rule is never read with faces and landmarks of the old one. A reader that asks for
 a face size refuses a record of another size in one line naming the file and both sizes.
 """
@@ -28,8 +28,9 @@ import cv2
 import numpy as np
 
 from data.audio import N_MELS
-from data.crop import FACE_SIZE, FACE_SIZES, crop_rule, upscaled
+from data.crop import crop_rule, upscaled
 from data.errors import InputError, one_line
+from data.face_size import FACE_SIZE, FACE_SIZES
 from data.landmarks import NUM_LANDMARKS
 from data.video import FPS
 

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import torch
 
-from data.crop import FACE_SIZE
+from data.face_size import FACE_SIZE
 from data.landmarks import POSITION_OF_ID
-from data.tensors import unit_range
 
 LIPS = ((61, 146), (146, 91), (91, 181), (181, 84), (84, 17), (17, 314), (314, 405), (405, 321), (321, 375),
         (375, 291), (61, 185), (185, 40), (40, 39), (39, 37), (37, 0), (0, 267), (267, 269), (269, 270),
@@ -87,9 +85,3 @@ def draw_sketch(landmarks: np.ndarray, box_size: tuple[int, int], size: int = FA
     if (width, height) != (size, size):
         canvas = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_LINEAR)
     return canvas
-
-
-def sketch_tensor(landmarks: np.ndarray, box_size: tuple[int, int], size: int = FACE_SIZE) -> np.ndarray:
-    """Sketch as the renderer takes it: (3, size, size) float32 in 0..1 (the three channels are equal)."""
-    plane = unit_range(torch.from_numpy(draw_sketch(landmarks, box_size, size))).numpy()
-    return np.broadcast_to(plane, (3, size, size)).copy()

@@ -3,7 +3,7 @@
 One module per stage a frame passes through:
 - template: pass 1 (FaceMesh once per frame at the dubbing rate) and the choice of reference frames;
 - faces: every face linked into tracks, the face to dub chosen (`--face`) and followed across cuts (identity:
-  dlib's face descriptor; speaker: `auto`, the face whose lips move with the template's sound; chooser: the
+  dlib's face descriptor; active_speaker: `auto`, the face whose lips move with the template's sound; chooser: the
   first frame's faces numbered, for a page to click);
 - cache: pass 1's result kept on disk for the next run on the same template;
 - frames: the template's frames for pass 2, decoded or read back from a spool;

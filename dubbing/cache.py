@@ -46,8 +46,9 @@ def cache_entry(path: Path, detect_every_frame: bool, directory: str | Path, fps
                 ) -> tuple[Path, dict]:
     """The entry's file, named by the template's content and the settings that change pass 1 (the rate it was
     decoded at, the crop rule and the most faces FaceMesh looks for among them; the face chosen is not: every
-    choice reads the same scan of every face), and the facts that must still hold when it is read (the file's size
-    and modification time: a touched file is analysed again)."""
+    choice reads the same scan of every face), and the facts stored with it (the file's size and modification time;
+    a read checks the size only: the name holds the content's hash, so any file with that content, a copy or a
+    re-upload, may use the entry)."""
     from data.samples import sha256
 
     stat = path.stat()
@@ -67,13 +68,13 @@ def _mediapipe() -> str:
 
 
 def read_cached_scan(entry: Path, facts: dict) -> FaceScan | None:
-    """The pass-1 result in a cache entry (`cache_entry`); None when there is none, it is stale, or it does not
-    read back whole (a damaged entry is recomputed, never trusted)."""
+    """The pass-1 result in a cache entry (`cache_entry`), for any file with the content it was made from; None when
+    there is none or it does not read back whole (a damaged entry is recomputed, never trusted)."""
     if not entry.is_file():
         return None
     try:
         with np.load(entry, allow_pickle=False) as arrays:
-            if int(arrays["bytes"]) != facts["bytes"] or int(arrays["mtime_ns"]) != facts["mtime_ns"]:
+            if int(arrays["bytes"]) != facts["bytes"]:
                 return None
             scan = FaceScan(*(arrays[name] for name in SCAN_ARRAYS), size=tuple(int(v) for v in arrays["size"]))
     except Exception:  # a cut-short or foreign file: analyse again

@@ -8,7 +8,7 @@ linked into tracks within each shot, and the chosen face followed across cuts an
   (dubbing/identity.py) when the track starts and every DESCRIBE_EVERY frames after.
 - The choice (`parse_face`): largest (the largest face of the first frame with faces), index:K (K-th from the
   left there, from 0), point:FRAME,X,Y (the face under a pixel of a frame), box:FRAME,X0,Y0,X1,Y1 (the face that
-  overlaps a box most), auto (the face whose lips move with the template's own sound: dubbing/speaker.py).
+  overlaps a box most), auto (the face whose lips move with the template's own sound: dubbing/active_speaker.py).
 - The selection (`select_face`): the chosen face's track, and in frames without it the face of another track whose
   mean descriptor lies within `faces.same` of the chosen track's. Where a face lies between `faces.same` and
   `faces.other`, or two faces match, the identity is uncertain: the frame is passed through (not dubbed) and
@@ -289,7 +289,7 @@ def select_face(scan: FaceScan, choice: FaceChoice, where: str, same: float, oth
                                    np.zeros((len(scan), 4), np.int32), np.zeros(len(scan), bool), scan.size),
                          scan.cuts.copy(), np.zeros(len(scan), bool))
     if choice.kind == "auto":
-        from dubbing.speaker import speaking_face
+        from dubbing.active_speaker import speaking_face
 
         if sound is None:
             raise InputError(where, "--face auto: needs the template's own sound track")

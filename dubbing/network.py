@@ -51,11 +51,13 @@ class Models:
         return self.renderer.face_size
 
 
-def load_models(landmark_ckpt: str | Path, renderer_ckpt: str | Path, device: str | torch.device | None = None
-                ) -> Models:
-    """Both networks from this project's checkpoints or the official files (told apart by their contents)."""
+def load_models(landmark_ckpt: str | Path, renderer_ckpt: str | Path, device: str | torch.device | None = None,
+                require_sha256: bool = False) -> Models:
+    """Both networks from this project's checkpoints or the official files (told apart by their contents);
+    require_sha256: refuse a reference without #sha256=HEX (checkpoints.require_sha256)."""
     device = device if isinstance(device, torch.device) else pick_device(device)
-    return Models(load_landmark_generator(landmark_ckpt, device), load_renderer(renderer_ckpt, device), device)
+    return Models(load_landmark_generator(landmark_ckpt, device, require_sha256),
+                  load_renderer(renderer_ckpt, device, require_sha256), device)
 
 
 @functools.cache

@@ -77,6 +77,8 @@ def check_config(config: dict) -> None:
         raise InputError(f"mask.kernel={kernel}", "the mask blur kernel must be a positive odd number")
     if config["batch_size"] != "auto" and not (isinstance(config["batch_size"], int) and config["batch_size"] >= 1):
         raise InputError(f"batch_size={config['batch_size']}", "batch_size takes a positive number or 'auto'")
+    if isinstance(config["max_refs"], bool) or not isinstance(config["max_refs"], int) or config["max_refs"] < 1:
+        raise InputError(f"max_refs={config['max_refs']}", "max_refs takes a positive number")
     if int(config["landmark_refs"]) < 1:
         raise InputError(f"landmark_refs={config['landmark_refs']}", "landmark_refs must be at least 1")
     fps = config["output"]["fps"]
@@ -87,6 +89,9 @@ def check_config(config: dict) -> None:
     for key in ("pipeline", "compile"):
         if config[key] not in (True, False):
             raise InputError(f"{key}={config[key]}", f"{key} takes true or false")
+    if config["checkpoints"]["require_sha256"] not in (True, False):
+        raise InputError(f"checkpoints.require_sha256={config['checkpoints']['require_sha256']}",
+                         "checkpoints.require_sha256 takes true or false")
     if config["frame_work"] not in FRAME_WORK:
         raise InputError(f"frame_work={config['frame_work']}", f"frame_work takes one of {', '.join(FRAME_WORK)}")
     check_faces(config)
@@ -177,7 +182,7 @@ def prepare_template(video: str | Path, models: Models, config: dict, progress: 
                                 face=config["face"] if face is None else face, faces=config["faces"])
     landmark_refs = choose_references(template, int(config["landmark_refs"]))
     # Distinct frames only: a repeated reference image would add cost and nothing else.
-    image_refs = np.unique(choose_references(template, reference_count(config["refs"], template)))
+    image_refs = np.unique(choose_references(template, reference_count(config["refs"], template, config["max_refs"])))
     frames = read_selected(template.path, image_refs, template.fps)
     encoded = encode_references(models, template, frames, landmark_refs, image_refs, config["bf16"])
     if models.device.type == "cuda":

@@ -129,15 +129,22 @@ def dubbing_rate(video: str | Path, setting: str | int | float) -> tuple[float, 
     return rate, None
 
 
-def reference_count(refs: int | str, template: Template) -> int:
-    """N from the config: a number, or 'fifth' (one fifth of the template's frames, at least 1)."""
+def reference_count(refs: int | str, template: Template, max_refs: int | None = None) -> int:
+    """N from the config: a number, or 'fifth' (one fifth of the template's frames, at least 1); never more than
+    the template's face frames (more would only repeat them: the distinct frames chosen are the same) nor than
+    max_refs (the config's bound on the work one dub may ask for: a larger number is refused, 'fifth' stops there)."""
     if isinstance(refs, str):
         if refs != "fifth":
             raise InputError(f"refs={refs}", "refs takes a number or 'fifth'")
-        return max(1, len(template) // 5)
-    if int(refs) < 1:
+        count = max(1, len(template) // 5)
+    elif isinstance(refs, bool) or not isinstance(refs, (int, float)) or int(refs) < 1:
         raise InputError(f"refs={refs}", "refs must be at least 1")
-    return int(refs)
+    elif max_refs is not None and int(refs) > max_refs:
+        raise InputError(f"refs={refs}", f"refs may be at most max_refs={max_refs} (the config's bound)")
+    else:
+        count = int(refs)
+    faces = int(np.count_nonzero(template.has_face))
+    return max(1, min(count, faces, max_refs or count))
 
 
 def choose_references(template: Template, count: int) -> np.ndarray:

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 PSNR_EPS = 1e-8  # piq's EPS: identical frames give 80 dB
-PSNR_CAP = 80.0
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor, eps: float = 0.0) -> torch.Tensor:

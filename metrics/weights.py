@@ -16,9 +16,11 @@ ARCFACE_R100 = WeightFile(
     "backbone.pth of ms1mv3_arcface_r100_fp16 in the insightface arcface_torch model zoo "
     "(github.com/deepinsight/insightface/tree/master/recognition/arcface_torch), saved under this name",
     "--arcface-weights")
-# The syncnet_python release publishes no hash for this file; load_exactly checks every tensor's name and shape.
+# The syncnet_python release publishes no hash for this file: the sha256 below is the release's file as mirrors and
+# the lip-sync projects that pin it agree on (54,573,114 bytes); load_exactly also checks every tensor's name and shape.
 SYNCNET_V2 = WeightFile(
     "SyncScore", "syncnet_v2.model", "https://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model", None,
-    "the syncnet_python release (github.com/joonson/syncnet_python, download_model.sh)", "--syncnet-weights")
+    "the syncnet_python release (github.com/joonson/syncnet_python, download_model.sh)", "--syncnet-weights",
+    sha256="961e8696f888fce4f3f3a6c3d5b3267cf5b343100b238e79b2659bff2c605442")
 
 ALL = (LPIPS_ALEXNET, FID_INCEPTION, ARCFACE_R100, SYNCNET_V2)

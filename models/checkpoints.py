@@ -10,6 +10,7 @@ name and shape and prints the sha256 of the file it read.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -24,6 +25,7 @@ from data.errors import InputError, one_line
 from models import hub
 from models.landmark_generator import LandmarkGenerator
 from models.layers import sinusoidal_encoding
+from models.model_args import checked_model_args
 from models.renderer import Renderer
 from models.weights import load_exactly, read_file, strip_module_prefix
 
@@ -66,25 +68,52 @@ def export_contents(data: bytes, path: Path) -> dict:
         state = load(data)
     except Exception as error:  # a cut or foreign file: safetensors and json errors mean the same to a user
         raise InputError(path, f"not a readable safetensors file ({one_line(error)[:160]})") from None
-    if metadata.get("format") != EXPORT_FORMAT or metadata.get("kind") not in NETWORKS:
+    if (not isinstance(metadata, dict) or metadata.get("format") != EXPORT_FORMAT
+            or metadata.get("kind") not in NETWORKS):
         raise InputError(path, "a safetensors file without this project's export metadata (kind, model_args); "
                                "export checkpoints with python -m models.export")
-    return {"kind": metadata["kind"], "model": state, "model_args": json.loads(metadata.get("model_args", "{}"))}
+    try:
+        args = json.loads(metadata.get("model_args", "{}"))
+    except (TypeError, ValueError) as error:
+        raise InputError(path, f"model_args in the metadata is not JSON ({one_line(error)[:120]})") from None
+    return {"kind": metadata["kind"], "model": state, "model_args": args}
 
 
-def checkpoint_file(reference: str | Path, kind: str | None) -> Path:
-    """The local file a checkpoint reference names (a path, an export folder of `kind`, or hf://..., downloaded
-    into the Hugging Face cache), its sha256 checked when the reference gives one. kind None: either network."""
+def export_folder_kind(reference: str | Path) -> str | None:
+    """The network an export folder holds (its config.json says; a local folder may show it by its one weights
+    file); None when the reference does not name a folder."""
+    ref = hub.parse(reference)
+    if not ref.names_folder():
+        return None
+    if not ref.on_hub and not (ref.local / "config.json").is_file():
+        present = [kind for kind, name in EXPORT_FILES.items() if (ref.local / name).is_file()]
+        if len(present) == 1:
+            return present[0]
+    config = hub.resolve(dataclasses.replace(ref.inside("config.json"), sha256=None), "export folder's config.json")
+    try:
+        kind = json.loads(config.read_text()).get("kind")
+    except (OSError, ValueError, AttributeError) as error:
+        raise InputError(config, f"not an export's config.json ({one_line(error)[:120]})") from None
+    if kind not in NETWORKS:
+        raise InputError(config, "names neither network under 'kind'")
+    return kind
+
+
+def checkpoint_file(reference: str | Path, kind: str | None, require_sha256: bool = False) -> Path:
+    """The local file a checkpoint reference names (a path, an export folder, or hf://..., downloaded into the
+    Hugging Face cache), its sha256 checked when the reference gives one (and the reference refused without one
+    when require_sha256). kind None: either network (an export folder's config.json says which)."""
+    kind = kind or export_folder_kind(reference)
     what = f"{NETWORKS[kind]} checkpoint" if kind else "checkpoint"
     return hub.resolve(reference, what, inside=EXPORT_FILES[kind] if kind else None,
-                       hint=f"see {OFFICIAL_SOURCE}, or train one with this project")
+                       hint=f"see {OFFICIAL_SOURCE}, or train one with this project", require_sha256=require_sha256)
 
 
-def read_checkpoint(reference: str | Path, kind: str | None) -> Checkpoint:
+def read_checkpoint(reference: str | Path, kind: str | None, require_sha256: bool = False) -> Checkpoint:
     """The checkpoint a reference names, read once and hashed, with one-line errors for a missing, unreadable or
     foreign file. kind None: either network (`checkpoint_kind` tells which)."""
     what = NETWORKS[kind] if kind else "network"
-    path = checkpoint_file(reference, kind)
+    path = checkpoint_file(reference, kind, require_sha256)
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -95,6 +124,9 @@ def read_checkpoint(reference: str | Path, kind: str | None) -> Checkpoint:
     contents = read_file(path, f"{what} checkpoint", data)
     if not isinstance(contents, dict) or not ({"state_dict", "model"} & set(contents)):
         raise InputError(path, f"not a {what} checkpoint (no 'state_dict' or 'model' entry)")
+    entry = "model" if "model" in contents else "state_dict"
+    if not isinstance(contents[entry], dict) or not all(isinstance(v, torch.Tensor) for v in contents[entry].values()):
+        raise InputError(path, f"not a {what} checkpoint ('{entry}' is not a mapping of tensors)")
     return Checkpoint(path, sha256, "official" if "model" not in contents else "project", contents)
 
 
@@ -102,7 +134,8 @@ def checkpoint_kind(contents: dict) -> str | None:
     """'landmark_generator' or 'renderer' for a checkpoint's contents (an official file by its tensor names);
     None when neither."""
     if "model" in contents:
-        return contents.get("kind")
+        kind = contents.get("kind")
+        return None if kind is None else str(kind)  # a foreign value is no network's name
     names = strip_module_prefix(contents.get("state_dict") or {})
     if any(name.startswith(("flow_module.", "translation.")) for name in names):
         return "renderer"
@@ -152,18 +185,20 @@ def landmark_generator_of(checkpoint: Checkpoint) -> LandmarkGenerator:
     _check_kind(checkpoint, "landmark_generator")
     contents, path = checkpoint.contents, checkpoint.path
     if "model" in contents:
-        model = LandmarkGenerator(**contents.get("model_args", {}))
-        load_exactly(model, strip_module_prefix(contents["model"]), path)
+        state = strip_module_prefix(contents["model"])
+        model = LandmarkGenerator(**checked_model_args("landmark_generator", contents.get("model_args"), path, state))
+        load_exactly(model, state, path)
     else:
         model = LandmarkGenerator()
         load_exactly(model, official_landmark_state(contents["state_dict"], path), path)
     return model
 
 
-def load_landmark_generator(reference: str | Path, device: str | torch.device = "cpu") -> LandmarkGenerator:
+def load_landmark_generator(reference: str | Path, device: str | torch.device = "cpu",
+                            require_sha256: bool = False) -> LandmarkGenerator:
     """The landmark generator of an official IP_LAP checkpoint, one of this project's or an export (a path, an
-    export folder or a hub reference), in eval mode."""
-    checkpoint = read_checkpoint(reference, "landmark_generator")
+    export folder or a hub reference), in eval mode. require_sha256: refuse a reference without #sha256=HEX."""
+    checkpoint = read_checkpoint(reference, "landmark_generator", require_sha256)
     model = landmark_generator_of(checkpoint)
     report_loaded(checkpoint, "landmark_generator", reference)
     return model.to(device).eval()
@@ -245,11 +280,8 @@ def renderer_of(checkpoint: Checkpoint) -> Renderer:
     against VGG19's layout and left out here (`official_vgg19_features` hands them to the perceptual loss)."""
     _check_kind(checkpoint, "renderer")
     contents, path = checkpoint.contents, checkpoint.path
-    args = contents.get("model_args", {}) if "model" in contents else {}  # official files: the 128 network
-    try:
-        model = Renderer(**args)
-    except (TypeError, ValueError) as error:
-        raise InputError(path, f"holds a renderer this code cannot build ({error})") from None
+    args = contents.get("model_args") if "model" in contents else {}  # official files: the 128 network
+    model = Renderer(**checked_model_args("renderer", args, path))
     if "model" in contents:
         load_exactly(model, renamed_renderer_state(strip_module_prefix(contents["model"])), path)
     else:
@@ -260,13 +292,14 @@ def renderer_of(checkpoint: Checkpoint) -> Renderer:
     return model
 
 
-def load_renderer(reference: str | Path, device: str | torch.device = "cpu") -> Renderer:
+def load_renderer(reference: str | Path, device: str | torch.device = "cpu", require_sha256: bool = False
+                  ) -> Renderer:
     """The renderer of an official IP_LAP checkpoint, one of this project's or an export (a path, an export folder
-    or a hub reference), in eval mode, taking RGB images.
+    or a hub reference), in eval mode, taking RGB images. require_sha256: refuse a reference without #sha256=HEX.
 
     On CPU, the renderer runs faster after allocator.keep_freed_memory(), which entry points apply.
     """
-    checkpoint = read_checkpoint(reference, "renderer")
+    checkpoint = read_checkpoint(reference, "renderer", require_sha256)
     model = renderer_of(checkpoint)
     report_loaded(checkpoint, "renderer", reference)
     return model.to(device).eval()

@@ -1,16 +1,16 @@
 """Export a checkpoint as a folder anyone can load and publish: safetensors weights, config.json, a model card.
 
     python -m models.export SOURCE OUT_DIR [--onnx] [--with-discriminator] [--results eval/.../results.json]
-        [--push OWNER/REPO]
+        [--push OWNER/REPO [--private]]
 
-SOURCE: a step_*.pt of either stage of this project, an official IP_LAP .pth, or an export (a path, a folder or an
-hf:// reference, models/hub.py). OUT_DIR receives:
+SOURCE: a step_*.pt of either stage of this project, an official IP_LAP .pth, or an export (its weights file or its
+folder, by path or hf:// reference, models/hub.py). OUT_DIR receives:
 
 - landmark_generator.safetensors or renderer.safetensors: the network's weights under this project's names and
   conventions (an official renderer's first layers already take RGB), no pickle, no optimiser; its metadata says
   which network and its constructor arguments, so the file alone loads;
-- config.json: the constructor arguments, the source file's name and sha256, and the step and training config
-  where the source holds them;
+- config.json: the constructor arguments, the source file's name and sha256 (and its hub reference when it came
+  from the Hub; never a local path), and the step and training config where the source holds them;
 - README.md: a Hugging Face model card (front matter: license, library_name, tags, datasets);
 - with --onnx, ONNX models of the network (models/onnx_export.py), each checked against torch with onnxruntime;
 - with --with-discriminator (a renderer whose source has one: a run's step_*.pt, or an export that carries it),
@@ -20,7 +20,8 @@ hf:// reference, models/hub.py). OUT_DIR receives:
 
 The folder is written whole or not at all. Before it is kept, the export is loaded back and compared with the
 source's network: every tensor must be equal. `--push` uploads the folder with huggingface_hub (a token from
-HF_TOKEN or `hf auth login`) and prints the pinned reference to load it by.
+HF_TOKEN or `hf auth login`) and prints the pinned reference to load it by; the repository it creates is public
+unless --private is given (an existing repository keeps its visibility).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ import torch
 import yaml
 
 from data.errors import InputError, one_line
+from models import hub
 from models.checkpoints import (
     EXPORT_FILES,
     EXPORT_FORMAT,
@@ -47,6 +49,7 @@ from models.checkpoints import (
     renderer_of,
 )
 from models.landmark_generator import LandmarkGenerator
+from models.model_args import checked_model_args
 from models.renderer import Renderer
 
 LICENSE = "apache-2.0"  # the official release's and this project's (LICENSE)
@@ -58,7 +61,7 @@ DESCRIPTIONS = {
                           "landmarks (content landmarks) of the 5 frames",
     "renderer": "the renderer of IP_LAP (paper section 3.2): it aligns N reference faces to the target sketches by "
                 "motion fields and translates the lower-half-masked target face, the sketches and the audio into the "
-                "generated face (RGB, 128x128)",
+                "generated face (RGB, {size}x{size})",
 }
 
 
@@ -66,7 +69,14 @@ def constructor_args(kind: str, checkpoint: Checkpoint) -> dict:
     """Every constructor argument of the network, with the defaults filled in."""
     network = Renderer if kind == "renderer" else LandmarkGenerator
     defaults = {name: p.default for name, p in inspect.signature(network).parameters.items()}
-    return {**defaults, **checkpoint.contents.get("model_args", {})}
+    given = checkpoint.contents.get("model_args") if checkpoint.layout != "official" else None
+    return {**defaults, **checked_model_args(kind, given, checkpoint.path)}
+
+
+def public_reference(source: str | Path) -> dict:
+    """What config.json may say of where the source came from: its hub reference; nothing for a local file, whose
+    path says only where it lay on the machine that exported it (the name and sha256 identify it)."""
+    return {"reference": str(source)} if hub.parse(source).on_hub else {}
 
 
 def network_of(kind: str, checkpoint: Checkpoint) -> torch.nn.Module:
@@ -150,9 +160,10 @@ def model_card(kind: str, config: dict, results: list[dict], repo: str | None, d
     option = {"landmark_generator": "--landmark-ckpt", "renderer": "--renderer-ckpt"}[kind]
     loader = {"landmark_generator": "load_landmark_generator", "renderer": "load_renderer"}[kind]
     source = config["source"]
+    description = DESCRIPTIONS[kind].format(size=config["model_args"].get("face_size"))  # the renderer's real size
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
              f"# IP_LAP {NETWORKS[kind]}", "",
-             f"This is {DESCRIPTIONS[kind]}. It implements \"Identity-Preserving Talking Face Generation with "
+             f"This is {description}. It implements \"Identity-Preserving Talking Face Generation with "
              "Landmark and Appearance Priors\" (Zhong et al., CVPR 2023) and is loaded by the PyTorch code of "
              "the IP_LAP reimplementation this card was exported with (models/export.py).", "",
              f"`{file}` holds the weights (safetensors, no pickle); `config.json` the constructor arguments, the "
@@ -195,19 +206,18 @@ def model_card(kind: str, config: dict, results: list[dict], repo: str | None, d
 
 
 def read_results(path: Path) -> dict:
-    """The Table 1 rows of an evaluate.py results.json, as Markdown with a title."""
-    from metrics.report import markdown_table
-    from metrics.scoring import Scores
-
+    """The Table 1 rows of an evaluate.py results.json (the Markdown evaluate.py wrote, in the file or in the
+    table.md beside it), with a title."""
     try:
         results = json.loads(Path(path).read_text())
-        summary, reasons = results["summary"], results.get("not_available", {})
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        settings = results.get("settings") or {}
+        table = results.get("table")
+        if table is None and Path(path).with_name("table.md").is_file():  # written before results.json held it
+            table = Path(path).with_name("table.md").read_text()
+    except (OSError, ValueError, AttributeError) as error:
         raise InputError(path, f"not an evaluate.py results.json ({one_line(error)[:120]})") from None
-    settings = results.get("settings", {})
-    metrics = ("sync",) if "lse_c" in summary or "lse_c" in reasons else ()
-    table = markdown_table(results.get("method", "this model"), Scores([], summary, reasons), metrics, None,
-                           results.get("notes", []))
+    if not isinstance(table, str) or not isinstance(settings, dict):
+        raise InputError(path, "not an evaluate.py results.json (no Markdown table, in it or in table.md beside it)")
     title = " ".join(str(settings[key]) for key in ("setting", "filelist") if settings.get(key)) or Path(path).name
     return {"title": title, "table": table}
 
@@ -239,7 +249,7 @@ def export(source: str | Path, out_dir: Path, onnx: bool = False, results: list[
         print(f"{weights.name}: loads back equal to the source's network (max abs difference 0)", file=sys.stderr)
         config = {"kind": kind, "model_args": args, "file": weights.name, "sha256": loaded.sha256,
                   "source": {"name": checkpoint.path.name, "sha256": checkpoint.sha256, "layout": checkpoint.layout,
-                             "reference": str(source)},
+                             **public_reference(source)},
                   "training": training_of(checkpoint)}
         if pointer:
             config["discriminator"] = {"file": pointer["discriminator"], "sha256": pointer["discriminator_sha256"],
@@ -263,14 +273,15 @@ def export(source: str | Path, out_dir: Path, onnx: bool = False, results: list[
     return out_dir / weights.name
 
 
-def push(out_dir: Path, repo: str) -> str:
-    """Upload the export folder to the Hub model repository `repo` (created if needed); returns the commit hash."""
+def push(out_dir: Path, repo: str, private: bool = False) -> str:
+    """Upload the export folder to the Hub model repository `repo` (created if needed, public unless `private`; an
+    existing one keeps its visibility); returns the commit hash."""
     from huggingface_hub import HfApi
     from huggingface_hub import errors as hub_errors
 
     api = HfApi()
     try:
-        api.create_repo(repo, exist_ok=True)
+        api.create_repo(repo, exist_ok=True, private=private)
         commit = api.upload_folder(repo_id=repo, folder_path=out_dir, commit_message=f"Export of {out_dir.name}")
     except (hub_errors.HfHubHTTPError, OSError, ValueError) as error:
         raise InputError(repo, f"upload failed ({one_line(error)[:200]}); the export stays in {out_dir}") from None
@@ -291,14 +302,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, action="append", default=[],
                         help="an evaluate.py results.json whose Table 1 row goes in the model card (repeatable)")
     parser.add_argument("--datasets", nargs="+", help="training datasets for the card's metadata (default: lrs2)")
-    parser.add_argument("--push", metavar="OWNER/REPO", help="upload the folder to this Hub model repository")
+    parser.add_argument("--push", metavar="OWNER/REPO",
+                        help="upload the folder to this Hub model repository (created public unless --private)")
+    parser.add_argument("--private", action="store_true",
+                        help="with --push, create the repository private (an existing one keeps its visibility)")
     args = parser.parse_args(argv)
     try:
+        if args.private and not args.push:
+            raise InputError("--private", "applies to the repository --push creates; give --push OWNER/REPO")
         weights = export(args.source, args.out_dir, args.onnx, args.results, args.push, args.datasets,
                          args.with_discriminator)
         print(f"exported to {args.out_dir}")
         if args.push:
-            commit = push(args.out_dir, args.push)
+            commit = push(args.out_dir, args.push, args.private)
             print(f"pushed: load it with hf://{args.push}@{commit}/{weights.name}")
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -92,12 +92,17 @@ def parse(reference: str | Path) -> Reference:
                      "/".join(parts[2:]))
 
 
-def resolve(reference: str | Path | Reference, what: str, inside: str | None = None, hint: str = "") -> Path:
+def resolve(reference: str | Path | Reference, what: str, inside: str | None = None, hint: str = "",
+            require_sha256: bool = False) -> Path:
     """The local file a reference names, downloaded into the Hugging Face cache when it is on the Hub, its sha256
     checked when the reference gives one. `inside`: the file to take when the reference names a folder. `what`
-    names the file in errors ('renderer checkpoint'); `hint` says where to get it. Every failure is a one-line
-    InputError naming the reference; a hub file that fails its sha256 is removed from the cache."""
+    names the file in errors ('renderer checkpoint'); `hint` says where to get it. require_sha256: a reference
+    without #sha256=HEX is refused before anything is read or fetched. Every failure is a one-line InputError
+    naming the reference; a hub file that fails its sha256 is removed from the cache."""
     ref = reference if isinstance(reference, Reference) else parse(reference)
+    if require_sha256 and ref.sha256 is None:
+        raise InputError(ref.text, f"{what} reference has no {HASH_MARK}HEX, and hashes are required "
+                                   "(checkpoints.require_sha256, --require-hash)")
     if inside is not None and ref.names_folder():
         ref = ref.inside(inside)
     if not ref.on_hub:

@@ -6,9 +6,9 @@
 
 Shapes as the networks document them (models/landmark_generator.py, models/renderer.py); the batch axis is dynamic
 in every input and output, and so are the number of frames T, of reference landmark sets Nl and of reference
-images N (the graph takes all N references in one pass). Images are RGB in 0..1 at the size the graph was exported
-at (128x128 for a dub). Exported with the TorchScript-based exporter (torch.onnx.export(dynamo=False)), which needs
-no package beyond onnx.
+images N (the graph takes all N references in one pass). Images are RGB in 0..1 at the renderer's face size (128,
+256 or 512 pixels square), which the graph is traced and checked at. Exported with the TorchScript-based exporter
+(torch.onnx.export(dynamo=False)), which needs no package beyond onnx.
 The check uses smooth random images. On a real dub's inputs (sharp one-pixel sketch lines) with random weights,
 renderer_render differed from torch by up to 8e-3 (about 2 levels of 255; 1e-3 with the sketches blurred, 3e-5
 here), a gap not yet explained (ruled out: the instance norm written as ONNX ops, 1e-5 in torch itself; the
@@ -25,14 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.landmarks import NUM_JAW, NUM_LIP, SKETCH_WINDOW
+from data.audio import MEL_STEPS, N_MELS
+from data.face_size import BASE_SIZE
+from data.landmarks import NUM_CONTENT, NUM_POSE, SKETCH_WINDOW
 from models.renderer import References, Renderer
 
 OPSET = 17  # GridSample (16) and LayerNormalization (17) as single operators
 TOLERANCE = 1e-4  # the largest absolute difference from torch an export may have
-FACE = 128  # the renderer's face size in a dub
-MEL = (1, 80, 16)  # one mel window per frame
-POSE_POINTS, CONTENT_POINTS = 74, NUM_JAW + NUM_LIP
+MEL = (1, N_MELS, MEL_STEPS)  # one mel window per frame
 
 
 class EncodeReferences(nn.Module):
@@ -59,10 +59,10 @@ class Render(nn.Module):
         return self.renderer.render(face, target_sketches, References(ref_images, h1, h2, ref_images), mels)[0]
 
 
-def example_inputs(kind: str, batch: int = 2, refs: int = 3, size: int = FACE, seed: int = 0
+def example_inputs(kind: str, batch: int = 2, refs: int = 3, size: int = BASE_SIZE, seed: int = 0
                    ) -> dict[str, dict[str, torch.Tensor]]:
-    """Random inputs of each graph of `kind`, by graph name then input name (the renderer's h1 and h2 come from
-    encoding the references with the network, at export)."""
+    """Random inputs of each graph of `kind`, by graph name then input name, with `refs` reference images or
+    landmark sets (the renderer's h1 and h2 come from encoding the references with the network, at export)."""
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape):
@@ -76,11 +76,11 @@ def example_inputs(kind: str, batch: int = 2, refs: int = 3, size: int = FACE, s
         return F.interpolate(flat, size=shape[-2:], mode="bilinear", align_corners=False).view(shape)
 
     if kind == "landmark_generator":
-        frames, landmark_refs = SKETCH_WINDOW, 15
+        frames = SKETCH_WINDOW
         return {"landmark_generator": {"mels": rand(batch, frames, *MEL) * 2 - 1,
-                                       "pose": rand(batch, frames, 2, POSE_POINTS),
-                                       "ref_pose": rand(batch, landmark_refs, 2, POSE_POINTS),
-                                       "ref_content": rand(batch, landmark_refs, 2, CONTENT_POINTS)}}
+                                       "pose": rand(batch, frames, 2, NUM_POSE),
+                                       "ref_pose": rand(batch, refs, 2, NUM_POSE),
+                                       "ref_content": rand(batch, refs, 2, NUM_CONTENT)}}
     images = {"ref_images": image(batch, refs, 3, size, size), "ref_sketches": image(batch, refs, 3, size, size)}
     return {"renderer_encode_references": images,
             "renderer_render": {"face": image(batch, 3, size, size),
@@ -127,10 +127,12 @@ def run_session(path: Path, inputs: dict[str, torch.Tensor]) -> list[np.ndarray]
     return session.run(None, {name: tensor.numpy() for name, tensor in inputs.items()})
 
 
-def export_onnx(kind: str, network: nn.Module, folder: Path, size: int = FACE) -> dict[str, float]:
-    """Write the ONNX graphs of `network` into `folder`; each is run by onnxruntime on other batch and reference
-    counts than it was traced with and compared with torch. Returns graph name -> largest absolute difference
-    (printed); a difference above TOLERANCE is a RuntimeError."""
+def export_onnx(kind: str, network: nn.Module, folder: Path, size: int | None = None) -> dict[str, float]:
+    """Write the ONNX graphs of `network` into `folder`, traced at the renderer's face size (`size`: another size
+    its fully convolutional graph also takes, for quick checks); each is run by onnxruntime on other batch and
+    reference counts than it was traced with and compared with torch. Returns graph name -> largest absolute
+    difference (printed); a difference above TOLERANCE is a RuntimeError."""
+    size = size or getattr(network, "face_size", BASE_SIZE)  # the landmark generator has no face size
     differences = {}
     torch.onnx.register_custom_op_symbolic("aten::instance_norm", _instance_norm, OPSET)
     # Traced with gradients on (and inputs made here, outside any inference mode of the caller): under no_grad the

@@ -101,14 +101,18 @@ def input_levels(channels: int, face_size: int) -> nn.ModuleList:
 def to_size(maps: torch.Tensor, size: int) -> torch.Tensor:
     """(B, C, S, S) maps averaged down to (B, C, size, size): area pooling keeps a thin sketch line's mass where
     nearest sampling would drop it. Unchanged when S == size."""
-    return maps if maps.shape[-1] == size else F.adaptive_avg_pool2d(maps, size)
+    if maps.shape[-1] == size:
+        return maps
+    if torch.jit.is_tracing():  # ONNX export: the same bins (S is size times a power of two) as a fixed-kernel pool,
+        return F.avg_pool2d(maps, int(maps.shape[-1] // size))  # which the exporter takes without static shapes
+    return F.adaptive_avg_pool2d(maps, size)
 
 
 def at_size(weights: torch.Tensor, size: int) -> torch.Tensor:
     """(B, 1, s, s) blending weights bilinearly resized to (B, 1, size, size); unchanged when s == size."""
     if weights.shape[-1] == size:
         return weights
-    return F.interpolate(weights, size=(size, size), mode="bilinear", align_corners=False)
+    return F.interpolate(weights, size=(int(size), int(size)), mode="bilinear", align_corners=False)
 
 
 class Alignment(nn.Module):

@@ -5,8 +5,9 @@ reference (models/hub.py) from the command line or config; the torch hub cache
 (`torch.hub.get_dir()/checkpoints/<file>`, where torchvision and pytorch-fid keep their downloads); a download into
 that cache when the file has a public URL and the machine is online. Downloads go over https, show a progress bar,
 are written under a temporary name and renamed into place when complete, and are checked against the sha256 prefix
-that the file's publisher puts in its name (torchvision's and pytorch-fid's convention). When everything fails,
-the one-line error names the file and where to get it.
+that the file's publisher puts in its name (torchvision's and pytorch-fid's convention) or, for a file whose
+publisher states none, the full sha256 this project pins. A file found in the cache is held to the same digest,
+hashed once per process. When everything fails, the one-line error names the file and where to get it.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from data.errors import InputError, one_line
+from data.samples import sha256
 from models import hub
 
 
@@ -31,6 +33,12 @@ class WeightFile:
     sha256_prefix: str | None  # the leading hex digits of its sha256 that the publisher states
     source: str
     option: str         # the option (and config key) that points at a local copy
+    sha256: str | None = None  # the whole digest, pinned here where the publisher states none
+
+    @property
+    def digest(self) -> str | None:
+        """What a download and a cached copy are checked against: the pinned sha256, else the published prefix."""
+        return self.sha256 or self.sha256_prefix
 
 
 def cache_path(weight: WeightFile) -> Path:
@@ -58,18 +66,38 @@ def resolve(weight: WeightFile, path: str | Path | None = None, download: bool =
         return hub.resolve(path, f"{weight.what} weights", hint=where_to_get(weight))
     cached = cache_path(weight)
     if cached.is_file():
+        check_cached(weight, cached)
         return cached
     if download and weight.url is not None:
         try:
-            fetch_url(weight.url, cached, weight.sha256_prefix, progress)
+            fetch_url(weight.url, cached, weight.digest, progress)
         except Exception as error:  # offline, blocked, or not the published file
             if "invalid hash value" in str(error):
                 raise InputError(weight.url, f"the download of {weight.file} does not match its published sha256 "
-                                             f"prefix {weight.sha256_prefix}; it was not kept") from None
+                                             f"prefix {weight.digest}; it was not kept") from None
             raise InputError(cached, f"{weight.what} weights not found and not downloadable "
                                      f"({one_line(error)[:80]}); {where_to_get(weight)}") from None
         return cached
     raise InputError(cached, f"{weight.what} weights not found; {where_to_get(weight)}")
+
+
+_checked: set[tuple[str, int, int]] = set()  # cached files (path, size, mtime) already hashed in this process
+
+
+def check_cached(weight: WeightFile, path: Path) -> None:
+    """A one-line InputError unless the cached file has the digest its download would have been checked against;
+    each version of a file is hashed once per process (a metric run resolves its weights many times)."""
+    if weight.digest is None:
+        return
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key in _checked:
+        return
+    found = sha256(path)
+    if not found.startswith(weight.digest):
+        raise InputError(path, f"{weight.what} weights in the cache have sha256 {found}, not the published "
+                               f"{weight.digest}; delete the file to download it again, or set {weight.option}")
+    _checked.add(key)
 
 
 def read_file(path: str | Path, what: str, data: bytes | None = None) -> object:

@@ -1,7 +1,7 @@
 """demo.py in a real browser: the app started on a free port of 127.0.0.1, and Debian's headless Chromium driven
-by Selenium through Debian's chromedriver (Selenium Manager is kept offline: it must download nothing). What
-tests/test_demo.py and scripts/demo_screenshot.py share. `.ci/run` installs the chromium and chromium-driver
-packages where they are missing."""
+by Selenium through Debian's chromedriver (Selenium Manager is kept offline: it must download nothing), for
+tests/test_demo.py (whose IPLAP_DEMO_SCREENSHOT run also retakes docs/demo.png). `.ci/run` installs the chromium and
+chromium-driver packages where they are missing."""
 from __future__ import annotations
 
 import contextlib

@@ -24,6 +24,7 @@ class Repo:
     commits: dict[str, dict[str, bytes]] = field(default_factory=dict)
     refs: dict[str, str] = field(default_factory=dict)
     gated: bool = False
+    private: bool = False  # as created (the server does not hide a private repository)
 
 
 def commit_hash(files: dict[str, bytes], parent: str = "") -> str:
@@ -131,7 +132,8 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
                 request = json.loads(body)
                 repo_id = f"{request['organization']}/{request['name']}" if request.get("organization") \
                     else request["name"]
-                hub.repos.setdefault(repo_id, Repo())
+                private = request.get("visibility") == "private" or bool(request.get("private"))  # new or old client
+                hub.repos.setdefault(repo_id, Repo(private=private))
                 return self._json(200, {"url": f"{hub.endpoint}/{repo_id}", "name": repo_id})
             if path == "/api/validate-yaml":
                 return self._json(200, {"errors": [], "warnings": []})

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from data import records
-from data.crop import FACE_SIZE
+from data.face_size import FACE_SIZE
 
 # The record that examples in README.md and docs/ may name: tests/test_snippets.py writes it (random content) in
 # the folder their Python blocks run in.

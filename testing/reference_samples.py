@@ -10,11 +10,18 @@ import torch
 
 from data.audio import mel_windows
 from data.crop import box_size
+from data.face_size import FACE_SIZE
 from data.landmarks import SKETCH_WINDOW, content_of, pose_of
 from data.packs import valid_starts
 from data.records import load_clip
-from data.sketch import sketch_tensor
-from data.tensors import as_images
+from data.sketch import draw_sketch
+from data.tensors import as_images, unit_range
+
+
+def sketch_tensor(landmarks: np.ndarray, box_size: tuple[int, int], size: int = FACE_SIZE) -> np.ndarray:
+    """Sketch as the renderer takes it: (3, size, size) float32 in 0..1 (the three channels are equal)."""
+    plane = unit_range(torch.from_numpy(draw_sketch(landmarks, box_size, size))).numpy()
+    return np.broadcast_to(plane, (3, size, size)).copy()
 
 
 def draw(stems: list[Path], seed: int, epoch: int, index: int, steps: int):

@@ -58,7 +58,7 @@ def test_short_records_are_skipped_and_counted(records, tmp_path):
 def test_render_frames_sample(records):
     from data.audio import mel_windows
     from data.datasets import RenderFrames
-    from data.sketch import sketch_tensor
+    from testing.reference_samples import sketch_tensor
 
     dataset = RenderFrames(records_under(records), refs=3, seed=1)
     batch = dataset.to_device({k: v[None] for k, v in dataset[1].items()}, torch.device("cpu"))

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 import demo
-from data.audio import load_audio, write_wav
+from data.audio import load_audio
+from data.samples import sha256
+from testing.audio import write_wav
 from testing.browser import DemoPage, browser_missing, chromium, demo_server, wait_for
 from testing.checkpoints import official_checkpoints
 
@@ -35,14 +37,27 @@ def site(tmp_path_factory, samples):
     folder = tmp_path_factory.mktemp("demo")
     landmark, renderer = official_checkpoints(folder / "checkpoints")
     work, templates = folder / "work", folder / "templates"
-    arguments = ["--landmark-ckpt", str(landmark), "--renderer-ckpt", str(renderer), "--device", "cpu",
-                 "--work-dir", str(work), "refs=2", f"output.fps={FPS}", f"audio_seconds={PREVIEW}"]
+    work.mkdir()
+    theirs = [work / "old_result.mp4", templates / "old_entry.npz"]  # files the app did not write
+    templates.mkdir()
+    for path in theirs:
+        path.write_bytes(b"not the demo's")
+        os.utime(path, (time.time() - 7 * 86400,) * 2)
+    # The landmark reference carries its #sha256 (a local file checked by the loader).
+    arguments = ["--landmark-ckpt", f"{landmark}#sha256={sha256(landmark)}", "--renderer-ckpt", str(renderer),
+                 "--device", "cpu", "--work-dir", str(work), "--max-upload-mb", "5",
+                 "refs=2", f"output.fps={FPS}", f"audio_seconds={PREVIEW}"]
     with demo_server(arguments, folder / "demo.log", env={"IPLAP_TEMPLATES": str(templates)}) as url:
+        (run,) = work.glob("iplap-demo-*")  # the app's own folder
         driver = chromium()
         try:
-            yield {"url": url, "work": work, "templates": templates, "driver": driver, "folder": folder}
+            yield {"url": url, "work": run, "templates": templates, "driver": driver, "folder": folder}
         finally:
             driver.quit()
+    # Stopped by SIGTERM (demo_server's terminate): the app's folder and its cache entries are gone, and nothing
+    # that was there before the app started was touched.
+    assert not run.exists()
+    assert sorted(work.iterdir()) == [theirs[0]] and sorted(templates.iterdir()) == [theirs[1]]
 
 
 def _download(url: str, path: Path) -> Path:
@@ -67,7 +82,7 @@ def _left_in(outputs: Path) -> list[str]:
 
 def test_the_page_dubs_reuses_the_analysis_and_reports_bad_input(site, samples, tmp_path):
     page = DemoPage(site["driver"], site["url"])
-    assert page.find("#notice").text == ""  # both checkpoints exist: no notice
+    assert page.find("#notice").text == ""  # both checkpoints exist (one with its #sha256): no notice
     page.upload("template", samples / "template_129.mp4")
     page.upload("audio", samples / "speech_audio2.wav")
     status = page.dub()
@@ -77,7 +92,7 @@ def test_the_page_dubs_reuses_the_analysis_and_reports_bad_input(site, samples, 
     size, frames, seconds, audio_seconds = _decoded(_download(source, tmp_path / "dubbed.mp4"))
     assert size == (256, 256) and frames == PREVIEW * FPS and seconds == pytest.approx(PREVIEW)
     assert audio_seconds == pytest.approx(PREVIEW, abs=0.05)  # the driving audio's preview, muxed
-    entries = list(site["templates"].glob("*.npz"))
+    entries = [path for path in site["templates"].glob("*.npz") if path.name != "old_entry.npz"]
     assert len(entries) == 1
     stamp = entries[0].stat().st_mtime_ns
 
@@ -89,7 +104,7 @@ def test_the_page_dubs_reuses_the_analysis_and_reports_bad_input(site, samples, 
     page.find("#sketch input").click()
     status = page.dub()
     assert "template analysis reused (FaceMesh passes of this server: 1)" in status, status
-    assert entries[0].stat().st_mtime_ns == stamp and list(site["templates"].glob("*.npz")) == entries
+    assert entries[0].stat().st_mtime_ns == stamp and len(list(site["templates"].glob("*.npz"))) == 2
     sketch = wait_for(lambda: page.video_source("sketch-video"), 30, "the sketch video")
     assert _decoded(_download(sketch, tmp_path / "sketch.mp4"))[:2] == ((512, 256), PREVIEW * FPS)
     if os.environ.get("IPLAP_DEMO_SCREENSHOT"):
@@ -207,6 +222,7 @@ def test_missing_checkpoints_are_named_with_the_ways_to_get_them(tmp_path):
     absent = str(tmp_path / "renderer.pth")
     assert demo.missing_checkpoints(str(present), absent) == [absent]
     assert demo.missing_checkpoints(str(present), "hf://owner/repo@main/renderer.pth") == []  # the loader fetches
+    assert demo.missing_checkpoints(f"{present}#sha256={'0' * 64}", str(tmp_path)) == []  # a hash; a folder
     notice = demo.checkpoint_notice(str(present), absent)
     assert f"`{absent}`" in notice and str(present) not in notice
     assert all(way in notice for way in ("hf://", "python -m models.export", "scripts/smoke.sh"))
@@ -218,6 +234,71 @@ def test_a_page_started_without_checkpoints_names_them(tmp_path):
     page = demo.build_page(demo.Dubber(str(demo.INFERENCE_CONFIG), [], "cpu", tmp_path), *absent, 60)
     notice = next(block for block in page.blocks.values() if getattr(block, "elem_id", None) == "notice")
     assert all(f"`{path}`" in notice.value for path in absent)
+
+
+def test_uploads_are_bounded_in_size_on_the_server(site, tmp_path):
+    """Gradio's upload route refuses a file over --max-upload-mb (5 here) before it is stored."""
+    import httpx
+
+    response = httpx.post(site["url"] + "gradio_api/upload", files={"files": ("big.mp4", b"\0" * 6_000_000)},
+                          timeout=60)
+    assert response.status_code == 413, response.text[:200]
+    assert not [path for path in (site["work"] / "uploads").rglob("big.mp4")]
+
+
+def test_uploads_of_other_types_or_sizes_are_one_line(tmp_path):
+    big = tmp_path / "speech.bin"
+    big.write_bytes(b"\0" * 1000)
+    with pytest.raises(demo.InputError, match=r"speech.bin: not a speech recording this page takes \(.wav"):
+        demo.check_upload(str(big), demo.AUDIO_TYPES, 10_000, "speech recording")
+    wav = big.rename(tmp_path / "speech.wav")
+    with pytest.raises(demo.InputError, match="speech.wav: larger than the 0.0005 MB this page takes"):
+        demo.check_upload(str(wav), demo.AUDIO_TYPES, 500, "speech recording")
+    demo.check_upload(str(wav), demo.AUDIO_TYPES, 1000, "speech recording")
+    dubber = demo.Dubber(str(demo.INFERENCE_CONFIG), [], "cpu", tmp_path, max_upload_bytes=500)
+    _, _, line = dubber.dub("visitor", str(wav), str(wav), "a", "b", [], False, lambda *a, **k: None)
+    assert line == "error: speech.wav: not a template (a video or a photo) this page takes (.mp4 .mov .mkv .avi " \
+                   ".webm .jpg .jpeg .png .bmp .webp)"
+
+
+def test_an_exposed_page_offers_the_operators_pairs_and_names_no_file(tmp_path):
+    """On a non-loopback host: a list of the operator's pairs (labels without folders), no checkpoint field, no
+    notice (and no endpoint that answers whether a file exists); a request naming anything else is refused."""
+    import gradio as gr
+
+    landmark = str(tmp_path / "secret" / "lm.pth")
+    renderer = "hf://lab/iplap@abc/renderer.safetensors#sha256=" + "0" * 64
+    choices = demo.model_choices([f"{landmark},{renderer}", "a.pt,b.pt"], ("x", "y"))
+    assert list(choices) == ["1: lm.pth + renderer.safetensors", "2: a.pt + b.pt"]
+    assert choices["1: lm.pth + renderer.safetensors"] == (landmark, renderer)
+    assert demo.model_choices(None, ("x", "y")) == {"1: x + y": ("x", "y")}
+    with pytest.raises(demo.InputError, match="is not LANDMARK,RENDERER"):
+        demo.model_choices(["only-one.pt"], ("x", "y"))
+    assert demo.is_exposed("0.0.0.0", False) and demo.is_exposed("127.0.0.1", True)
+    assert not demo.is_exposed("127.0.0.1", False)
+    dubber = demo.Dubber(str(demo.INFERENCE_CONFIG), [], "cpu", tmp_path, choices=choices)
+    page = demo.build_page(dubber, landmark, renderer, 60)
+    ids = {getattr(block, "elem_id", None) for block in page.blocks.values()}
+    assert "models" in ids and not ids & {"notice", "landmark", "renderer", "checkpoints"}
+    dropdown = next(block for block in page.blocks.values() if getattr(block, "elem_id", None) == "models")
+    assert isinstance(dropdown, gr.Dropdown) and "secret" not in str(dropdown.choices)
+    assert not [fn for fn in page.fns.values() if getattr(fn.fn, "__name__", "") == "checkpoint_notice"]
+    assert dubber.pair("2: a.pt + b.pt", "") == ("a.pt", "b.pt")
+    for forged in ("/etc/passwd", "hf://someone/else/x.pt"):
+        with pytest.raises(demo.InputError, match="choose one of the pairs"):
+            dubber.pair(forged, forged)
+
+
+def test_sweep_files_deletes_only_the_apps_old_files(tmp_path):
+    mine, fresh, theirs = tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "c.npz"
+    for path in (mine, fresh, theirs):
+        path.write_bytes(b"x")
+    now = time.time()
+    for path in (mine, theirs):
+        os.utime(path, (now - 7200, now - 7200))
+    files = {mine, fresh}
+    assert demo.sweep_files(files, 3600, now) == [mine]
+    assert files == {fresh} and theirs.exists() and fresh.exists() and not mine.exists()
 
 
 def test_sweep_deletes_only_what_is_older_than_the_age(tmp_path):
@@ -257,4 +338,7 @@ def test_the_networks_load_once_per_checkpoint_pair(random_checkpoints):
     assert dubber.models(landmark, renderer) is not models
     with pytest.raises(demo.InputError, match="renderer checkpoint not found"):
         dubber.models(landmark, renderer + ".absent")
+    strict = demo.Dubber(str(demo.INFERENCE_CONFIG), ["checkpoints.require_sha256=true"], "cpu", Path("unused"))
+    with pytest.raises(demo.InputError, match="hashes are required"):
+        strict.models(landmark, renderer)
     assert len(dubber._models) == 1  # a pair that fails to load leaves the last one in place

@@ -2,6 +2,7 @@
 is fetched and cached, a tampered one is rejected and not kept, an unreachable server gives one line."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import http.server
 import socket
@@ -13,6 +14,7 @@ import torch
 
 from data import samples as sample_media
 from data.errors import InputError
+from metrics.weights import SYNCNET_V2
 from models import weights
 
 
@@ -116,6 +118,17 @@ def test_a_weight_file_with_another_hash_is_rejected_and_not_kept(server, tmp_pa
         weights.resolve(_weight_file(url, "00000000"), progress=False)
     cache = tmp_path / "torch" / "hub" / "checkpoints"
     assert not cache.exists() or not list(cache.iterdir())
+
+
+def test_syncnet_download_is_pinned(server, tmp_path, monkeypatch):
+    """A file served under SyncNet's name that is not the release's file is refused and not kept."""
+    served, url = server
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    (served / "syncnet_v2.model").write_bytes(b"some other weights")
+    weight = dataclasses.replace(SYNCNET_V2, url=f"{url}/syncnet_v2.model")
+    with pytest.raises(InputError, match="does not match") as error:
+        weights.resolve(weight, progress=False)
+    assert "\n" not in str(error.value) and not weights.cache_path(weight).exists()
 
 
 def test_an_unreachable_weight_server_is_one_line_naming_the_file(tmp_path, monkeypatch):

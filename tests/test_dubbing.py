@@ -57,6 +57,14 @@ def test_reference_count_rules():
     assert dubbing.template.reference_count("fifth", _template([1.0, 2.0])) == 1
     with pytest.raises(InputError, match="number or 'fifth'"):
         dubbing.template.reference_count("half", template)
+    # Bounded by the template's face frames and by the config's max_refs: no request allocates for a billion.
+    assert dubbing.template.reference_count(10 ** 9, template) == 52
+    assert dubbing.template.reference_count(25, _template([0.0] * 4, has_face=[1, 0, 1, 0])) == 2
+    assert dubbing.template.reference_count("fifth", template, max_refs=4) == 4
+    with pytest.raises(InputError, match="at most max_refs=250"):
+        dubbing.template.reference_count(10 ** 9, template, max_refs=250)
+    with pytest.raises(InputError, match="at least 1"):
+        dubbing.template.reference_count([3], template)
 
 
 def test_frame_spool_reads_frames_back_in_any_order(tmp_path):

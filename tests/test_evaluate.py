@@ -4,6 +4,7 @@ import json
 import shutil
 from dataclasses import replace
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -171,6 +172,10 @@ def test_videos_are_matched_by_relative_path_and_bad_input_is_one_line(tmp_path,
                           "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert "nowhere: no such folder" in capsys.readouterr().err
     assert evaluate.load_config(evaluate.CONFIG)["num_videos"] == 45
+    assert evaluate.main(["--generated", str(tmp_path / "gen"), "--reference", str(tmp_path / "real"),
+                          "--out", str(tmp_path / "out"), "--quiet", "protocol=[a]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "protocol: ['a'] is not one of" in err[0], err
 
 
 def test_generation_mode_dubs_the_sampled_videos_and_scores_them(samples, random_checkpoints, tmp_path, monkeypatch,
@@ -182,7 +187,7 @@ def test_generation_mode_dubs_the_sampled_videos_and_scores_them(samples, random
         _write(tmp_path / "videos" / "set" / f"{name}.mp4", frames, load_audio(samples / f"{name}.mp4")[: 10 * 640])
     (tmp_path / "test.txt").write_text("set/talk_a\nset/talk_b\n")
     (tmp_path / "dub.yaml").write_text((evaluate.CONFIG.parent / "inference.yaml").read_text()
-                                       .replace("refs: 25 ", "refs: 1 "))
+                                       .replace("refs: 25 ", "refs: 1 ").replace("fps: template ", "fps: 30 "))
     out = tmp_path / "out"
     code = evaluate.main(["--setting", "reconstruction", "--filelist", str(tmp_path / "test.txt"), "--video-root",
                           str(tmp_path / "videos"), "--landmark-ckpt", str(random_checkpoints[0]),
@@ -194,6 +199,8 @@ def test_generation_mode_dubs_the_sampled_videos_and_scores_them(samples, random
     assert made == ["talk_a.mp4", "talk_b.mp4"]
     own_audio = load_audio(tmp_path / "videos" / "set" / "talk_a.mp4")  # AAC pads its last frame: 10-11 frames
     assert len(read_frames(out / "generated" / "set" / "talk_a.mp4")) == len(own_audio) * 25 // 16000
+    with av.open(str(out / "generated" / "set" / "talk_a.mp4")) as container:  # 25 fps, whatever the config says
+        assert container.streams.video[0].average_rate == 25
     sampled = (out / "sampled.tsv").read_text().splitlines()
     assert sorted(line.split("\t")[0] for line in sampled) == ["set/talk_a", "set/talk_b"]
     assert all(video == audio for video, audio in (line.split("\t") for line in sampled))  # reconstruction
@@ -209,25 +216,6 @@ def test_full_fid_of_a_video_against_itself_is_about_zero(clips, tmp_path):
     networks = load_networks(("fid",), paths, "cpu", download=False)
     pair = Pair("clip", clips / "copy" / "clip.mp4", clips / "real" / "clip.mp4")
     assert abs(score_videos([pair], networks, metrics=("fid",), progress=False).summary["fid"]) < 1e-2
-
-
-def test_generation_dubs_at_25_fps_whatever_the_dubbing_config_says(tmp_path, monkeypatch):
-    import types
-
-    import dubbing
-
-    rates = []
-    monkeypatch.setattr(dubbing, "load_models", lambda *args: types.SimpleNamespace(device=torch.device("cpu")))
-    monkeypatch.setattr(dubbing, "dub", lambda video, audio, output, models, config, progress:
-                        rates.append(config["output"]["fps"]) or output.write_bytes(b""))
-    for name in ("landmark.pt", "renderer.pt", "video.mp4", "audio.wav"):
-        (tmp_path / name).write_bytes(name.encode())
-    dub_config = tmp_path / "dub.yaml"
-    dub_config.write_text("output:\n  fps: 30\n")
-    outputs, _ = evaluate.generate_videos([tmp_path / "video.mp4"], [tmp_path / "audio.wav"], ["v"], tmp_path / "out",
-                                          tmp_path / "landmark.pt", tmp_path / "renderer.pt", "cpu", progress=False,
-                                          inference_config=dub_config)
-    assert rates == [25] and outputs == [tmp_path / "out" / "generated" / "v.mp4"]
 
 
 def test_a_full_disk_at_the_report_is_one_line_and_exit_74_with_the_earlier_report_intact(clips, tmp_path,

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
@@ -44,14 +45,21 @@ def test_export_loads_as_its_source(sources, tmp_path, kind, layout, capsys):
     assert largest_difference(expected, LOADERS[kind](reference)) == 0
     config = json.loads((weights.parent / "config.json").read_text())
     assert config["kind"] == kind and config["source"]["name"] == source.name and config["source"]["layout"] == layout
+    assert str(source.parent) not in (weights.parent / "config.json").read_text()  # no local path is published
+    if layout == "official":
+        again = export(weights.parent, tmp_path / "again")  # an export folder is a SOURCE
+        assert largest_difference(expected, LOADERS[kind](again)) == 0
     printed = capsys.readouterr().out  # each load's line: network, source, layout, sha256
     assert f"sha256 {config['source']['sha256']}" in printed and f"sha256 {config['sha256']}" in printed
 
 
 def test_model_card_and_errors(sources, tmp_path):
     results = tmp_path / "results.json"
-    results.write_text(json.dumps({"method": "ours", "summary": {"psnr": 31.5, "ssim": 0.93},
-                                   "not_available": {}, "settings": {"setting": "reconstruction"}, "notes": []}))
+    from metrics.report import write_reports
+    from metrics.scoring import Scores
+
+    write_reports(tmp_path, "ours", Scores([], {"psnr": 31.5, "ssim": 0.93}, {}), (), {"setting": "reconstruction"},
+                  {}, None, [])
     out = tmp_path / "landmark"
     assert main([str(sources["project"]["landmark_generator"]), str(out), "--results", str(results)]) == 0
     card = (out / "README.md").read_text()
@@ -85,7 +93,7 @@ def test_push_then_load_by_reference(sources, tmp_path):
     """`--push` with the real client against the local Hub, then the pinned reference it prints loads the network."""
     source = sources["project"]["landmark_generator"]
     script = (f"from models.export import main; import sys; sys.exit(main([{str(source)!r}, "
-              f"{str(tmp_path / 'out')!r}, '--push', 'lab/iplap-landmark']))")
+              f"{str(tmp_path / 'out')!r}, '--push', 'lab/iplap-landmark', '--private']))")
     with Hub() as server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
         env.update(HF_ENDPOINT=server.endpoint, HF_HOME=str(tmp_path / "hf"), HF_TOKEN="test-token",
@@ -95,6 +103,7 @@ def test_push_then_load_by_reference(sources, tmp_path):
         assert done.returncode == 0, done.stderr
         reference = done.stdout.split("load it with ")[1].split()[0]
         commit = server.repos["lab/iplap-landmark"].refs["main"]
+        assert server.repos["lab/iplap-landmark"].private  # --private: created private
         assert reference == f"hf://lab/iplap-landmark@{commit}/landmark_generator.safetensors"
         pushed = server.repos["lab/iplap-landmark"].commits[commit]
         assert sorted(pushed) == ["README.md", "config.json", "landmark_generator.safetensors"]
@@ -102,10 +111,46 @@ def test_push_then_load_by_reference(sources, tmp_path):
         assert pushed["landmark_generator.safetensors"] == exported.read_bytes()
         check = (f"import torch; from models import load_landmark_generator as load; a = load({reference!r}); "
                  f"b = load({str(source)!r}); "
-                 "assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))")
+                 "assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values())); "
+                 # the pushed folder, by hub reference, as an export's SOURCE: config.json names that reference
+                 f"from models.export import export; export('hf://lab/iplap-landmark@{commit}', "
+                 f"__import__('pathlib').Path({str(tmp_path / 'again')!r}))")
         done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=300)
         assert done.returncode == 0, done.stderr
+        again = json.loads((tmp_path / "again" / "config.json").read_text())
+        assert again["source"]["reference"] == f"hf://lab/iplap-landmark@{commit}"
+        assert again["source"]["sha256"] == json.loads((tmp_path / "out" / "config.json").read_text())["sha256"]
+    assert main([str(source), str(tmp_path / "other"), "--private"]) == 2  # --private without --push: one line
+
+
+def test_onnx_at_a_larger_face_size(tmp_path):
+    """A 256 renderer's graphs (traced here at 32x32, where its fully convolutional graph runs the same) export and
+    match torch: the sketches are pooled to the core's size by a graph the exporter takes."""
+    from models.onnx_export import TOLERANCE, export_onnx
+    from models.renderer import Renderer
+
+    torch.manual_seed(5)
+    differences = export_onnx("renderer", Renderer(256).eval(), tmp_path, size=32)
+    assert all(0 <= value <= TOLERANCE for value in differences.values()), differences
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [256, 512])
+def test_onnx_export_at_the_renderers_face_size(tmp_path, size, capsys):
+    """`--onnx` on a 256 or 512 renderer: the graphs take and give faces at that size, checked against torch."""
+    import onnx
+
+    from models.renderer import Renderer
+
+    torch.manual_seed(6)
+    path = tmp_path / "step_000000001.pt"
+    torch.save({"kind": "renderer", "model": Renderer(size).state_dict(), "model_args": {"face_size": size}}, path)
+    assert main([str(path), str(tmp_path / "export"), "--onnx"]) == 0
+    graph = onnx.load(str(tmp_path / "export" / "renderer_render.onnx")).graph
+    face = next(value for value in graph.input if value.name == "face")
+    assert [d.dim_value for d in face.type.tensor_type.shape.dim][1:] == [3, size, size]
+    assert f"(RGB, {size}x{size})" in (tmp_path / "export" / "README.md").read_text()
 
 
 @pytest.mark.slow

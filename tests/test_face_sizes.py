@@ -67,21 +67,25 @@ def test_the_upper_face_reaches_the_output_at_full_size(size=256):
     # The encoder's skip carries the unmasked upper face into the last level at S: cutting the skip's weights
     # changes how an output pixel depends on the input pixel under it, and the masked lower half never counts.
     torch.manual_seed(2)
-    model = Renderer(size).eval()
+    model = Renderer(size).eval().requires_grad_(False)  # gradients for the face only
     face, sketches, refs, _, mels = _inputs(size, refs=1)
     g = torch.Generator().manual_seed(3)
     warped_h1, warped_h2 = torch.rand(1, 32, 128, 128, generator=g), torch.rand(1, 256, 64, 64, generator=g)
     y, x = size // 4, size // 2
 
-    def gradient():
+    def gradient(render=False):
         grad_face = face.clone().requires_grad_(True)
-        inputs = torch.cat([mask_lower_half(grad_face), sketches.flatten(1, 2)], dim=1)
-        out = model.translation(inputs, refs[:, 0], warped_h1, warped_h2, mels)
+        if render:  # the whole render step, which masks the face itself
+            out = model.render(grad_face, sketches, model.encode_references(refs, refs), mels)[0]
+        else:
+            inputs = torch.cat([mask_lower_half(grad_face), sketches.flatten(1, 2)], dim=1)
+            out = model.translation(inputs, refs[:, 0], warped_h1, warped_h2, mels)
         out[0, :, y, x].sum().backward()
         return grad_face.grad[0].abs().sum(0)
 
+    rendered = gradient(render=True)
+    assert rendered[size // 2:].sum() == 0 and rendered[: size // 2].sum() > 0  # render masks the lower half
     grad = gradient()
-    assert grad[size // 2:].sum() == 0  # the lower half is masked before the network sees it
     last = model.translation.up[-1].conv
     with torch.no_grad():
         last.weight[:, last.in_channels - 3 - 15:].zero_()  # the skip's channels: the face and 5 sketches
@@ -161,6 +165,8 @@ def test_a_256_checkpoint_and_its_export_load_as_the_256_network(tmp_path):
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trained.state_dict().items())
     export(path, tmp_path / "export")
     assert json.loads((tmp_path / "export" / "config.json").read_text())["model_args"]["face_size"] == 256
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "(RGB, 256x256)" in card and "128x128" not in card
     assert load_renderer(tmp_path / "export").face_size == 256
 
 

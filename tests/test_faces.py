@@ -15,14 +15,15 @@ import pytest
 import dubbing
 import dubbing.pipeline
 import inference
-from data.audio import SAMPLE_RATE, load_audio, write_wav
+from data.audio import SAMPLE_RATE, load_audio
 from data.errors import InputError
 from data.facemesh import FaceMesh, track_faces
 from data.video import VideoReader, read_frames
+from dubbing.active_speaker import INNER_LIP, loudness, speaking_face, track_scores
 from dubbing.faces import DESCRIPTOR_SIZE, FaceScan, follow, parse_face, scan_faces, select_face
 from dubbing.paste import paste_region
-from dubbing.speaker import INNER_LIP, loudness, speaking_face, track_scores
 from dubbing.speakers import dub_speakers
+from testing.audio import write_wav
 from testing.two_faces import TILE, two_face_clip
 
 SAME, OTHER = 0.5, 0.6

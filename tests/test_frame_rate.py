@@ -22,13 +22,14 @@ import dubbing.pipeline
 import dubbing.prepare
 import dubbing.template
 import inference
-from data.audio import SAMPLE_RATE, frames_covered, load_audio, mel_windows, melspectrogram, write_wav
+from data.audio import SAMPLE_RATE, frames_covered, load_audio, mel_windows, melspectrogram
 from data.crop import box_size
 from data.errors import InputError
 from data.landmarks import merge_pose_content, pose_of
-from data.sketch import sketch_tensor
 from data.video import VideoReader, VideoWriter, read_frames
 from models.renderer import Renderer
+from testing.audio import write_wav
+from testing.reference_samples import sketch_tensor
 
 FRAMES = 12  # template frames
 PATCH = 16  # a corner patch whose brightness encodes the template frame's index: far from the face

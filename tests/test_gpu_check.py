@@ -1,5 +1,6 @@
-"""bench/gpu.py, the one command for a GPU machine, runs here on the CPU with --quick, with OpenCV, PyAV, MediaPipe
-and SciPy made unimportable as on a bare GPU machine, so that it cannot rot between GPU sessions."""
+"""bench/gpu.py (python -m bench.gpu), the one command for a GPU machine, runs here on the CPU with --quick, with
+OpenCV, PyAV, MediaPipe and SciPy made unimportable as on a bare GPU machine, so that it cannot rot between GPU
+sessions."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ from conftest import REPO
 BARE = ("import runpy, sys\n"
         "for name in ('cv2', 'av', 'mediapipe', 'scipy', 'librosa', 'lpips'): sys.modules[name] = None\n"
         "sys.argv = ['bench/gpu.py'] + sys.argv[1:]\n"
-        "runpy.run_path('bench/gpu.py', run_name='__main__')\n")
+        "runpy.run_module('bench.gpu', run_name='__main__', alter_sys=True)\n")  # as python -m bench.gpu runs it
 
 
 def test_the_gpu_check_runs_on_the_cpu_without_the_media_packages(tmp_path):

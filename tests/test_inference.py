@@ -15,8 +15,9 @@ import dubbing
 import dubbing.template
 import inference
 from conftest import REPO, numbered_frames
-from data.audio import SAMPLE_RATE, frames_covered, load_audio, write_wav
+from data.audio import SAMPLE_RATE, frames_covered, load_audio
 from data.video import VideoWriter, read_frames
+from testing.audio import write_wav
 
 FAST = ["refs=1", "batch_size=4"]  # one reference image keeps a frame near a second on CPU
 

@@ -12,9 +12,10 @@ import pytest
 
 import dubbing
 import inference
-from data.audio import SAMPLE_RATE, frames_covered, load_audio, write_wav
+from data.audio import SAMPLE_RATE, frames_covered, load_audio
 from data.crop import smooth_boxes
 from data.video import VideoReader, VideoWriter, read_frames
+from testing.audio import write_wav
 
 FAST = ["refs=1", "batch_size=4"]
 
@@ -59,8 +60,8 @@ def test_a_second_dub_of_the_same_template_reads_the_cache(media, random_checkpo
         == [True] * frames_covered(len(load_audio(audios[0])))
 
 
-def test_touching_the_template_or_changing_a_setting_invalidates_the_entry(media, random_checkpoints, tmp_path,
-                                                                         facemesh_calls):
+def test_the_entry_serves_any_file_of_that_content_and_a_setting_or_content_change_misses(
+        media, random_checkpoints, tmp_path, facemesh_calls):
     template, audios = media
     copy = tmp_path / "presenter.mp4"
     copy.write_bytes(template.read_bytes())
@@ -70,18 +71,24 @@ def test_touching_the_template_or_changing_a_setting_invalidates_the_entry(media
     assert facemesh_calls["n"] == 12
     dubbing.prepare_template(copy, models, config, progress=False)
     assert facemesh_calls["n"] == 12
+    (entry,) = (tmp_path / "cache").glob("*.npz")
+    written = entry.stat().st_mtime_ns
     stat = copy.stat()
-    os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: same bytes, newer time
+    os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched (a re-upload): same bytes, newer time
     dubbing.prepare_template(copy, models, config, progress=False)
-    assert facemesh_calls["n"] == 24
+    other = tmp_path / "elsewhere" / "copy.mp4"  # a byte-identical copy under another path
+    other.parent.mkdir()
+    other.write_bytes(copy.read_bytes())
+    dubbing.prepare_template(other, models, config, progress=False)
+    assert facemesh_calls["n"] == 12 and entry.stat().st_mtime_ns == written  # reused, not rewritten
     dubbing.prepare_template(copy, models, _config(tmp_path / "cache", detect_every_frame=True), progress=False)
-    assert facemesh_calls["n"] == 36  # another FaceMesh mode is another entry
+    assert facemesh_calls["n"] == 24  # another FaceMesh mode is another entry
     dubbing.prepare_template(copy, models, config, progress=False)
-    assert facemesh_calls["n"] == 36  # ... and the first one is still there
+    assert facemesh_calls["n"] == 24  # ... and the first one is still there
     with open(copy, "ab") as handle:  # changed content
         handle.write(b"\0")
     dubbing.prepare_template(copy, models, config, progress=False)
-    assert facemesh_calls["n"] == 48
+    assert facemesh_calls["n"] == 36
 
 
 def test_a_damaged_cache_entry_is_recomputed_not_trusted(media, random_checkpoints, tmp_path, facemesh_calls):

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from data.errors import InputError
 from metrics.sync import MAX_OFFSET, face_crop, load_syncnet, mfcc, offset_distances, sync_features, sync_scores
 
 
@@ -23,10 +24,19 @@ def test_syncnet_loads_syncnet_python_weights_and_scores_a_clip(tmp_path, sample
     from data.audio import load_audio
     from metrics.sync import SyncNet
 
-    state = {k: v for k, v in SyncNet().state_dict().items() if not k.endswith("num_batches_tracked")}
+    # A file as syncnet_python's release is laid out (no BatchNorm counters, saved before PyTorch 0.4.1), with
+    # values of its own: the loaded network must hold exactly them, not its initialisation.
+    g = torch.Generator().manual_seed(4)
+    state = {k: torch.rand(v.shape, generator=g) + 0.5 for k, v in SyncNet().state_dict().items()
+             if not k.endswith("num_batches_tracked")}
     assert "netcnnlip.18.weight" in state and state["netcnnlip.0.weight"].shape == (96, 3, 5, 7, 7)
     torch.save(state, tmp_path / "syncnet_v2.model")
     network = load_syncnet(tmp_path / "syncnet_v2.model")
+    loaded = network.state_dict()
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in state.items())
+    torch.save({k: v for k, v in state.items() if k != "netfcaud.0.weight"}, tmp_path / "cut.model")
+    with pytest.raises(InputError, match="tensor 'netfcaud.0.weight' is missing"):
+        load_syncnet(tmp_path / "cut.model")
     audio = load_audio(samples / "talk_a.mp4")[: 16000]  # 1 s: 100 MFCC frames, 25 video frames
     assert mfcc(audio).shape == (13, 99)  # 25 ms windows every 10 ms: 1 + ceil((16000 - 400) / 160)
     crops = np.zeros((25, 224, 224, 3), np.uint8)

@@ -28,8 +28,10 @@ def test_weights_are_found_in_the_hub_cache(tmp_path, monkeypatch):
 
     trunk = alexnet(weights=None)
     torch.save(trunk.state_dict(), cached)
-    assert resolve(weights.LPIPS_ALEXNET, download=False) == cached
-    model = load_lpips(download=False)
+    # Random weights under the published name: the cached copy is held to the name's sha256 prefix.
+    with pytest.raises(InputError, match="weights in the cache have sha256 .*not the published 7be5be79"):
+        resolve(weights.LPIPS_ALEXNET, download=False)
+    model = load_lpips(cached, download=False)
     assert torch.equal(model.net.slice5._modules["10"].weight, trunk.features[10].weight)
     x = torch.rand(2, 3, 64, 64)
     assert torch.allclose(model(x, x, normalize=True).flatten(), torch.zeros(2))

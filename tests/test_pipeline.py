@@ -24,9 +24,10 @@ import dubbing.pipeline
 import dubbing.progress
 import dubbing.writer
 import inference
-from data.audio import SAMPLE_RATE, load_audio, write_wav
+from data.audio import SAMPLE_RATE, load_audio
 from data.errors import DISK_STATUS, InputError
 from data.video import ENCODER_OPTIONS, VideoReader, VideoWriter, read_frames
+from testing.audio import write_wav
 
 
 @pytest.fixture(scope="module")

