@@ -87,7 +87,7 @@ def is_local(reference: str) -> bool:
 
 def local_file(reference: str) -> Path | None:
     """The local path a reference names, without its #sha256=HEX; None for a hub reference or a malformed one."""
-    from models import hub
+    from model_files import hub
 
     try:
         return hub.parse(reference).local
@@ -147,7 +147,7 @@ def checkpoint_notice(landmark: str, renderer: str) -> str:
             "ways and put its paths in the two fields under *Checkpoints*:\n"
             "- a hub reference such as `hf://OWNER/REPO@REV/PATH`, fetched by the loader;\n"
             "- the official IP_LAP files (`landmarkgenerator_checkpoint.pth`, `renderer_checkpoint.pth`) under "
-            "`checkpoints/`, or files exported from a training run (`python -m models.export --help`);\n"
+            "`checkpoints/`, or files exported from a training run (`python -m model_files.export --help`);\n"
             "- a quick, barely trained pair from `bash scripts/smoke.sh` (a few minutes on a CPU; the newest "
             "`runs/smoke/landmark/step_*.pt` and `runs/smoke/render/step_*.pt`).")
 

@@ -155,7 +155,7 @@ def generate_videos(videos: list[Path], audios: list[Path], names: list[str], ou
 
     import dubbing
     from data.samples import sha256
-    from models.checkpoints import checkpoint_file
+    from model_files.checkpoints import checkpoint_file
 
     # References resolved once (a hub file downloaded once), so the networks and the record's sha256 read one file.
     landmark_ckpt = checkpoint_file(landmark_ckpt, "landmark_generator")

@@ -13,7 +13,7 @@ REF: an official IP_LAP file, a step_*.pt of this project, an export (file or fo
    LPIPS, LipLMD, and LSE scored on the same videos; a metric whose weights are not at hand is listed as such);
 4. landmark, renderer: train_landmark.py and train_render.py with the config's sections, --init REF, evaluating on
    the held-out records;
-5. export/landmark_generator, export/renderer: models.export of each stage's last checkpoint (the renderer's with
+5. export/landmark_generator, export/renderer: model_files.export of each stage's last checkpoint (the renderer's with
    its discriminator);
 6. eval/after: as 3, with the exports; report.md: the before/after table. Then a dub command using the new model.
 
@@ -87,7 +87,7 @@ def stage_configs(path: Path, overrides: list[str]) -> dict[str, tuple[dict, lis
 
 def renderer_face_size(reference: str) -> int:
     """The face size of the renderer a reference names (128 for official files), read once to check it early."""
-    from models.checkpoints import read_checkpoint, renderer_of
+    from model_files.checkpoints import read_checkpoint, renderer_of
 
     return renderer_of(read_checkpoint(reference, "renderer")).face_size
 
@@ -146,7 +146,7 @@ def train_stage(stage: str, out: Path, section: dict, overrides: list[str], refe
 def export_stage(stage: str, out: Path) -> Path:
     """OUT/export/<network>: the export of the stage's newest checkpoint (kept when it already is that one's)."""
     from data.samples import sha256
-    from models.export import export
+    from model_files.export import export
     from training.checkpoints import list_checkpoints
 
     kind = STAGES[stage][1]
@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--holdout-seconds", "must be more than 0")
     stages = stage_configs(args.config, args.overrides)
     face_size = renderer_face_size(args.init_renderer)
-    from models.checkpoints import landmark_generator_of, read_checkpoint
+    from model_files.checkpoints import landmark_generator_of, read_checkpoint
 
     # A bad reference fails now, not after preprocessing.
     landmark_generator_of(read_checkpoint(args.init_landmark, "landmark_generator"))

@@ -12,7 +12,7 @@ flac, or a video whose audio track drives the face. The output is an H.264 + AAC
 long as the speech (the template loops forwards and backwards when it is shorter), at the template's own frame
 rate: every template frame once per pass, none dropped or repeated. A still image, a variable-rate video and a
 rate above 60 fps give 25 fps, each saying so in one line; --fps 25 (or N) resamples the template to that rate.
-Checkpoints may be this project's (runs/*/step_*.pt), the official IP_LAP files or exports (models/export.py), each
+Checkpoints may be this project's (runs/*/step_*.pt), the official IP_LAP files or exports (model_files/export.py), each
 by path or by hub reference, hf://OWNER/REPO@REVISION/PATH[#sha256=HEX] (docs/models.md). The renderer's
 checkpoint carries its face size (128, the paper's, or 256 / 512: train_render.py's face_size), and the faces are
 cropped, rendered and pasted back at that size.

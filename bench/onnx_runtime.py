@@ -2,7 +2,7 @@
 
   python -m bench.onnx_runtime [--refs 3 25] [--calls 3]
 
-Random official-layout weights (testing/checkpoints.py), exported by models/onnx_export.py at 128x128 (the export
+Random official-layout weights (testing/checkpoints.py), exported by model_files/onnx_export.py at 128x128 (the export
 checks each graph against torch). Per frame, batch 1, as a CPU dub calls them:
   landmark   the landmark generator on one 5-frame window with 15 reference landmark sets (torch: forward; a dub
              encodes the references once per template, the ONNX graph does it every call, so this favours torch)
@@ -23,8 +23,8 @@ import torch
 
 from allocator import keep_freed_memory
 from bench.timing import seconds_per_call
-from models.checkpoints import load_landmark_generator, load_renderer
-from models.onnx_export import Render, example_inputs, export_onnx
+from model_files.checkpoints import load_landmark_generator, load_renderer
+from model_files.onnx_export import Render, example_inputs, export_onnx
 from testing.checkpoints import official_checkpoints
 
 

@@ -20,7 +20,7 @@ from data.sketch import draw_sketch
 from data.tensors import as_images, unit_range, upload
 from dubbing.prepare import LandmarkInputs, RenderInputs
 from dubbing.template import Template
-from models.checkpoints import load_landmark_generator, load_renderer
+from model_files.checkpoints import load_landmark_generator, load_renderer
 from models.landmark_generator import LandmarkGenerator
 from models.renderer import References, Renderer
 

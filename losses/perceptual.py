@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.weights import WeightFile, frozen, load_exactly, read_file, resolve
+from model_files.weights import WeightFile, frozen, load_exactly, read_file, resolve
 
 LAYERS = {1: "relu1_1", 6: "relu2_1", 11: "relu3_1", 20: "relu4_1", 29: "relu5_1"}  # vgg19.features indices
 VGG19 = WeightFile("VGG19 ImageNet", "vgg19-dcbb9e9d.pth", "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
@@ -37,7 +37,7 @@ def load_vgg19_features(path: str | Path | None = None, allow_random: bool = Fal
     path = resolve(VGG19, path)
     state = read_file(path, "VGG19 weights")
     if isinstance(state, dict) and "state_dict" in state:  # an official renderer checkpoint
-        from models.checkpoints import official_vgg19_features
+        from model_files.checkpoints import official_vgg19_features
 
         state = official_vgg19_features(path)
     state = {k[len("features."):] if k.startswith("features.") else k: v for k, v in state.items()}

@@ -26,7 +26,7 @@ from torch import nn
 from torchvision.models import inception as tv_inception
 
 from metrics.weights import FID_INCEPTION
-from models.weights import frozen, load_exactly, read_state, resolve
+from model_files.weights import frozen, load_exactly, read_state, resolve
 
 FEATURES = 2048
 SQUARE_ROOTS = ("scipy", "newton_schulz")

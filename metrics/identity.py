@@ -24,7 +24,7 @@ from torch import nn
 from data.crop import crop_face
 from data.tensors import image_tensor
 from metrics.weights import ARCFACE_R100
-from models.weights import frozen, load_exactly, read_state, resolve
+from model_files.weights import frozen, load_exactly, read_state, resolve
 
 FACE_SIZE = 112
 IRESNET100_BLOCKS = (3, 13, 30, 3)

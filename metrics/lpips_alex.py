@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from metrics.weights import LPIPS_ALEXNET
-from models.weights import frozen, load_exactly, read_state, resolve
+from model_files.weights import frozen, load_exactly, read_state, resolve
 
 
 def load_lpips(path: str | Path | None = None, download: bool = True) -> torch.nn.Module:

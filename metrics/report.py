@@ -130,7 +130,7 @@ def write_reports(out: Path, name: str, scores: Scores, metrics: tuple[str, ...]
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     results = {"method": name, "summary": scores.summary, "not_available": scores.reasons, "settings": settings,
                "lists": lists, "per_video": scores.per_video, "notes": notes, "versions": versions(),
-               "table": table}  # table.md's Markdown, which an export's model card shows (models/export.py)
+               "table": table}  # table.md's Markdown, which an export's model card shows (model_files/export.py)
     write_files({out / "table.md": table, out / "per_video.csv": rows.getvalue(),
                  out / "results.json": json.dumps(_plain(results), indent=2) + "\n"})
     return table

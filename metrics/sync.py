@@ -32,7 +32,7 @@ from data.audio import SAMPLE_RATE
 from data.video import FPS
 from metrics.round_trip import crop_round_trip, frame_round_trip
 from metrics.weights import SYNCNET_V2
-from models.weights import frozen, load_exactly, read_state, resolve
+from model_files.weights import frozen, load_exactly, read_state, resolve
 
 MAX_OFFSET = 15
 CROP_SCALE = 0.4

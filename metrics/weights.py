@@ -1,8 +1,8 @@
 """The metric networks' weight files: names, public URLs, published hashes and sources (found and loaded by
-models/weights.py). No metric ever falls back to random weights."""
+model_files/weights.py). No metric ever falls back to random weights."""
 from __future__ import annotations
 
-from models.weights import WeightFile
+from model_files.weights import WeightFile
 
 LPIPS_ALEXNET = WeightFile(
     "LPIPS", "alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "7be5be79",

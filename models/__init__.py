@@ -1,14 +1,13 @@
-"""Networks: the landmark generator (stage 1), the renderer (stage 2), and checkpoint loading.
+"""Networks: the landmark generator (stage 1) and the renderer (stage 2). Loading them from files is
+`model_files/`'s work (`from model_files import load_renderer`).
 
-The names below are imported on first use, so that `python -m models.hub` (a download, no network) starts
-without loading torch.
+The names below are imported on first use, so that importing a submodule does not load both networks.
 """
 from __future__ import annotations
 
 import importlib
 
-_HOMES = {"LandmarkGenerator": "models.landmark_generator", "Renderer": "models.renderer",
-          "load_landmark_generator": "models.checkpoints", "load_renderer": "models.checkpoints"}
+_HOMES = {"LandmarkGenerator": "models.landmark_generator", "Renderer": "models.renderer"}
 __all__ = sorted(_HOMES)
 
 

@@ -70,7 +70,7 @@ def test_renderer_forward_under_cpu_bf16(tmp_path, monkeypatch):
     # networks are fully convolutional: 32x32 inputs keep CPU bf16 (emulated without AVX-512 BF16) affordable.
     from test_renderer import _official_file
 
-    from models import load_renderer
+    from model_files import load_renderer
 
     torch.manual_seed(0)
     official = Renderer()

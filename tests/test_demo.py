@@ -225,7 +225,7 @@ def test_missing_checkpoints_are_named_with_the_ways_to_get_them(tmp_path):
     assert demo.missing_checkpoints(f"{present}#sha256={'0' * 64}", str(tmp_path)) == []  # a hash; a folder
     notice = demo.checkpoint_notice(str(present), absent)
     assert f"`{absent}`" in notice and str(present) not in notice
-    assert all(way in notice for way in ("hf://", "python -m models.export", "scripts/smoke.sh"))
+    assert all(way in notice for way in ("hf://", "python -m model_files.export", "scripts/smoke.sh"))
     assert demo.checkpoint_notice(str(present), str(present)) == ""
 
 

@@ -15,7 +15,7 @@ import torch
 from data import samples as sample_media
 from data.errors import InputError
 from metrics.weights import SYNCNET_V2
-from models import weights
+from model_files import weights
 
 
 @pytest.fixture

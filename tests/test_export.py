@@ -1,4 +1,4 @@
-"""Exports (models/export.py): safetensors + config.json + model card, loaded back exactly; ONNX checked against
+"""Exports (model_files/export.py): safetensors + config.json + model card, loaded back exactly; ONNX checked against
 torch with onnxruntime; --push to a local Hub server and loading back by hub reference."""
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from data.errors import InputError
-from models.checkpoints import load_landmark_generator, load_renderer
-from models.export import export, largest_difference, main
+from model_files.checkpoints import load_landmark_generator, load_renderer
+from model_files.export import export, largest_difference, main
 from testing.checkpoints import official_checkpoints, project_checkpoints
 from testing.hub_server import Hub
 
@@ -92,7 +92,7 @@ def test_model_card_and_errors(sources, tmp_path):
 def test_push_then_load_by_reference(sources, tmp_path):
     """`--push` with the real client against the local Hub, then the pinned reference it prints loads the network."""
     source = sources["project"]["landmark_generator"]
-    script = (f"from models.export import main; import sys; sys.exit(main([{str(source)!r}, "
+    script = (f"from model_files.export import main; import sys; sys.exit(main([{str(source)!r}, "
               f"{str(tmp_path / 'out')!r}, '--push', 'lab/iplap-landmark', '--private']))")
     with Hub() as server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
@@ -109,11 +109,11 @@ def test_push_then_load_by_reference(sources, tmp_path):
         assert sorted(pushed) == ["README.md", "config.json", "landmark_generator.safetensors"]
         exported = tmp_path / "out" / "landmark_generator.safetensors"
         assert pushed["landmark_generator.safetensors"] == exported.read_bytes()
-        check = (f"import torch; from models import load_landmark_generator as load; a = load({reference!r}); "
+        check = (f"import torch; from model_files import load_landmark_generator as load; a = load({reference!r}); "
                  f"b = load({str(source)!r}); "
                  "assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values())); "
                  # the pushed folder, by hub reference, as an export's SOURCE: config.json names that reference
-                 f"from models.export import export; export('hf://lab/iplap-landmark@{commit}', "
+                 f"from model_files.export import export; export('hf://lab/iplap-landmark@{commit}', "
                  f"__import__('pathlib').Path({str(tmp_path / 'again')!r}))")
         done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=300)
@@ -127,7 +127,7 @@ def test_push_then_load_by_reference(sources, tmp_path):
 def test_onnx_at_a_larger_face_size(tmp_path):
     """A 256 renderer's graphs (traced here at 32x32, where its fully convolutional graph runs the same) export and
     match torch: the sketches are pooled to the core's size by a graph the exporter takes."""
-    from models.onnx_export import TOLERANCE, export_onnx
+    from model_files.onnx_export import TOLERANCE, export_onnx
     from models.renderer import Renderer
 
     torch.manual_seed(5)
@@ -157,7 +157,7 @@ def test_onnx_export_at_the_renderers_face_size(tmp_path, size, capsys):
 def test_onnx_matches_torch(sources, tmp_path):
     """Both networks' ONNX graphs, traced at one batch and reference count and run at others, within 1e-4 of torch
     (official-layout random weights; the renderer at 32x32, where its fully convolutional graph runs the same)."""
-    from models.onnx_export import TOLERANCE, export_onnx
+    from model_files.onnx_export import TOLERANCE, export_onnx
 
     differences = export_onnx("landmark_generator", load_landmark_generator(sources["official"]["landmark_generator"]),
                               tmp_path)

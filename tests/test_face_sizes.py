@@ -153,8 +153,8 @@ def test_a_dub_at_256_crops_renders_and_pastes_at_256(samples, tmp_path):
 def test_a_256_checkpoint_and_its_export_load_as_the_256_network(tmp_path):
     import json
 
-    from models import load_renderer
-    from models.export import export
+    from model_files import load_renderer
+    from model_files.export import export
 
     torch.manual_seed(3)
     trained = Renderer(256)

@@ -121,7 +121,7 @@ def test_finetune_end_to_end_reports_exports_and_dubs(random_checkpoints, sample
 def heldout_l1(checkpoint: Path, records: Path) -> float:
     """Mean L1 between the renderer's reconstructions and the real faces over fixed samples of held-out records."""
     from data.datasets import RenderFrames, records_under
-    from models.checkpoints import load_renderer
+    from model_files.checkpoints import load_renderer
     from training import loop
 
     model = load_renderer(checkpoint)

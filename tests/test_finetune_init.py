@@ -1,5 +1,5 @@
 """--init (training/initialise.py): a new run from the official files, a run's checkpoint, an export (with its
-discriminator, models.export --with-discriminator) and a hub reference; 128 -> 256 growth; one-line errors."""
+discriminator, model_files.export --with-discriminator) and a hub reference; 128 -> 256 growth; one-line errors."""
 from __future__ import annotations
 
 import hashlib
@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 
 import train_landmark
 from data.errors import InputError
-from models.checkpoints import landmark_generator_of, read_checkpoint, renderer_of
+from model_files.checkpoints import landmark_generator_of, read_checkpoint, renderer_of
+from model_files.export import export
 from models.discriminator import MultiscaleDiscriminator
-from models.export import export
 from models.landmark_generator import LandmarkGenerator
 from models.renderer import Renderer
 from testing.checkpoints import official_checkpoints

@@ -1,4 +1,4 @@
-"""Checkpoint references (models/hub.py): parsing, local files, and the real huggingface_hub client against a local
+"""Checkpoint references (model_files/hub.py): parsing, local files, and the real huggingface_hub client against a local
 Hub server (testing/hub_server.py) through HF_ENDPOINT, in a subprocess so that the client reads HF_ENDPOINT,
 HF_HOME and HF_HUB_OFFLINE from its environment as it does for a user."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from data.errors import InputError
-from models import hub
+from model_files import hub
 from testing.hub_server import Hub
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,13 +26,13 @@ def sha(data: bytes) -> str:
 
 
 def fetch(references: list[str], home: Path, endpoint: str, offline: bool = False) -> tuple[list[str], list[str]]:
-    """`python -m models.hub REFERENCES` with the client's environment; (stdout lines, stderr error lines)."""
+    """`python -m model_files.hub REFERENCES` with the client's environment; (stdout lines, stderr error lines)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_ENDPOINT=endpoint, HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_ETAG_TIMEOUT="5")
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
-    done = subprocess.run([sys.executable, "-m", "models.hub", *references], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "model_files.hub", *references], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert done.returncode == (2 if errors else 0), done.stderr
     return done.stdout.splitlines(), errors

@@ -12,11 +12,12 @@ def test_ruff_finds_nothing():
 
 def test_imports_point_down_the_house():
     """data/ at the bottom, then models/, then losses/ and metrics/: a module imports nothing above its package
-    (models/export.py once imported metrics to draw its card's table)."""
+    (model_files/export.py once imported metrics to draw its card's table)."""
     import ast
 
-    above = {"data": {"models", "losses", "metrics", "training", "dubbing"},
-             "models": {"losses", "metrics", "training", "dubbing"}}
+    above = {"data": {"models", "model_files", "losses", "metrics", "training", "dubbing"},
+             "models": {"model_files", "losses", "metrics", "training", "dubbing"},
+             "model_files": {"losses", "metrics", "training", "dubbing"}}
     for package, forbidden in above.items():
         for path in sorted((REPO / package).glob("*.py")):
             for node in ast.walk(ast.parse(path.read_text())):

@@ -4,7 +4,7 @@ import torch
 from data.errors import InputError, one_line
 from metrics import weights
 from metrics.lpips_alex import load_lpips
-from models.weights import cache_path, resolve
+from model_files.weights import cache_path, resolve
 
 
 def test_missing_weight_file_is_a_one_line_error_naming_the_file_and_its_source(tmp_path, monkeypatch):

@@ -62,7 +62,7 @@ def test_resumed_run_equals_an_uninterrupted_one(records, tmp_path):
         torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=0, msg=name)
     assert (tmp_path / "a" / "config.yaml").is_file()
     # The checkpoint loads as a generator for inference.
-    from models import load_landmark_generator
+    from model_files import load_landmark_generator
 
     assert load_landmark_generator(tmp_path / "a" / "step_000000006.pt").fusion_transformer is not None
 

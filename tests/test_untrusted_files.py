@@ -1,5 +1,5 @@
-"""Loaders that trust nothing they read (models/model_args.py, models/checkpoints.py, models/hub.py,
-models/weights.py): model_args held to a schema and to the file's tensors before anything is built, malformed
+"""Loaders that trust nothing they read (model_files/model_args.py, model_files/checkpoints.py, model_files/hub.py,
+model_files/weights.py): model_args held to a schema and to the file's tensors before anything is built, malformed
 headers as one line, references shown escaped, hashes required on request, metric weights pinned and their cached
 copies checked."""
 from __future__ import annotations
@@ -14,10 +14,10 @@ from safetensors.torch import save_file
 
 from data.errors import InputError
 from metrics import weights as metric_weights
-from models import weights
-from models.checkpoints import load_landmark_generator, load_renderer
+from model_files import weights
+from model_files.checkpoints import load_landmark_generator, load_renderer
+from model_files.model_args import checked_model_args
 from models.landmark_generator import LandmarkGenerator
-from models.model_args import checked_model_args
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """A run's checkpoints: one dict per step_<step>.pt, written atomically, listed, read back, resumed from.
 
-A checkpoint holds the network ('model', what models.checkpoints.load_* rebuild it from), further networks
+A checkpoint holds the network ('model', what model_files.checkpoints.load_* rebuild it from), further networks
 ('others', the discriminator), the optimisers, the step, the resolved config and every rank's RNG states.
 """
 from __future__ import annotations
@@ -191,7 +191,7 @@ def resume(resume: str | None, config: dict, env: Distributed, model: torch.nn.M
                                f"config asks for {wanted}x{wanted} (face_size)")
     weights = state["model"]
     if state.get("kind") == "renderer":  # a run saved before the renderer's submodules got their current names
-        from models.checkpoints import renamed_renderer_state
+        from model_files.checkpoints import renamed_renderer_state
 
         weights = renamed_renderer_state(weights)
     try:

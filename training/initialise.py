@@ -1,6 +1,6 @@
 """Starting a new run from another model's weights (--init REF, config init.source): fine-tuning.
 
-REF is anything the loaders take (models/checkpoints.py): an official IP_LAP file, a step_*.pt of this project, an
+REF is anything the loaders take (model_files/checkpoints.py): an official IP_LAP file, a step_*.pt of this project, an
 export (file or folder), each by path or hf:// reference with #sha256=. The network's weights are loaded, and the
 discriminator's where the source has one (a run's checkpoint; an export made with --with-discriminator); the run
 itself starts afresh: step 0, new optimisers, new RNG streams. The run's config records the source's sha256
@@ -70,7 +70,7 @@ def initialise(config: dict, env: Distributed, model: torch.nn.Module, others: d
     """Load config init.source into `model` (a LandmarkGenerator or Renderer, possibly DDP-wrapped) and, for a
     renderer, into others['discriminator'] where the source has one; record the source's sha256 in the config.
     Nothing happens when init.source is null."""
-    from models.checkpoints import NETWORKS, landmark_generator_of, read_checkpoint, renderer_of
+    from model_files.checkpoints import NETWORKS, landmark_generator_of, read_checkpoint, renderer_of
     from models.renderer import Renderer
 
     init = config.get("init") or {}
@@ -105,7 +105,7 @@ def initialise(config: dict, env: Distributed, model: torch.nn.Module, others: d
 def _initialise_discriminator(reference, checkpoint, discriminator: torch.nn.Module, growing: bool) -> str:
     """Load the source's discriminator, if it has one; a grown renderer's extra scales start fresh. The report
     line."""
-    from models.discriminator_files import discriminator_of, discriminator_state
+    from model_files.discriminator_files import discriminator_of, discriminator_state
 
     found = discriminator_state(reference, checkpoint)
     if found is None:

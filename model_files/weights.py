@@ -1,7 +1,7 @@
 """Weight files: where one is found, how it is downloaded, and how its tensors are loaded into a network.
 
 A pretrained file (VGG19 for the perceptual loss, the metric networks) is looked up in this order: the path or hub
-reference (models/hub.py) from the command line or config; the torch hub cache
+reference (model_files/hub.py) from the command line or config; the torch hub cache
 (`torch.hub.get_dir()/checkpoints/<file>`, where torchvision and pytorch-fid keep their downloads); a download into
 that cache when the file has a public URL and the machine is online. Downloads go over https, show a progress bar,
 are written under a temporary name and renamed into place when complete, and are checked against the sha256 prefix
@@ -20,7 +20,7 @@ from torch import nn
 
 from data.errors import InputError, one_line
 from data.samples import sha256
-from models import hub
+from model_files import hub
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,8 @@ def fetch_url(url: str, destination: Path, sha256_prefix: str | None, progress: 
 
 def resolve(weight: WeightFile, path: str | Path | None = None, download: bool = True,
             progress: bool = True) -> Path:
-    """Path of an existing weight file: `path` if given (a path or hub reference, models/hub.py), else the torch hub
-    cache, else downloaded there (when online)."""
+    """Path of an existing weight file: `path` if given (a path or hub reference, model_files/hub.py), else the
+    torch hub cache, else downloaded there (when online)."""
     if path is not None:
         return hub.resolve(path, f"{weight.what} weights", hint=where_to_get(weight))
     cached = cache_path(weight)

@@ -1,10 +1,10 @@
 """Export a checkpoint as a folder anyone can load and publish: safetensors weights, config.json, a model card.
 
-    python -m models.export SOURCE OUT_DIR [--onnx] [--with-discriminator] [--results eval/.../results.json]
+    python -m model_files.export SOURCE OUT_DIR [--onnx] [--with-discriminator] [--results eval/.../results.json]
         [--push OWNER/REPO [--private]]
 
 SOURCE: a step_*.pt of either stage of this project, an official IP_LAP .pth, or an export (its weights file or its
-folder, by path or hf:// reference, models/hub.py). OUT_DIR receives:
+folder, by path or hf:// reference, model_files/hub.py). OUT_DIR receives:
 
 - landmark_generator.safetensors or renderer.safetensors: the network's weights under this project's names and
   conventions (an official renderer's first layers already take RGB), no pickle, no optimiser; its metadata says
@@ -12,10 +12,10 @@ folder, by path or hf:// reference, models/hub.py). OUT_DIR receives:
 - config.json: the constructor arguments, the source file's name and sha256 (and its hub reference when it came
   from the Hub; never a local path), and the step and training config where the source holds them;
 - README.md: a Hugging Face model card (front matter: license, library_name, tags, datasets);
-- with --onnx, ONNX models of the network (models/onnx_export.py), each checked against torch with onnxruntime;
+- with --onnx, ONNX models of the network (model_files/onnx_export.py), each checked against torch with onnxruntime;
 - with --with-discriminator (a renderer whose source has one: a run's step_*.pt, or an export that carries it),
   discriminator.safetensors, so that the published model can be fine-tuned adversarially (--init reads it back:
-  the renderer file's metadata names it and its sha256; models/discriminator_files.py). The card says whether it
+  the renderer file's metadata names it and its sha256; model_files/discriminator_files.py). The card says whether it
   is included.
 
 The folder is written whole or not at all. Before it is kept, the export is loaded back and compared with the
@@ -37,8 +37,8 @@ import torch
 import yaml
 
 from data.errors import InputError, one_line
-from models import hub
-from models.checkpoints import (
+from model_files import hub
+from model_files.checkpoints import (
     EXPORT_FILES,
     EXPORT_FORMAT,
     NETWORKS,
@@ -48,8 +48,8 @@ from models.checkpoints import (
     read_checkpoint,
     renderer_of,
 )
+from model_files.model_args import checked_model_args
 from models.landmark_generator import LandmarkGenerator
-from models.model_args import checked_model_args
 from models.renderer import Renderer
 
 LICENSE = "apache-2.0"  # the official release's and this project's (LICENSE)
@@ -105,7 +105,7 @@ def write_discriminator_of(source: str | Path, checkpoint: Checkpoint, kind: str
     """discriminator.safetensors in `folder`, from the source's discriminator, checked by loading it back; returns
     (what the renderer file's metadata says of it, its constructor arguments). A source without one is a one-line
     error."""
-    from models.discriminator_files import (
+    from model_files.discriminator_files import (
         DISCRIMINATOR_FILE,
         discriminator_of,
         discriminator_state,
@@ -165,7 +165,7 @@ def model_card(kind: str, config: dict, results: list[dict], repo: str | None, d
              f"# IP_LAP {NETWORKS[kind]}", "",
              f"This is {description}. It implements \"Identity-Preserving Talking Face Generation with "
              "Landmark and Appearance Priors\" (Zhong et al., CVPR 2023) and is loaded by the PyTorch code of "
-             "the IP_LAP reimplementation this card was exported with (models/export.py).", "",
+             "the IP_LAP reimplementation this card was exported with (model_files/export.py).", "",
              f"`{file}` holds the weights (safetensors, no pickle); `config.json` the constructor arguments, the "
              "source checkpoint's name and sha256, and its training step and config.", "",
              *discriminator_note(config),
@@ -174,7 +174,7 @@ def model_card(kind: str, config: dict, results: list[dict], repo: str | None, d
              "", "```bash",
              "python inference.py --video TEMPLATE.mp4 --audio SPEECH.wav --output dub.mp4 \\",
              f"    {option} hf://{repo}@REVISION/{file}", "```", "", "```python",
-             f"from models import {loader}", "",
+             f"from model_files import {loader}", "",
              f"network = {loader}(\"hf://{repo}@REVISION/{file}\", device=\"cpu\")", "```", "",
              "The loader checks every tensor's name and shape and prints the sha256 of the file it loaded; append "
              "`#sha256=HEX` to the reference to have it refuse any other file.", "",
@@ -258,7 +258,7 @@ def export(source: str | Path, out_dir: Path, onnx: bool = False, results: list[
         card = model_card(kind, config, tables, repo, datasets or ["lrs2"])
         (staging / "README.md").write_text(card)
         if onnx:
-            from models.onnx_export import export_onnx
+            from model_files.onnx_export import export_onnx
 
             export_onnx(kind, network, staging)
         for file in staging.iterdir():  # mkstemp-style modes (0600) would keep the files from other users
@@ -289,7 +289,7 @@ def push(out_dir: Path, repo: str, private: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.export", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m model_files.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="exit status: 0 when the export was written (and pushed); 2 for bad input "
                                             "or a failed upload, in one line, with no partial folder")

@@ -14,7 +14,7 @@ bar, honouring HF_ENDPOINT (a mirror), HF_HUB_OFFLINE (cache only) and its token
 it does everywhere. A revision pinned to a commit hash is what keeps a result reproducible: the file cannot change
 under it, and once cached it is served without asking the Hub.
 
-    python -m models.hub REFERENCE [REFERENCE ...]    # fetch into the cache (say, on a login node) and print paths
+    python -m model_files.hub REFERENCE [REFERENCE ...]    # fetch into the cache (say, on a login node) and print paths
 """
 from __future__ import annotations
 

@@ -3,9 +3,9 @@
 Official files (github.com/Weizhi-Zhong/IP_LAP, README "Test": landmarkgenerator_checkpoint.pth and
 renderer_checkpoint.pth) are torch.save'd dicts {'state_dict', 'optimizer', 'global_step', 'global_epoch'} from
 CUDA models, keys possibly prefixed 'module.' (DataParallel). This project's files are dicts with 'kind',
-'model' (state dict) and 'model_args' (constructor keywords). An export (models/export.py) is a safetensors file
+'model' (state dict) and 'model_args' (constructor keywords). An export (model_files/export.py) is a safetensors file
 of the network's state dict under this project's names, with 'kind' and 'model_args' in its metadata; its folder
-may stand for it. Any of them may be named by a hub reference (models/hub.py). Every load checks each tensor's
+may stand for it. Any of them may be named by a hub reference (model_files/hub.py). Every load checks each tensor's
 name and shape and prints the sha256 of the file it read.
 """
 from __future__ import annotations
@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 from data.errors import InputError, one_line
-from models import hub
+from model_files import hub
+from model_files.model_args import checked_model_args
+from model_files.weights import load_exactly, read_file, strip_module_prefix
 from models.landmark_generator import LandmarkGenerator
 from models.layers import sinusoidal_encoding
-from models.model_args import checked_model_args
 from models.renderer import Renderer
-from models.weights import load_exactly, read_file, strip_module_prefix
 
 OFFICIAL_SOURCE = ("docs/models.md (the official release's download links are dead; a re-hosted copy loads by "
                    "hf:// reference)")
@@ -71,7 +71,7 @@ def export_contents(data: bytes, path: Path) -> dict:
     if (not isinstance(metadata, dict) or metadata.get("format") != EXPORT_FORMAT
             or metadata.get("kind") not in NETWORKS):
         raise InputError(path, "a safetensors file without this project's export metadata (kind, model_args); "
-                               "export checkpoints with python -m models.export")
+                               "export checkpoints with python -m model_files.export")
     try:
         args = json.loads(metadata.get("model_args", "{}"))
     except (TypeError, ValueError) as error:

@@ -1,7 +1,7 @@
 """The renderer's discriminator in checkpoint files, so that a published renderer can be fine-tuned adversarially.
 
 A project step_*.pt holds it under 'others' (its constructor arguments in the run's config, key 'discriminator').
-An export made with `python -m models.export --with-discriminator` holds it as a second safetensors file beside the
+An export made with `python -m model_files.export --with-discriminator` holds it as a second safetensors file beside the
 renderer's, `discriminator.safetensors` (metadata: format, kind 'discriminator', model_args); the renderer file's
 own metadata names that file and its sha256, so a loader fetches exactly the file exported with it (from a folder,
 a path or a hub reference alike). The official release has no discriminator.
@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from data.errors import InputError, one_line
-from models import hub
-from models.checkpoints import EXPORT_FORMAT, Checkpoint
+from model_files import hub
+from model_files.checkpoints import EXPORT_FORMAT, Checkpoint
+from model_files.weights import load_exactly, strip_module_prefix
 from models.discriminator import MultiscaleDiscriminator
-from models.weights import load_exactly, strip_module_prefix
 
 DISCRIMINATOR_FILE = "discriminator.safetensors"
 KIND = "discriminator"
