@@ -35,6 +35,7 @@ from data.errors import DiskError, InputError, disk_problem
 from dubbing.cache import cache_dir
 from dubbing.frames import FrameSpool, read_selected, spool_template, template_frames
 from dubbing.network import (
+    RUNTIMES,
     Encoded,
     HostCopy,
     Models,
@@ -86,6 +87,8 @@ def check_config(config: dict) -> None:
     for key in ("pipeline", "compile"):
         if config[key] not in (True, False):
             raise InputError(f"{key}={config[key]}", f"{key} takes true or false")
+    if config["runtime"] not in RUNTIMES:
+        raise InputError(f"runtime={config['runtime']}", f"runtime takes one of {', '.join(RUNTIMES)}")
     if config["frame_work"] not in FRAME_WORK:
         raise InputError(f"frame_work={config['frame_work']}", f"frame_work takes one of {', '.join(FRAME_WORK)}")
 
