@@ -150,3 +150,17 @@ def test_runtime_choices_are_checked(random_checkpoints):
     config["runtime"] = "onnx"
     with pytest.raises(InputError, match="runtime=onnx: runtime takes one of torch, onnxruntime"):
         check_config(config)
+
+
+def test_demo_and_inference_pass_the_runtime_on(random_checkpoints):
+    """--runtime reaches the loaded networks: the CPU-only check fires for a device other than the CPU."""
+    import demo
+    import inference
+
+    landmark, renderer = (str(path) for path in random_checkpoints)
+    args = demo.parse_args(["--runtime", "onnxruntime"])
+    dubber = demo.Dubber(str(demo.INFERENCE_CONFIG), [f"runtime={args.runtime}"], "meta", Path("unused"))
+    with pytest.raises(InputError, match="runtime=onnxruntime: onnxruntime renders on the CPU here, not on meta"):
+        dubber.models(landmark, renderer)
+    assert inference.parse_args(["--video", "v.mp4", "--audio", "a.wav", "--runtime", "onnxruntime"]).runtime == \
+        "onnxruntime"
