@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="YAML settings laid over configs/inference.yaml (default: that file); the page's "
                              "settings start from it")
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: CUDA when present)")
+    parser.add_argument("--runtime", choices=("torch", "onnxruntime"),
+                        help="what renders each frame on the CPU (the config's runtime; default torch)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens the page "
                              "to the network)")
@@ -261,11 +263,13 @@ class Dubber:
     def models(self, landmark: str, renderer: str):
         """Both networks on the device, loaded once per checkpoint pair (a changed local file is loaded again)."""
         import dubbing
+        from dubbing.cache import cache_dir
 
-        key = (landmark, renderer, *(_stamp(path) for path in (landmark, renderer)))
-        if key not in self._models:
-            models = dubbing.load_models(landmark, renderer, self.device,  # a pair that fails keeps the last one
-                                         self.config()["checkpoints"]["require_sha256"])
+        config = self.config()  # the runtime is the server's setting, not the page's
+        key = (landmark, renderer, config["runtime"], *(_stamp(path) for path in (landmark, renderer)))
+        if key not in self._models:  # a pair that fails keeps the last one
+            models = dubbing.load_models(landmark, renderer, self.device, config["checkpoints"]["require_sha256"],
+                                         config["runtime"], cache_dir(config))
             self._models.clear()  # one pair in memory at a time
             self._models[key] = models
         return self._models[key]
@@ -505,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
         for option, value in (("--keep-minutes", args.keep_minutes), ("--max-upload-mb", args.max_upload_mb)):
             if value <= 0:
                 raise InputError(option, "must be more than 0")
-        dubber = Dubber(args.config, args.overrides, args.device, Path(), max_upload_bytes=args.max_upload_mb * 1e6)
+        overrides = args.overrides + ([f"runtime={args.runtime}"] if args.runtime else [])
+        dubber = Dubber(args.config, overrides, args.device, Path(), max_upload_bytes=args.max_upload_mb * 1e6)
         config = dubber.config()
         from dubbing.pipeline import check_config
 

@@ -95,6 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="H.264 encoder (the config's output.encoder; default auto: NVENC on a CUDA GPU that has "
                              "it, else libx264 on the CPU, said in one line)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: CUDA when present)")
+    parser.add_argument("--runtime", choices=("torch", "onnxruntime"),
+                        help="what renders each frame on the CPU (the config's runtime; default torch): onnxruntime "
+                             "runs the renderer's ONNX graph, exported on first use beside the template cache")
     parser.add_argument("--no-cache", action="store_true", help="analyse the template afresh; do not keep the "
                                                                 "result (the config's cache.enabled)")
     parser.add_argument("--cache-dir", help="where prepared templates are kept (the config's cache.dir; default "
@@ -228,6 +231,7 @@ def device_for_shard(device: str, shard: tuple[int, int]) -> str:
 def run(tasks: list[Task], args: argparse.Namespace, config: dict) -> list[tuple[Task, str]]:
     """Dub every task, grouped by template so that each template is prepared once; returns the failures."""
     import dubbing
+    from dubbing.cache import cache_dir
 
     if len(tasks) == 1:  # the cheap checks first, before the checkpoints load (several dubs: each fails alone)
         for path in (tasks[0].video, *(audio for audio, _ in tasks[0].speakers or [(tasks[0].audio, None)])):
@@ -235,7 +239,8 @@ def run(tasks: list[Task], args: argparse.Namespace, config: dict) -> list[tuple
                 raise InputError(path, "no such file")
     models = dubbing.load_models(args.landmark_ckpt or config["checkpoints"]["landmark"],
                                  args.renderer_ckpt or config["checkpoints"]["renderer"],
-                                 device_for_shard(args.device, args.shard), config["checkpoints"]["require_sha256"])
+                                 device_for_shard(args.device, args.shard), config["checkpoints"]["require_sha256"],
+                                 config["runtime"], cache_dir(config))
     if models.device.type == "cpu":
         from allocator import keep_freed_memory
 
@@ -310,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             ([f"cache.dir={args.cache_dir}"] if args.cache_dir else []) + \
             ([f"output.fps={args.fps}"] if args.fps else []) + \
             ([f"output.encoder={args.encoder}"] if args.encoder else []) + \
-            (["checkpoints.require_sha256=true"] if args.require_hash else [])
+            (["checkpoints.require_sha256=true"] if args.require_hash else []) + \
+            ([f"runtime={args.runtime}"] if args.runtime else [])
         config = load_config(args.config, overrides, base=INFERENCE_CONFIG)
         tasks = shard_of(plan(args), args.shard)
         if not tasks:

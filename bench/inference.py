@@ -2,6 +2,18 @@
 
   python -m bench.inference [--seconds 1] [--refs 3,25] [--skip-speed] [--skip-many] [--skip-memory]
                             [--skip-pipeline] [--pipeline-only] [--device cpu]
+  python -m bench.inference --runtimes-only [--official "COMMAND"] [--official-frames 21] [--rounds 2]
+
+Runtimes (--runtimes-only, or after the other sections unless --skip-runtimes): whole dubs at N=25 (the official
+script's default) of the first --seconds of the demo speech on the demo template at 25 fps, under `runtime: torch`
+and `runtime: onnxruntime`, alternating (per round: official, torch, onnxruntime, onnxruntime, torch, official),
+seconds per output frame, the template prepared anew each time (FaceMesh pass included, the template cache off;
+the ONNX graph exported once before the first round and not timed). --official COMMAND is a shell command that runs
+the official inference script (set up by hand outside this project: github.com/Weizhi-Zhong/IP_LAP moved to the
+CPU, see bench/README.md) on the same inputs; it writes --official-frames frames (21 for 1 s: it drops the windows
+at both edges). The fastest run of each side is compared. Then a per-stage profile of one dub under each runtime,
+in one thread (`pipeline: false`, so the stages add up): FaceMesh pass, references encoded, decode, landmark
+generator, sketches and crops, render, paste-back, video encoding, seconds per output frame.
 
 Speed: output frames per second of the whole pipeline (inference.py's `dubbing.dub`: FaceMesh pass, landmark
 generator, sketches, renderer, paste-back, H.264/AAC encoding) on the first --seconds of the demo speech (1 s, as
@@ -146,6 +158,12 @@ def main() -> None:
     parser.add_argument("--pipeline-only", action="store_true", help="only the pipeline section")
     parser.add_argument("--real-memory", action="store_true", help="memory runs with the real renderer")
     parser.add_argument("--memory-child", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--skip-runtimes", action="store_true")
+    parser.add_argument("--runtimes-only", action="store_true", help="only the runtimes section")
+    parser.add_argument("--official", help="shell command running the official script on the same inputs")
+    parser.add_argument("--official-frames", type=int, default=21, help="frames the official command writes")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the runtimes section")
+    parser.add_argument("--runtime-refs", type=int, default=OFFICIAL_REFS, help="N of the runtimes section")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -154,6 +172,8 @@ def main() -> None:
         if args.memory_child is not None:
             return memory_child(args)
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+        if args.runtimes_only:
+            return runtimes(args, folder)
         if not args.skip_pipeline:
             pipeline(args, folder)
         if args.pipeline_only:
@@ -164,6 +184,8 @@ def main() -> None:
             many(args, folder)
         if not args.skip_memory:
             memory(args)
+        if not args.skip_runtimes:
+            runtimes(args, folder)
 
 
 def many(args, folder: Path) -> None:
@@ -257,6 +279,77 @@ def memory(args) -> None:
           f"(60 s ran at {peaks[60.0]['fps']:.1f} frames/s)")
 
 
+def runtimes(args, folder: Path) -> None:
+    """Whole dubs at N=25 under both runtimes, alternating with the official command; then a per-stage profile."""
+    import os
+
+    audio = write_wav(folder / "runtimes.wav", demo_speech(args.seconds))
+    loaded = {runtime: dubbing.load_models(args.landmark_ckpt, args.renderer_ckpt, args.device, runtime,
+                                           folder / "graphs") for runtime in dubbing.network.RUNTIMES}
+    config = demo_config()
+    config.update(refs=args.runtime_refs)
+    config["cache"]["enabled"] = False
+
+    def ours(runtime: str) -> float:
+        result = dubbing.dub(sample("template_129.mp4"), audio, folder / f"{runtime}.mp4", loaded[runtime], config,
+                             progress=False)
+        return result.seconds / result.frames
+
+    def official() -> float:
+        started = time.perf_counter()
+        subprocess.run(args.official, shell=True, check=True, capture_output=True)
+        return (time.perf_counter() - started) / args.official_frames
+
+    sides = {"official": official} if args.official else {}
+    sides.update({runtime: (lambda runtime=runtime: ours(runtime)) for runtime in loaded})
+    order = ["official", "torch", "onnxruntime", "onnxruntime", "torch", "official"]
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    print(f"\nruntimes: N={args.runtime_refs}, {args.seconds:g} s of speech, template_129.mp4 at 25 fps, load "
+          f"{os.getloadavg()[0]:.1f} at the start; seconds per output frame, in the order run")
+    for _ in range(args.rounds):
+        for side in order:
+            if side in sides:
+                times[side].append(sides[side]())
+                print(f"  {side}: {times[side][-1]:.2f} s/frame", flush=True)
+    best = {side: min(values) for side, values in times.items()}
+    print("| side | fastest s/frame | runs | / torch | / official |")
+    print("| --- | --- | --- | --- | --- |")
+    for side, value in best.items():
+        versus = f"{value / best['official']:.2f}x" if "official" in best else "n/a"
+        print(f"| {side} | {value:.2f} | {', '.join(f'{t:.2f}' for t in times[side])} | "
+              f"{value / best['torch']:.2f}x | {versus} |")
+    print(f"load at the end {os.getloadavg()[0]:.1f}")
+    stage_profile(loaded, audio, config, folder)
+
+
+STAGE_NAMES = {"analyse_template": "FaceMesh pass", "encode_references": "references encoded", "decode": "decode",
+               "predict_content": "landmark generator", "prepare": "sketches and crops", "network": "render",
+               "paste": "paste-back", "encode": "video encoding"}
+
+
+def stage_profile(loaded: dict, audio: Path, config: dict, folder: Path) -> None:
+    """Seconds per output frame by stage of one dub per runtime, every stage in the calling thread."""
+    config = {**config, "pipeline": False}
+    rows = {}
+    for runtime, models in loaded.items():
+        clock = StageClock(extra=("analyse_template", "encode_references", "predict_content"))
+        try:
+            result = dubbing.dub(sample("template_129.mp4"), audio, folder / "profile.mp4", models, config,
+                                 progress=False)
+        finally:
+            clock.remove()
+        spent = {stage: seconds for (stage, main), seconds in clock.seconds.items() if main}
+        spent["prepare"] = spent.get("prepare", 0.0) - spent.get("predict_content", 0.0)  # landmark counted apart
+        rows[runtime] = ({stage: spent.get(stage, 0.0) / result.frames for stage in STAGE_NAMES},
+                         result.seconds / result.frames)
+    print(f"\nper-stage profile, N={config['refs']}, one thread, seconds per output frame")
+    print("| stage | " + " | ".join(rows) + " |")
+    print("| --- " * (len(rows) + 1) + "|")
+    for stage, name in STAGE_NAMES.items():
+        print(f"| {name} | " + " | ".join(f"{row[0][stage]:.3f}" for row in rows.values()) + " |")
+    print("| whole dub | " + " | ".join(f"{row[1]:.3f}" for row in rows.values()) + " |")
+
+
 class StandInLandmarks(torch.nn.Module):
     """The landmark generator's interface at no cost: every window predicts `content` (2, 57)."""
 
@@ -281,7 +374,8 @@ class StageClock:
     STAGES = {"frame_batches": "decode", "prepare_batch": "prepare", "render_batch": "network",
               "paste_batch": "paste"}
 
-    def __init__(self):
+    def __init__(self, extra: tuple[str, ...] = ()):
+        """extra: further dubbing.pipeline functions timed under their own names."""
         import threading
 
         self.seconds: dict[tuple[str, bool], float] = {}
@@ -312,13 +406,14 @@ class StageClock:
 
         import dubbing.writer
 
-        self._saved = [(dubbing.pipeline, name, getattr(dubbing.pipeline, name)) for name in self.STAGES]
+        names = {**self.STAGES, **{name: name for name in extra}}
+        self._saved = [(dubbing.pipeline, name, getattr(dubbing.pipeline, name)) for name in names]
         self._saved.append((dubbing.writer.Outputs, "write", dubbing.writer.Outputs.write))
         for module, name, function in self._saved:
             if name == "frame_batches":
                 setattr(module, name, timed_source(function))
             else:
-                setattr(module, name, timed(self.STAGES.get(name, "encode"), function))
+                setattr(module, name, timed(names.get(name, "encode"), function))
 
     def add(self, stage: str, seconds: float) -> None:
         import threading

@@ -15,6 +15,7 @@ import torch
 
 from config import autocast, pick_device
 from data.crop import box_size, crop_face
+from data.errors import InputError
 from data.landmarks import content_of, pose_of
 from data.sketch import draw_sketch
 from data.tensors import as_images, unit_range, upload
@@ -35,15 +36,20 @@ def render_faces(renderer: Renderer, refs: References, faces: torch.Tensor, sket
 RenderStep = Callable[[Renderer, References, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+RUNTIMES = ("torch", "onnxruntime")  # what runs the render step (configs/inference.yaml's `runtime`)
+
+
 @dataclass
 class Models:
-    """Both networks on their device. `render_step` is what a batch is rendered with: `render_faces`, or a
-    stand-in of the same signature (benches and tests put one in with dataclasses.replace)."""
+    """Both networks on their device. `render_step` is what a batch is rendered with: `render_faces`, the render
+    graph in onnxruntime (`runtime` says which), or a stand-in of the same signature (benches and tests put one in
+    with dataclasses.replace)."""
 
     landmark: LandmarkGenerator
     renderer: Renderer
     device: torch.device
     render_step: RenderStep = render_faces
+    runtime: str = "torch"
 
     @property
     def face_size(self) -> int:
@@ -52,12 +58,30 @@ class Models:
 
 
 def load_models(landmark_ckpt: str | Path, renderer_ckpt: str | Path, device: str | torch.device | None = None,
-                require_sha256: bool = False) -> Models:
-    """Both networks from this project's checkpoints or the official files (told apart by their contents);
-    require_sha256: refuse a reference without #sha256=HEX (checkpoints.require_sha256)."""
+                require_sha256: bool = False, runtime: str = "torch", graphs: str | Path | None = None) -> Models:
+    """Both networks from this project's checkpoints or the official files (told apart by their contents).
+    require_sha256: refuse a reference without #sha256=HEX (checkpoints.require_sha256). runtime 'onnxruntime'
+    (CPU only) renders every batch with the renderer's ONNX graph, exported on first use into `graphs` (the
+    template cache's folder; None: a temporary one) by dubbing/graphs.py."""
     device = device if isinstance(device, torch.device) else pick_device(device)
-    return Models(load_landmark_generator(landmark_ckpt, device, require_sha256),
-                  load_renderer(renderer_ckpt, device, require_sha256), device)
+    if runtime not in RUNTIMES:
+        raise InputError(f"runtime={runtime}", f"runtime takes one of {', '.join(RUNTIMES)}")
+    if runtime == "onnxruntime" and device.type != "cpu":
+        raise InputError("runtime=onnxruntime", f"onnxruntime renders on the CPU here, not on {device}; use "
+                                                "runtime=torch")
+    models = Models(load_landmark_generator(landmark_ckpt, device, require_sha256),
+                    load_renderer(renderer_ckpt, device, require_sha256), device)
+    if runtime == "torch":
+        return models
+    import tempfile
+
+    from data.samples import sha256
+    from dubbing.graphs import onnx_render_step, render_graph
+    from model_files.checkpoints import checkpoint_file
+
+    folder = Path(graphs) if graphs is not None else Path(tempfile.mkdtemp(prefix="iplap-graphs-"))
+    path = render_graph(models.renderer, sha256(checkpoint_file(renderer_ckpt, "renderer")), folder)
+    return dataclasses.replace(models, render_step=onnx_render_step(path), runtime=runtime)
 
 
 @functools.cache
@@ -67,7 +91,10 @@ def _compiled_step(step: RenderStep) -> RenderStep:
 
 
 def compiled(models: Models) -> Models:
-    """`models` with its render step compiled by torch.compile (the config's `compile: true`), once per process."""
+    """`models` with its render step compiled by torch.compile (the config's `compile: true`), once per process;
+    a render step in onnxruntime stays as it is."""
+    if models.runtime != "torch":
+        return models
     return dataclasses.replace(models, render_step=_compiled_step(models.render_step))
 
 

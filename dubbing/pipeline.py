@@ -36,6 +36,7 @@ from dubbing.cache import cache_dir
 from dubbing.faces import check_faces
 from dubbing.frames import FrameSpool, read_selected, spool_template, template_frames
 from dubbing.network import (
+    RUNTIMES,
     Encoded,
     HostCopy,
     Models,
@@ -92,6 +93,8 @@ def check_config(config: dict) -> None:
     if config["checkpoints"]["require_sha256"] not in (True, False):
         raise InputError(f"checkpoints.require_sha256={config['checkpoints']['require_sha256']}",
                          "checkpoints.require_sha256 takes true or false")
+    if config["runtime"] not in RUNTIMES:
+        raise InputError(f"runtime={config['runtime']}", f"runtime takes one of {', '.join(RUNTIMES)}")
     if config["frame_work"] not in FRAME_WORK:
         raise InputError(f"frame_work={config['frame_work']}", f"frame_work takes one of {', '.join(FRAME_WORK)}")
     check_faces(config)

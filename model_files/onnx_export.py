@@ -9,10 +9,12 @@ in every input and output, and so are the number of frames T, of reference landm
 images N (the graph takes all N references in one pass). Images are RGB in 0..1 at the renderer's face size (128,
 256 or 512 pixels square), which the graph is traced and checked at. Exported with the TorchScript-based exporter
 (torch.onnx.export(dynamo=False)), which needs no package beyond onnx.
-The check uses smooth random images. On a real dub's inputs (sharp one-pixel sketch lines) with random weights,
-renderer_render differed from torch by up to 8e-3 (about 2 levels of 255; 1e-3 with the sketches blurred, 3e-5
-here), a gap not yet explained (ruled out: the instance norm written as ONNX ops, 1e-5 in torch itself; the
-nearest-neighbour downsampling, exact; large motion fields, about 10 px), so dubbing runs on torch only.
+The check uses smooth random images. On a real dub's inputs (one-pixel sketch lines) two operators needed a
+formulation of their own to stay as close to torch float32 as torch float32 is to float64 (docs/models.md, "Where
+the render graph's gap came from"): the sigmoid, as 1 / (1 + exp(-x)) (onnxruntime's Sigmoid is accurate to 1e-7
+absolute but not relative, and the alignment's blend weights divide by sums of near-zero weights), and the
+instance norm's mean, corrected by a second pass (features whose variance is far below the 1e-5 epsilon have their
+deviation from the mean multiplied by up to 316, and onnxruntime's float32 mean is rounded more than torch's).
 """
 from __future__ import annotations
 
@@ -112,11 +114,21 @@ def _instance_norm(g, x, weight, bias, running_mean, running_var, use_input_stat
 
     if not (_is_none(weight) and _is_none(bias)):
         raise ValueError("only instance norm without affine parameters is exported")
-    mean = g.op("ReduceMean", x, axes_i=[2, 3], keepdims_i=1)
-    centred = g.op("Sub", x, mean)
+    centred = g.op("Sub", x, g.op("ReduceMean", x, axes_i=[2, 3], keepdims_i=1))
+    # A second pass removes what the float32 mean's rounding left (the corrected two-pass algorithm): where a
+    # channel's variance is far below epsilon, the division multiplies that remainder by up to 1/sqrt(epsilon).
+    centred = g.op("Sub", centred, g.op("ReduceMean", centred, axes_i=[2, 3], keepdims_i=1))
     variance = g.op("ReduceMean", g.op("Mul", centred, centred), axes_i=[2, 3], keepdims_i=1)
     epsilon = g.op("Constant", value_t=torch.tensor(_maybe_get_const(eps, "f"), dtype=torch.float32))
     return g.op("Div", centred, g.op("Sqrt", g.op("Add", variance, epsilon)))
+
+
+def _sigmoid(g, x):
+    """aten::sigmoid as 1 / (1 + exp(-x)), accurate relative to its value where onnxruntime's Sigmoid is accurate
+    to about 1e-7 absolute: the alignment's blend sum_i w_i x_i / (sum_i w_i + 1e-5) reads the relative size of
+    weights that are all near zero."""
+    one = g.op("Constant", value_t=torch.tensor(1.0, dtype=torch.float32))
+    return g.op("Div", one, g.op("Add", one, g.op("Exp", g.op("Neg", x))))
 
 
 def run_session(path: Path, inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
@@ -127,20 +139,24 @@ def run_session(path: Path, inputs: dict[str, torch.Tensor]) -> list[np.ndarray]
     return session.run(None, {name: tensor.numpy() for name, tensor in inputs.items()})
 
 
-def export_onnx(kind: str, network: nn.Module, folder: Path, size: int | None = None) -> dict[str, float]:
-    """Write the ONNX graphs of `network` into `folder`, traced at the renderer's face size (`size`: another size
-    its fully convolutional graph also takes, for quick checks); each is run by onnxruntime on other batch and
-    reference counts than it was traced with and compared with torch. Returns graph name -> largest absolute
-    difference (printed); a difference above TOLERANCE is a RuntimeError."""
+def export_onnx(kind: str, network: nn.Module, folder: Path, size: int | None = None, only: str | None = None
+                ) -> dict[str, float]:
+    """Write the ONNX graphs of `network` into `folder` (`only`: that graph alone), traced at the renderer's face
+    size (`size`: another size its fully convolutional graph also takes, for quick checks); each is run by
+    onnxruntime on other batch and reference counts than it was traced with and compared with torch. Returns graph
+    name -> largest absolute difference (printed); a difference above TOLERANCE is a RuntimeError."""
     size = size or getattr(network, "face_size", BASE_SIZE)  # the landmark generator has no face size
     differences = {}
     torch.onnx.register_custom_op_symbolic("aten::instance_norm", _instance_norm, OPSET)
+    torch.onnx.register_custom_op_symbolic("aten::sigmoid", _sigmoid, OPSET)
     # Traced with gradients on (and inputs made here, outside any inference mode of the caller): under no_grad the
     # Transformer layers take a fused fast path that ONNX lacks.
     with torch.inference_mode(False), torch.enable_grad():
         traced = example_inputs(kind, batch=2, refs=3, size=size, seed=0)
         checked = example_inputs(kind, batch=3, refs=4, size=size, seed=1)
         for name, (module, outputs, axes) in graphs(kind, network.cpu().eval()).items():
+            if only not in (None, name):
+                continue
             inputs, other = dict(traced[name]), dict(checked[name])
             if name == "renderer_render":  # the references' features, as encode_references gives them
                 for values, source in ((inputs, traced), (other, checked)):

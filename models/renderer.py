@@ -174,7 +174,7 @@ class Alignment(nn.Module):
         flow = self.flow(x)  # (B*n, 2, H, W), in pixels
         h1, h2, image = warp_in_float32(flow, (refs.h1.flatten(0, 1), refs.h2.flatten(0, 1),
                                                refs.images.flatten(0, 1)))
-        weight = self.weight_head(x).float()  # (B*n, 1, 128, 128)
+        weight = widened(self.weight_head(x))  # (B*n, 1, 128, 128)
         small_weight = F.interpolate(weight, size=refs.h2.shape[-2:], mode="nearest")
         terms = (h1 * weight, h2 * small_weight, image * at_size(weight, image.shape[-1]), weight)
         return tuple(t.unflatten(0, (batch, count)).sum(dim=1) for t in terms)
@@ -182,10 +182,16 @@ class Alignment(nn.Module):
 
 def warp_in_float32(flow: torch.Tensor, sources: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
     """Each source (B, C, h, w) warped by the flow (B, 2, H, W) in pixels, in float32 whatever autocast is on:
-    the grid and the sampling run in `full_precision`, so the result is float32 (sums over references too)."""
+    the grid and the sampling run in `full_precision`, so the result is float32 (sums over references too; float64
+    in a float64 network)."""
     with full_precision(flow.device):
-        grid = flow_to_grid(flow.float())  # (B, H, W, 2)
-        return [warp(source.float(), grid) for source in sources]
+        grid = flow_to_grid(widened(flow))  # (B, H, W, 2)
+        return [warp(widened(source), grid) for source in sources]
+
+
+def widened(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` in float32, or as it is when wider (a float64 network, as bench/onnx_gap.py runs one)."""
+    return tensor if tensor.dtype == torch.float64 else tensor.float()
 
 
 def full_precision(device: torch.device):

@@ -1,0 +1,167 @@
+"""`runtime: onnxruntime`: on a real dub's inputs (a sample template's face crops and one-pixel sketch lines, the
+demo speech, random weights) the render graph's faces are within 2 grey levels of torch's at the 99.9th percentile
+and at least 45 dB PSNR, at 128 and 256; the graph cache reuses an intact graph, rebuilds a damaged or stale one,
+and keys it by the renderer checkpoint."""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dubbing
+from data.audio import SAMPLE_RATE, load_audio
+from data.errors import InputError
+from data.video import VideoReader, VideoWriter
+from dubbing.graphs import graph_path, intact, render_graph
+from testing.audio import write_wav
+
+GREY_LEVELS, MIN_PSNR = 2.0, 45.0  # the bounds of a runtime: what a viewer and the metrics cannot tell apart
+
+
+@pytest.fixture(scope="module")
+def media(samples, tmp_path_factory) -> tuple[Path, Path]:
+    """The demo template's first 8 frames and the demo speech's first 0.2 s (5 output frames)."""
+    folder = tmp_path_factory.mktemp("onnx_runtime")
+    template = folder / "template.mp4"
+    with VideoReader(samples / "template_129.mp4") as reader, VideoWriter(template) as writer:
+        for frame in itertools.islice(reader, 8):
+            writer.write(frame)
+    audio = write_wav(folder / "speech.wav", load_audio(samples / "speech_audio2.wav")[:int(0.2 * SAMPLE_RATE)])
+    return template, audio
+
+
+def renderer_checkpoint(path: Path, face_size: int, seed: int = 0) -> Path:
+    from models.renderer import Renderer
+
+    torch.manual_seed(seed)
+    state = Renderer(face_size=face_size).state_dict()
+    torch.save({"kind": "renderer", "model": state, "model_args": {"face_size": face_size}}, path)
+    return path
+
+
+def as_grey(faces: torch.Tensor) -> np.ndarray:
+    """Generated faces in 0..1 as the dub writes them: uint8 grey levels (dubbing.network.generate)."""
+    return (faces.float().clamp(0, 1) * 255).round().byte().numpy().astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory) -> Path:
+    """The template cache's folder that every graph of this module goes into."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def onnx_128(random_checkpoints, graphs) -> dubbing.Models:
+    return dubbing.load_models(*random_checkpoints, "cpu", "onnxruntime", graphs)
+
+
+def faces_of_both(media, landmark: Path, renderer: Path, onnx: dubbing.Models, folder: Path
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The generated faces of a short dub (N=3, 2 frames at 10 fps) under torch, and under `onnx` on the same
+    inputs, in grey levels."""
+    models = dubbing.load_models(landmark, renderer, "cpu")
+    assert (models.runtime, onnx.runtime) == ("torch", "onnxruntime")
+    torch_faces, onnx_faces = [], []
+
+    def both(renderer, refs, faces, sketches, mels):
+        expected = dubbing.render_faces(renderer, refs, faces, sketches, mels)
+        torch_faces.append(as_grey(expected))
+        onnx_faces.append(as_grey(onnx.render_step(renderer, refs, faces, sketches, mels)))
+        return expected
+
+    config = dubbing.default_config()
+    config.update(refs=3)
+    config["output"]["fps"] = 10
+    dubbing.dub(*media, folder / "out.mp4", replace(models, render_step=both), config, progress=False)
+    return np.concatenate(torch_faces), np.concatenate(onnx_faces)
+
+
+def check_bounds(expected: np.ndarray, got: np.ndarray, face_size: int) -> None:
+    assert expected.shape == (2, 3, face_size, face_size)
+    difference = np.abs(got - expected)
+    psnr = 10 * np.log10(255**2 / np.mean(difference**2)) if difference.any() else np.inf
+    print(f"{face_size}: 99.9th percentile {np.percentile(difference, 99.9):.2f} grey levels, largest "
+          f"{difference.max():.0f}, PSNR {psnr:.1f} dB")
+    assert np.percentile(difference, 99.9) <= GREY_LEVELS and psnr >= MIN_PSNR
+    assert expected.std() > 3  # faces, not a constant that a broken graph could match too
+
+
+def test_onnxruntime_faces_within_the_bounds_of_torch_on_a_real_dub(media, random_checkpoints, onnx_128, tmp_path):
+    check_bounds(*faces_of_both(media, *random_checkpoints, onnx_128, tmp_path), 128)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("face_size", [256, 512])
+def test_onnxruntime_faces_within_the_bounds_of_torch_at_larger_sizes(face_size, media, random_checkpoints,
+                                                                     tmp_path):
+    renderer = renderer_checkpoint(tmp_path / "renderer.pt", face_size)
+    onnx = dubbing.load_models(random_checkpoints[0], renderer, "cpu", "onnxruntime", tmp_path / "cache")
+    check_bounds(*faces_of_both(media, random_checkpoints[0], renderer, onnx, tmp_path), face_size)
+
+
+def test_graph_cache_keys_by_checkpoint_reuses_and_rebuilds(random_checkpoints, onnx_128, graphs, tmp_path,
+                                                            capsys):
+    from data.samples import sha256
+    from model_files.checkpoints import load_renderer
+
+    path = graph_path(graphs, sha256(random_checkpoints[1]), 128)
+    assert intact(path)
+    good, stamp = path.read_bytes(), path.stat().st_mtime_ns
+    capsys.readouterr()
+
+    # Another checkpoint (here at 256): a graph of its own, exported with its check; the first one untouched.
+    other = renderer_checkpoint(tmp_path / "other.pt", 256, seed=1)
+    models = dubbing.load_models(random_checkpoints[0], other, "cpu", "onnxruntime", graphs)
+    assert "renderer_render.onnx: onnxruntime vs torch" in capsys.readouterr().err
+    assert models.face_size == 256 and intact(graph_path(graphs, sha256(other), 256))
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted(
+        [path.name, path.with_suffix(".json").name, f"render_{sha256(other)[:32]}_256.onnx",
+         f"render_{sha256(other)[:32]}_256.json"])  # nothing else left behind
+    assert path.read_bytes() == good and path.stat().st_mtime_ns == stamp
+
+    renderer = load_renderer(random_checkpoints[1])
+    assert render_graph(renderer, sha256(random_checkpoints[1]), graphs) == path  # intact: used as it is
+    assert path.stat().st_mtime_ns == stamp and "onnxruntime vs torch" not in capsys.readouterr().err
+
+    manifest = path.with_suffix(".json")
+    facts = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**facts, "format": facts["format"] - 1}))  # stale: another export's format
+    assert not intact(path)
+    manifest.write_text(json.dumps(facts))
+    path.write_bytes(good[: len(good) // 2])  # damaged (a half-written file): exported again
+    assert not intact(path)
+    assert render_graph(renderer, sha256(random_checkpoints[1]), graphs) == path
+    assert intact(path) and path.read_bytes() == good and "onnxruntime vs torch" in capsys.readouterr().err
+
+
+def test_runtime_choices_are_checked(random_checkpoints):
+    with pytest.raises(InputError, match="runtime takes one of torch, onnxruntime"):
+        dubbing.load_models(*random_checkpoints, "cpu", "tensorrt")
+    with pytest.raises(InputError, match="runtime=onnxruntime: onnxruntime renders on the CPU"):
+        dubbing.load_models(*random_checkpoints, "meta", "onnxruntime")
+    from dubbing.pipeline import check_config
+
+    config = dubbing.default_config()
+    assert config["runtime"] == "torch"
+    config["runtime"] = "onnx"
+    with pytest.raises(InputError, match="runtime=onnx: runtime takes one of torch, onnxruntime"):
+        check_config(config)
+
+
+def test_demo_and_inference_pass_the_runtime_on(random_checkpoints):
+    """--runtime reaches the loaded networks: the CPU-only check fires for a device other than the CPU."""
+    import demo
+    import inference
+
+    landmark, renderer = (str(path) for path in random_checkpoints)
+    args = demo.parse_args(["--runtime", "onnxruntime"])
+    dubber = demo.Dubber(str(demo.INFERENCE_CONFIG), [f"runtime={args.runtime}"], "meta", Path("unused"))
+    with pytest.raises(InputError, match="runtime=onnxruntime: onnxruntime renders on the CPU here, not on meta"):
+        dubber.models(landmark, renderer)
+    assert inference.parse_args(["--video", "v.mp4", "--audio", "a.wav", "--runtime", "onnxruntime"]).runtime == \
+        "onnxruntime"
