@@ -5,7 +5,8 @@ import torch
 
 from data.errors import InputError
 from losses.landmark import landmark_loss, velocity_loss
-from models import LandmarkGenerator, load_landmark_generator
+from model_files import load_landmark_generator
+from models import LandmarkGenerator
 from testing.checkpoints import official_state
 
 

@@ -8,8 +8,9 @@ from allocator import keep_freed_memory
 from data.errors import InputError
 from losses.gan import feature_matching_loss, lsgan_loss
 from losses.perceptual import PerceptualLoss, gram, load_vgg19_features
+from model_files import load_renderer
 from model_files.checkpoints import official_renderer_name, renamed_renderer_state
-from models import Renderer, load_renderer
+from models import Renderer
 from models.discriminator import MultiscaleDiscriminator
 from models.renderer import ALIGNMENT_BUDGET, PAIR_BYTES, flow_to_grid, reference_chunk
 from testing.checkpoints import official_state, official_tensors, save_official
