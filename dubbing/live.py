@@ -143,6 +143,8 @@ class LiveSession:
         """Add a chunk of mono audio (int16, or float in -1..1; any length; another rate is resampled to 16 kHz);
         returns the frames that have become final. The first chunk after idling starts an utterance."""
         samples = pcm_samples(samples)
+        if len(samples) == 0:  # nothing to start or go on with
+            return []
         if self._utterance is None:
             self._utterance = self._start()
         utterance = self._utterance

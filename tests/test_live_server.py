@@ -67,12 +67,12 @@ def test_a_stream_end_to_end_with_the_client(media, served, tmp_path):  # noqa: 
                              "template", "--chunk-ms", "100"]) == 0
     assert time.monotonic() - started < 120
     frames = read_frames(output)
-    assert len(frames) == 30
+    assert len(frames) == 20
     assert abs(len(load_audio(output)) - len(media[2])) < 0.05 * SAMPLE_RATE  # the speech is muxed
     # What came over the wire is the session's frames, JPEG-encoded: the same bytes as a local session makes.
     received = live_client.stream(url, media[2], chunk_s=0.1, start={"template": "template", "quality": 90})
     assert sorted(received.frames) == list(range(received.frames and min(received.frames),
-                                                 min(received.frames) + 30))
+                                                 min(received.frames) + 20))
     face = server.faces[("template", 2, "template")]
     local = LiveSession(face.prepared, server.models, _config(), face.idle, face.spool)
     local.idle(min(received.frames))  # the server idled until the first chunk came
@@ -131,7 +131,7 @@ def test_two_clients_at_once(media, served):  # noqa: F811
     for thread in threads:
         thread.join(timeout=300)
     a, b = results
-    assert len(a.frames) == len(b.frames) == 30 and a.dropped == b.dropped == 0
+    assert len(a.frames) == len(b.frames) == 20 and a.dropped == b.dropped == 0
     assert all(np.array_equal(x, y) for x, y in zip(live_client.speech_frames(a), live_client.speech_frames(b)))
 
 
@@ -184,3 +184,11 @@ def test_a_slow_reader_loses_the_oldest_frames_and_is_told():
     assert got[0] == 0 and got[1:] == list(range(35, 40))  # the newest kept, in order
     drops = [t for t in reader.texts if t["event"] == "dropped"]
     assert drops and sum(d["count"] for d in drops) == outbox.dropped == 34 and drops[-1]["total"] == 34
+
+
+def test_live_py_names_a_missing_template_in_one_line(tmp_path, capsys):
+    import live
+
+    assert live.main(["--template", str(tmp_path / "absent.mp4")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'absent.mp4'}: no such file"
