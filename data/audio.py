@@ -90,16 +90,119 @@ def melspectrogram(wav: np.ndarray) -> np.ndarray:
     wav = np.asarray(wav, dtype=np.float32)
     if wav.ndim != 1 or len(wav) == 0:
         raise ValueError(f"expected non-empty mono audio (n,), got shape {wav.shape}")
-    emphasised = lfilter([1.0, -PREEMPHASIS], [1.0], wav)  # float64 from here on, as in librosa
-    # Reflect padding needs more than half a window of signal; shorter clips are zero-extended first.
+    return mel_frames(_reflect_padded(emphasise(wav)), 1 + len(wav) // HOP)
+
+
+def emphasise(wav: np.ndarray) -> np.ndarray:
+    """The pre-emphasis filter, float64 from here on as in librosa (a two-tap FIR: each output sample depends on
+    its input sample and the one before only)."""
+    return lfilter([1.0, -PREEMPHASIS], [1.0], wav)
+
+
+def _reflect_padded(emphasised: np.ndarray) -> np.ndarray:
+    """Half a window of reflection at both ends (centred frames). Reflect padding needs more than half a window
+    of signal; shorter clips are zero-extended first."""
     if len(emphasised) <= N_FFT // 2:
         emphasised = np.pad(emphasised, (0, N_FFT // 2 + 1 - len(emphasised)))
-    padded = np.pad(emphasised, N_FFT // 2, mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[:: HOP][: 1 + len(wav) // HOP]
-    spectrum = np.abs(np.fft.rfft(frames * _hann(), axis=1))  # (M, 401)
-    mel_db = 20.0 * np.log10(np.maximum(1e-5, spectrum @ mel_filters().T.astype(np.float64))) - REF_LEVEL_DB
+    return np.pad(emphasised, N_FFT // 2, mode="reflect")
+
+
+def mel_frames(padded: np.ndarray, count: int) -> np.ndarray:
+    """The first `count` normalised log-mel frames (count, 80) float32 of a padded, emphasised signal, the
+    frames HOP apart from its start. Each frame is computed from its own window alone: the same values however
+    many frames are computed at once (einsum's loops, where a BLAS product's rounding depends on the rows it is
+    given; MelStream computes a few frames at a time)."""
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[:: HOP][:count]
+    spectrum = np.abs(np.fft.rfft(frames * _hann(), axis=1))  # (count, 401)
+    mel_db = 20.0 * np.log10(np.maximum(1e-5, np.einsum("fb,mb->fm", spectrum, _filters64()))) - REF_LEVEL_DB
     normalised = 2 * MAX_ABS * ((mel_db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS
     return np.clip(normalised, -MAX_ABS, MAX_ABS).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _filters64() -> np.ndarray:
+    return mel_filters().astype(np.float64)
+
+
+class MelStream:
+    """melspectrogram computed as the audio arrives: `feed` chunks of 16 kHz samples of any length, `end` when
+    the audio is whole. Frame m is final once the samples its window covers have arrived (m * HOP + N_FFT / 2 of
+    them, and more than half a window in all, below which the whole clip is zero-extended); until `end`, only
+    final frames are computed, and each equals melspectrogram's frame m of the whole audio. Holds the signal from
+    the next frame's window on and the frames from `trim`'s index on, so that memory stays flat.
+
+    Reads as the mel array for `mel_windows`: len() is the frames computed so far and indexing takes absolute
+    frame indices (of the kept ones)."""
+
+    def __init__(self):
+        self.samples = 0  # fed so far
+        self._previous: np.ndarray | None = None  # the last sample fed (the pre-emphasis filter's memory)
+        self._signal = np.zeros(0)  # emphasised samples (the first N_FFT/2+1 until frames start), then padded
+        self._signal_start = 0  # padded-signal index of _signal[0], once frames start
+        self._started = False
+        self._rows = np.zeros((0, N_MELS), np.float32)
+        self._first = 0  # absolute index of _rows[0]
+        self.ended = False
+
+    def __len__(self) -> int:
+        return self._first + len(self._rows)
+
+    def __getitem__(self, index: np.ndarray) -> np.ndarray:
+        index = np.asarray(index)
+        if index.size and index.min() < self._first:
+            raise IndexError(f"mel frame {index.min()} was trimmed (frames from {self._first} are kept)")
+        return self._rows[index - self._first]
+
+    def feed(self, samples: np.ndarray) -> int:
+        """Add 16 kHz mono samples; returns the number of final frames now computed."""
+        if self.ended:
+            raise ValueError("the audio has ended")
+        samples = np.asarray(samples, np.float32)
+        if len(samples):
+            history = self._previous if self._previous is not None else np.zeros(0, np.float32)
+            emphasised = emphasise(np.concatenate([history, samples]))[len(history):]
+            self._previous, self.samples = samples[-1:], self.samples + len(samples)
+            self._signal = np.concatenate([self._signal, emphasised])
+            if not self._started and self.samples > N_FFT // 2:
+                # From here the start's reflection is known: the padded signal begins.
+                self._signal = np.concatenate([self._signal[N_FFT // 2:0:-1], self._signal])
+                self._started = True
+        if self._started:
+            final = (self.samples - N_FFT // 2) // HOP + 1
+            self._compute(final)
+        return len(self)
+
+    def end(self) -> int:
+        """The audio is whole: the last frames, over the end's reflection; returns the frame count."""
+        if self.ended:
+            return len(self)
+        self.ended = True
+        if self.samples == 0:
+            raise ValueError("no audio")
+        if not self._started:  # a clip of half a window or less: melspectrogram's zero-extended case
+            self._signal, self._started = _reflect_padded(self._signal), True
+        else:
+            tail = self._signal[len(self._signal) - N_FFT // 2 - 1:-1][::-1]  # np.pad's reflection of the end
+            self._signal = np.concatenate([self._signal, tail])
+        self._compute(1 + self.samples // HOP)
+        return len(self)
+
+    def trim(self, first: int) -> None:
+        """Drop the frames before index `first` (no window will read them again)."""
+        drop = min(max(first - self._first, 0), len(self._rows))
+        self._rows, self._first = self._rows[drop:], self._first + drop
+
+    def _compute(self, final: int) -> None:
+        done = len(self)
+        if final <= done:
+            return
+        start = done * HOP - self._signal_start  # this frame's window in _signal
+        rows = mel_frames(self._signal[start:start + (final - done - 1) * HOP + N_FFT], final - done)
+        self._rows = np.concatenate([self._rows, rows])
+        # Keep the signal from the next frame's window on (and, for the end's reflection, the last N_FFT/2+1).
+        keep = min(final * HOP - self._signal_start, len(self._signal) - N_FFT // 2 - 1)
+        if keep > 0:
+            self._signal, self._signal_start = self._signal[keep:], self._signal_start + keep
 
 
 def window_start(frame: int | np.ndarray, fps: float = FPS) -> np.ndarray:

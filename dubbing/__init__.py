@@ -13,7 +13,9 @@ One module per stage a frame passes through:
 - writer: encoding and muxing;
 - pipeline: `prepare_template`, `dub`, `dub_prepared`, and the stages run overlapped (overlap) or in series;
 - speakers: `dub_speakers`, several faces each with its own audio into one output;
-- progress: each stage's bar and the report hook through which a caller follows (or cancels) a dub.
+- progress: each stage's bar and the report hook through which a caller follows (or cancels) a dub;
+- live, idle: a prepared template dubbed live with streamed audio, and its idle loop (docs/live.md); live_server
+  and live_client: live.py's WebSocket server and its client.
 
 The output's frame rate (`output.fps`, `dubbing_rate`): the template's own for a constant-rate video up to 60 fps,
 else 25 fps, or a rate the config names. The networks keep their 25 fps semantics at any rate (docs/method.md,

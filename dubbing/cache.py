@@ -70,14 +70,10 @@ def _mediapipe() -> str:
 def read_cached_scan(entry: Path, facts: dict) -> FaceScan | None:
     """The pass-1 result in a cache entry (`cache_entry`), for any file with the content it was made from; None when
     there is none or it does not read back whole (a damaged entry is recomputed, never trusted)."""
-    if not entry.is_file():
-        return None
+    arrays = _read_entry(entry, facts)
     try:
-        with np.load(entry, allow_pickle=False) as arrays:
-            if int(arrays["bytes"]) != facts["bytes"]:
-                return None
-            scan = FaceScan(*(arrays[name] for name in SCAN_ARRAYS), size=tuple(int(v) for v in arrays["size"]))
-    except Exception:  # a cut-short or foreign file: analyse again
+        scan = FaceScan(*(arrays[name] for name in SCAN_ARRAYS), size=tuple(int(v) for v in arrays["size"]))
+    except (KeyError, TypeError, ValueError):  # none, stale, or a foreign file: analyse again
         return None
     faces = len(scan.frame)
     if scan.landmarks.shape != (faces, NUM_LANDMARKS, 2) or scan.boxes.shape != (faces, 4) or \
@@ -87,14 +83,32 @@ def read_cached_scan(entry: Path, facts: dict) -> FaceScan | None:
     return scan
 
 
+def _read_entry(entry: Path, facts: dict) -> dict[str, np.ndarray] | None:
+    """The arrays of a cache entry; None when there is none, it is stale (another size than the file it is read
+    for), or it does not read back whole (a damaged entry is recomputed, never trusted)."""
+    if not entry.is_file():
+        return None
+    try:
+        with np.load(entry, allow_pickle=False) as arrays:
+            if int(arrays["bytes"]) != facts["bytes"]:
+                return None
+            return {name: arrays[name] for name in arrays.files if name not in ("bytes", "mtime_ns")}
+    except Exception:  # a cut-short or foreign file
+        return None
+
+
 def write_cached_scan(entry: Path, facts: dict, scan: FaceScan) -> bool:
     """Store a pass-1 result atomically (a temporary file renamed into place). A cache that cannot be written is
     skipped with one warning on stderr, not an error; returns whether the entry was written."""
-    # The archive is built in memory (about 1 KB a face) and written in one call: numpy's zip writer on a file
-    # that fails mid-way leaves a ZipFile whose finaliser prints a traceback.
+    return _write_entry(entry, {**{name: getattr(scan, name) for name in SCAN_ARRAYS},
+                                "size": np.asarray(scan.size, np.int64)}, facts)
+
+
+def _write_entry(entry: Path, arrays: dict[str, np.ndarray], facts: dict) -> bool:
+    # The archive is built in memory and written in one call: numpy's zip writer on a file that fails mid-way
+    # leaves a ZipFile whose finaliser prints a traceback.
     buffer = io.BytesIO()
-    np.savez(buffer, **{name: getattr(scan, name) for name in SCAN_ARRAYS}, size=np.asarray(scan.size, np.int64),
-             bytes=np.int64(facts["bytes"]), mtime_ns=np.int64(facts["mtime_ns"]))
+    np.savez(buffer, **arrays, bytes=np.int64(facts["bytes"]), mtime_ns=np.int64(facts["mtime_ns"]))
     temp = entry.with_name(f"{entry.stem}.tmp-{os.getpid()}.npz")
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
@@ -115,3 +129,25 @@ def write_cached_scan(entry: Path, facts: dict, scan: FaceScan) -> bool:
 def write_cached_track(entry: Path, facts: dict, track: FaceTrack) -> bool:
     """write_cached_scan for a one-face track (a template whose FaceMesh pass ran elsewhere: bench/gpu_dub.py)."""
     return write_cached_scan(entry, facts, scan_of_track(track))
+
+
+# ---------------------------------------------------------------- what a template's live sessions share
+def _arrays_entry(path: Path, config: dict, fps: float, directory: str | Path, settings: str) -> tuple[Path, dict]:
+    """An entry beside the template's pass-1 entry, for arrays that also depend on `settings` (one line)."""
+    entry, facts = cache_entry(path, config["detect_every_frame"], directory, fps, config["faces"]["max"])
+    suffix = hashlib.sha256(settings.encode()).hexdigest()[:16]
+    return entry.with_name(f"{entry.stem}-{suffix}.npz"), facts
+
+
+def read_cached_arrays(path: Path, config: dict, fps: float, directory: str | Path, settings: str
+                       ) -> dict[str, np.ndarray] | None:
+    """Arrays kept with the template at `path` under `settings` (a live session's idle loop, dubbing/idle.py);
+    None when there are none, they are stale, or they do not read back whole."""
+    return _read_entry(*_arrays_entry(Path(path), config, fps, directory, settings))
+
+
+def write_cached_arrays(path: Path, config: dict, fps: float, directory: str | Path, settings: str,
+                        arrays: dict[str, np.ndarray]) -> bool:
+    """Keep `arrays` with the template at `path` under `settings`, as write_cached_scan keeps pass 1."""
+    entry, facts = _arrays_entry(Path(path), config, fps, directory, settings)
+    return _write_entry(entry, arrays, facts)

@@ -25,7 +25,8 @@ MAX_TEMPLATE_FPS = 60  # the highest template rate dubbed at its own rate (outpu
 class Template:
     """What pass 1 keeps of a template: per frame at `fps` (the dubbing rate), landmarks (L, 131, 2) normalised
     to the crop box, boxes (L, 4) in source pixels, has_face (L,) and lip openness (L,) in pixels. Frames without
-    a face hold the landmarks and box of the nearest face frame (their flag stays False)."""
+    a face hold the landmarks and box of the nearest face frame (their flag stays False). `phase`: the ping-pong
+    position output frame 0 shows (a live session's speech resumes where the template is, dubbing/live.py)."""
 
     path: Path
     size: tuple[int, int]
@@ -35,6 +36,7 @@ class Template:
     openness: np.ndarray
     fps: float = FPS
     uncertain: int = 0  # frames passed through because the chosen face's identity was uncertain (dubbing/faces.py)
+    phase: int = 0
 
     def __len__(self) -> int:
         return len(self.has_face)
@@ -170,7 +172,8 @@ def template_at(template: Template, positions: np.ndarray) -> tuple[np.ndarray, 
     frame's. At whole positions, exactly those frames' landmarks and boxes."""
     below = np.floor(positions).astype(np.int64)
     fraction = np.asarray(positions, np.float64) - below
-    first, second = ping_pong(below, len(template)), ping_pong(below + 1, len(template))
+    below_shown = below + template.phase
+    first, second = ping_pong(below_shown, len(template)), ping_pong(below_shown + 1, len(template))
     landmarks = template.landmarks[first] + fraction[..., None, None] * (template.landmarks[second] -
                                                                          template.landmarks[first])
     boxes = np.where((fraction < 0.5)[..., None], template.boxes[first], template.boxes[second])
