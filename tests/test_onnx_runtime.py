@@ -57,7 +57,7 @@ def graphs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def onnx_128(random_checkpoints, graphs) -> dubbing.Models:
-    return dubbing.load_models(*random_checkpoints, "cpu", "onnxruntime", graphs)
+    return dubbing.load_models(*random_checkpoints, "cpu", runtime="onnxruntime", graphs=graphs)
 
 
 def faces_of_both(media, landmark: Path, renderer: Path, onnx: dubbing.Models, folder: Path
@@ -100,7 +100,7 @@ def test_onnxruntime_faces_within_the_bounds_of_torch_on_a_real_dub(media, rando
 def test_onnxruntime_faces_within_the_bounds_of_torch_at_larger_sizes(face_size, media, random_checkpoints,
                                                                      tmp_path):
     renderer = renderer_checkpoint(tmp_path / "renderer.pt", face_size)
-    onnx = dubbing.load_models(random_checkpoints[0], renderer, "cpu", "onnxruntime", tmp_path / "cache")
+    onnx = dubbing.load_models(random_checkpoints[0], renderer, "cpu", runtime="onnxruntime", graphs=tmp_path / "cache")
     check_bounds(*faces_of_both(media, random_checkpoints[0], renderer, onnx, tmp_path), face_size)
 
 
@@ -116,7 +116,7 @@ def test_graph_cache_keys_by_checkpoint_reuses_and_rebuilds(random_checkpoints, 
 
     # Another checkpoint (here at 256): a graph of its own, exported with its check; the first one untouched.
     other = renderer_checkpoint(tmp_path / "other.pt", 256, seed=1)
-    models = dubbing.load_models(random_checkpoints[0], other, "cpu", "onnxruntime", graphs)
+    models = dubbing.load_models(random_checkpoints[0], other, "cpu", runtime="onnxruntime", graphs=graphs)
     assert "renderer_render.onnx: onnxruntime vs torch" in capsys.readouterr().err
     assert models.face_size == 256 and intact(graph_path(graphs, sha256(other), 256))
     assert sorted(p.name for p in path.parent.iterdir()) == sorted(
@@ -141,9 +141,9 @@ def test_graph_cache_keys_by_checkpoint_reuses_and_rebuilds(random_checkpoints, 
 
 def test_runtime_choices_are_checked(random_checkpoints):
     with pytest.raises(InputError, match="runtime takes one of torch, onnxruntime"):
-        dubbing.load_models(*random_checkpoints, "cpu", "tensorrt")
+        dubbing.load_models(*random_checkpoints, "cpu", runtime="tensorrt")
     with pytest.raises(InputError, match="runtime=onnxruntime: onnxruntime renders on the CPU"):
-        dubbing.load_models(*random_checkpoints, "meta", "onnxruntime")
+        dubbing.load_models(*random_checkpoints, "meta", runtime="onnxruntime")
     from dubbing.pipeline import check_config
 
     config = dubbing.default_config()
