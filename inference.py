@@ -239,8 +239,9 @@ def run(tasks: list[Task], args: argparse.Namespace, config: dict) -> list[tuple
                 raise InputError(path, "no such file")
     models = dubbing.load_models(args.landmark_ckpt or config["checkpoints"]["landmark"],
                                  args.renderer_ckpt or config["checkpoints"]["renderer"],
-                                 device_for_shard(args.device, args.shard), config["checkpoints"]["require_sha256"],
-                                 config["runtime"], cache_dir(config))
+                                 device_for_shard(args.device, args.shard),
+                                 require_sha256=config["checkpoints"]["require_sha256"], runtime=config["runtime"],
+                                 graphs=cache_dir(config))
     if models.device.type == "cpu":
         from allocator import keep_freed_memory
 

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         models = dubbing.load_models(args.landmark_ckpt or config["checkpoints"]["landmark"],
                                      args.renderer_ckpt or config["checkpoints"]["renderer"],
                                      None if args.device == "auto" else args.device,
-                                     config["checkpoints"]["require_sha256"], config["runtime"], cache_dir(config))
+                                     require_sha256=config["checkpoints"]["require_sha256"],
+                                     runtime=config["runtime"], graphs=cache_dir(config))
         with tempfile.TemporaryDirectory(prefix="iplap-live-") as spool_dir:
             server = Server(models, config, templates, Path(spool_dir))
             for name in templates:

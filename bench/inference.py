@@ -284,8 +284,8 @@ def runtimes(args, folder: Path) -> None:
     import os
 
     audio = write_wav(folder / "runtimes.wav", demo_speech(args.seconds))
-    loaded = {runtime: dubbing.load_models(args.landmark_ckpt, args.renderer_ckpt, args.device, runtime,
-                                           folder / "graphs") for runtime in dubbing.network.RUNTIMES}
+    loaded = {runtime: dubbing.load_models(args.landmark_ckpt, args.renderer_ckpt, args.device, runtime=runtime,
+                                           graphs=folder / "graphs") for runtime in dubbing.network.RUNTIMES}
     config = demo_config()
     config.update(refs=args.runtime_refs)
     config["cache"]["enabled"] = False

@@ -58,7 +58,7 @@ class Models:
 
 
 def load_models(landmark_ckpt: str | Path, renderer_ckpt: str | Path, device: str | torch.device | None = None,
-                require_sha256: bool = False, runtime: str = "torch", graphs: str | Path | None = None) -> Models:
+                *, require_sha256: bool = False, runtime: str = "torch", graphs: str | Path | None = None) -> Models:
     """Both networks from this project's checkpoints or the official files (told apart by their contents).
     require_sha256: refuse a reference without #sha256=HEX (checkpoints.require_sha256). runtime 'onnxruntime'
     (CPU only) renders every batch with the renderer's ONNX graph, exported on first use into `graphs` (the

@@ -314,7 +314,8 @@ def test_every_choice_reads_the_one_cached_scan(clip, models, tmp_path, facemesh
 def test_the_command_line_takes_a_face_per_audio_and_refuses_bad_ones(clip, random_checkpoints, tmp_path, capsys,
                                                                       monkeypatch):
     load = dubbing.load_models
-    monkeypatch.setattr(dubbing, "load_models", lambda *args: replace(load(*args), render_step=_drawn))
+    monkeypatch.setattr(dubbing, "load_models",
+                        lambda *args, **kwargs: replace(load(*args, **kwargs), render_step=_drawn))
     landmark, renderer = random_checkpoints
     base = ["--video", str(clip["path"]), "--landmark-ckpt", str(landmark), "--renderer-ckpt", str(renderer),
             "--device", "cpu", "--quiet", "refs=1", "landmark_refs=3", "batch_size=16", "audio_seconds=0.2",

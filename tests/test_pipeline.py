@@ -223,7 +223,7 @@ def _full_writer(monkeypatch) -> None:
 def test_a_dub_on_a_full_disk_is_one_line_and_exit_74(media, models, random_checkpoints, tmp_path, monkeypatch,
                                                        capsys):
     template, audio = media
-    monkeypatch.setattr(dubbing, "load_models", lambda *args: models)
+    monkeypatch.setattr(dubbing, "load_models", lambda *args, **kwargs: models)
     _full_writer(monkeypatch)
     out = tmp_path / "out"
     code = inference.main(["--video", str(template), "--audio", str(audio), "--output", str(out / "a.mp4"),
@@ -249,7 +249,7 @@ def test_a_task_list_stops_at_the_first_full_disk_failure(media, models, random_
         return original(*args)
 
     monkeypatch.setattr(dubbing.pipeline, "new_dub", counted)
-    monkeypatch.setattr(dubbing, "load_models", lambda *args: models)
+    monkeypatch.setattr(dubbing, "load_models", lambda *args, **kwargs: models)
     _full_writer(monkeypatch)
     code = inference.main(["--tasks", str(tasks), "--quiet", "refs=1", "batch_size=4"])
     err = capsys.readouterr().err
