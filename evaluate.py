@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     generate.add_argument("--landmark-ckpt", help="a path, export folder or hf://OWNER/REPO@REVISION/PATH "
                                                   "(docs/models.md)")
     generate.add_argument("--renderer-ckpt", help="as --landmark-ckpt")
+    generate.add_argument("--require-hash", action="store_true", help="refuse a checkpoint reference without "
+                          "#sha256=HEX (also checkpoints.require_sha256 in the inference config)")
     generate.add_argument("--num-videos", type=int, help="videos to sample (config: 45)")
     generate.add_argument("--seed", type=int, help="sampling and pairing seed (config: 0)")
     generate.add_argument("--inference-config", type=Path, help="dubbing settings (default: "
@@ -145,8 +147,8 @@ def sample_videos(names: list[str], count: int, seed: int, dubbing: bool) -> tup
 
 
 def generate_videos(videos: list[Path], audios: list[Path], names: list[str], out: Path, landmark_ckpt: str | Path,
-                    renderer_ckpt: str | Path, device: str, progress: bool = True, inference_config: Path | None = None
-                    ) -> tuple[list[Path], int]:
+                    renderer_ckpt: str | Path, device: str, progress: bool = True, inference_config: Path | None = None,
+                    require_sha256: bool = False) -> tuple[list[Path], int]:
     """Dub each video with its audio through dubbing/ into OUT/generated/<name>.mp4 at 25 fps (the rate of LRS2,
     LRS3 and Table 1, whatever the dubbing config's output.fps); returns the outputs and how many were reused.
     A video already there is reused only when its record (OUT/generated_with/<name>.json) shows
@@ -157,16 +159,17 @@ def generate_videos(videos: list[Path], audios: list[Path], names: list[str], ou
     from data.samples import sha256
     from model_files.checkpoints import checkpoint_file
 
+    config = dubbing.default_config() if inference_config is None else \
+        read_config(inference_config, base=INFERENCE_CONFIG)
     # References resolved once (a hub file downloaded once), so the networks and the record's sha256 read one file.
-    landmark_ckpt = checkpoint_file(landmark_ckpt, "landmark_generator")
-    renderer_ckpt = checkpoint_file(renderer_ckpt, "renderer")
+    require_sha256 = require_sha256 or config["checkpoints"]["require_sha256"]
+    landmark_ckpt = checkpoint_file(landmark_ckpt, "landmark_generator", require_sha256)
+    renderer_ckpt = checkpoint_file(renderer_ckpt, "renderer", require_sha256)
     models = dubbing.load_models(landmark_ckpt, renderer_ckpt, device)
     if models.device.type == "cpu":
         from allocator import keep_freed_memory
 
         keep_freed_memory()  # as inference.py: the renderer's CPU pass runs faster with it
-    config = dubbing.default_config() if inference_config is None else \
-        read_config(inference_config, base=INFERENCE_CONFIG)
     config["output"]["fps"] = FPS  # LRS2/LRS3 are 25 fps and Table 1 is defined there, whatever the config says
     made_with = {"landmark_sha256": sha256(landmark_ckpt), "renderer_sha256": sha256(renderer_ckpt),
                  "settings": config, "device": torch.device(device).type}
@@ -300,7 +303,7 @@ def run_generation(args: argparse.Namespace, job: Job) -> int:
     lists = {"sampled": names, "audio_of": dict(zip(names, audio_names))}
     networks = load_networks(metrics, job.paths, args.device, args.skip_missing, job.download)  # before dubbing
     outputs, reused = generate_videos(videos, audios, names, args.out, args.landmark_ckpt, args.renderer_ckpt,
-                                      args.device, not args.quiet, args.inference_config)
+                                      args.device, not args.quiet, args.inference_config, args.require_hash)
     job.notes.append(f"{reused} of {len(outputs)} generated videos reused from an earlier run with the same "
                      "checkpoints and settings")
     job.settings["reused_videos"] = reused

@@ -145,6 +145,23 @@ def test_inference_require_hash_option_and_config_key(tmp_path, capsys):
         assert len(err) == 1 and "hashes are required" in err[0], err
 
 
+def test_evaluate_require_hash_option_and_config_key(samples, random_checkpoints, tmp_path, capsys):
+    import evaluate
+
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a.mp4").symlink_to(samples / "talk_a.mp4")
+    (tmp_path / "test.txt").write_text("a\n")
+    (tmp_path / "hashes.yaml").write_text("checkpoints:\n  require_sha256: true\n")
+    common = ["--setting", "reconstruction", "--filelist", str(tmp_path / "test.txt"), "--video-root",
+              str(tmp_path / "videos"), "--landmark-ckpt", str(random_checkpoints[0]), "--renderer-ckpt",
+              str(random_checkpoints[1]), "--skip-missing", "--device", "cpu", "--quiet"]
+    for extra in (["--require-hash"], ["--inference-config", str(tmp_path / "hashes.yaml")]):
+        assert evaluate.main(common + ["--out", str(tmp_path / extra[0].strip("-"))] + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "hashes are required" in err[0] and str(random_checkpoints[0]) in err[0], err
+    assert not list((tmp_path / "require-hash").glob("generated/*.mp4"))  # refused before any dub
+
+
 def test_cached_weights_are_checked(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cached = weights.cache_path(metric_weights.SYNCNET_V2)
