@@ -1,7 +1,7 @@
 """Fine-tune both stages on one speaker's footage, from any model the loaders take, in one command.
 
     python finetune.py --videos my_speaker/ --init-landmark REF --init-renderer REF --out runs/me
-        [--holdout-seconds 10] [--config configs/finetune_speaker.yaml] [--device auto]
+        [--holdout-seconds 10] [--config configs/finetune_speaker.yaml] [--inference-config FILE] [--device auto]
         [landmark.KEY=VALUE ...] [renderer.KEY=VALUE ...]
 
 REF: an official IP_LAP file, a step_*.pt of this project, an export (file or folder) or hf://...#sha256= (as
@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds at the end of each video kept out of training for evaluation (default 10)")
     parser.add_argument("--config", type=Path, default=CONFIG,
                         help="sections 'landmark' and 'renderer', each laid over its trainer's base config")
+    parser.add_argument("--inference-config", type=Path, help="dubbing settings of the held-out evaluations, laid "
+                        "over configs/inference.yaml (e.g. refs: 3 for a quick look on a CPU)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: CUDA when present)")
     parser.add_argument("--workers", type=int, default=0, help="preprocessing worker processes (default 0: inline)")
     parser.add_argument("overrides", nargs="*", help="landmark.KEY=VALUE or renderer.KEY=VALUE, e.g. "
@@ -162,7 +164,8 @@ def export_stage(stage: str, out: Path) -> Path:
     return folder
 
 
-def evaluate_models(out: Path, names: list[str], landmark: str, renderer: str, device: str, where: str) -> dict:
+def evaluate_models(out: Path, names: list[str], landmark: str, renderer: str, device: str, where: str,
+                    inference_config: Path | None = None) -> dict:
     """evaluate.py's reconstruction setting on the held-out clips, then LSE scored on the same generated videos;
     returns {metric: value or 'n/a: reason'}."""
     import evaluate
@@ -173,7 +176,8 @@ def evaluate_models(out: Path, names: list[str], landmark: str, renderer: str, d
     common = ["--skip-missing", "--device", device, "--quiet"]
     status = evaluate.main(["--out", str(folder), "--setting", "reconstruction", "--filelist", str(filelist),
                             "--video-root", str(out / "videos" / "holdout"), "--landmark-ckpt", landmark,
-                            "--renderer-ckpt", renderer, "--num-videos", str(len(names)), *common])
+                            "--renderer-ckpt", renderer, "--num-videos", str(len(names)), *common,
+                            *(["--inference-config", str(inference_config)] if inference_config else [])])
     if status != 0:
         raise InputError(folder, f"evaluate.py stopped with status {status} (see the lines above)")
     status = evaluate.main(["--out", str(folder / "sync"), "--generated", str(folder / "generated"), "--metrics",
@@ -224,13 +228,14 @@ def run(args: argparse.Namespace) -> int:
     landmark_generator_of(read_checkpoint(args.init_landmark, "landmark_generator"))
     names = split_videos(args.videos, args.out, args.holdout_seconds)
     preprocess(args.out, face_size, args.workers)
-    before = evaluate_models(args.out, names, args.init_landmark, args.init_renderer, args.device, "before")
+    before = evaluate_models(args.out, names, args.init_landmark, args.init_renderer, args.device, "before",
+                             args.inference_config)
     for stage, reference in (("landmark", args.init_landmark), ("renderer", args.init_renderer)):
         status = train_stage(stage, args.out, *stages[stage], reference, args.device, face_size)
         if status != 0:
             return status
     landmark, renderer = (export_stage(stage, args.out) for stage in STAGES)
-    after = evaluate_models(args.out, names, str(landmark), str(renderer), args.device, "after")
+    after = evaluate_models(args.out, names, str(landmark), str(renderer), args.device, "after", args.inference_config)
     table = report_table(before, after)
     (args.out / "report.md").write_text(f"# Fine-tuning on {args.videos}: the held-out seconds, before and after\n\n"
                                         + table)

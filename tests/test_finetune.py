@@ -1,5 +1,5 @@
 """finetune.py: held-out seconds, the speaker config's sections, one-line refusals; end to end on a sample video with
-its report and a dub from the result (slow); and fine-tuning on a second speaker lowering that speaker's held-out
+its report and a dub from the result; and fine-tuning on a second speaker lowering that speaker's held-out
 loss (slow)."""
 from __future__ import annotations
 
@@ -78,7 +78,6 @@ def test_bad_input_is_one_line(random_checkpoints, samples, tmp_path, capsys):
     assert not (tmp_path / "out" / "videos" / "train" / "talk_b.mp4").exists()  # the refusals wrote no split
 
 
-@pytest.mark.slow  # several minutes on a 2-core CPU: preprocessing, two short trainings, four dubs
 def test_finetune_end_to_end_reports_exports_and_dubs(random_checkpoints, samples, tmp_path, capsys):
     import inference
 
@@ -93,8 +92,10 @@ def test_finetune_end_to_end_reports_exports_and_dubs(random_checkpoints, sample
     videos.mkdir()
     (videos / "talk_a.mp4").symlink_to(samples / "talk_a.mp4")
     out = tmp_path / "run"
+    light = tmp_path / "light.yaml"  # the held-out dubs with one reference: seconds on a CPU rather than minutes
+    light.write_text("refs: 1\n")
     argv = ["--videos", str(videos), "--init-landmark", str(landmark), "--init-renderer", str(renderer), "--out",
-            str(out), "--holdout-seconds", "1.5", "--device", "cpu", *SMOKE]
+            str(out), "--holdout-seconds", "1.0", "--inference-config", str(light), "--device", "cpu", *SMOKE]
     assert finetune.main(argv) == 0
     printed = capsys.readouterr().out
     report = (out / "report.md").read_text()
@@ -110,7 +111,7 @@ def test_finetune_end_to_end_reports_exports_and_dubs(random_checkpoints, sample
         assert torch.load(out / stage / "step_000000002.pt", weights_only=True)["step"] == 2
     command = [line for line in printed.splitlines() if line.strip().startswith("python inference.py")]
     assert len(command) == 1
-    assert inference.main(shlex.split(command[0])[2:] + ["--device", "cpu", "--quiet"]) == 0
+    assert inference.main(shlex.split(command[0])[2:] + ["--device", "cpu", "--quiet", "refs=1"]) == 0
     assert (out / "dub.mp4").stat().st_size > 0
     # Rerun: everything is found done; the same report.
     assert finetune.main(argv) == 0
