@@ -62,6 +62,16 @@ def official_checkpoints(folder: str | Path, seed: int = 0) -> tuple[Path, Path]
                  for i, (network, file) in enumerate(OFFICIAL_FILES.items()))
 
 
+def renderer_checkpoint(path: str | Path, face_size: int, seed: int = 0) -> Path:
+    """A random renderer at `face_size` saved in this project's checkpoint format at `path`."""
+    from models.renderer import Renderer
+
+    torch.manual_seed(seed)
+    state = Renderer(face_size=face_size).state_dict()
+    torch.save({"kind": "renderer", "model": state, "model_args": {"face_size": face_size}}, path)
+    return Path(path)
+
+
 def project_checkpoints(folder: str | Path, seed: int = 0) -> tuple[Path, Path]:
     """A random landmark generator and renderer saved in this project's checkpoint format in `folder`."""
     from models.landmark_generator import LandmarkGenerator

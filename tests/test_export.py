@@ -141,11 +141,9 @@ def test_onnx_export_at_the_renderers_face_size(tmp_path, size, capsys):
     """`--onnx` on a 256 or 512 renderer: the graphs take and give faces at that size, checked against torch."""
     import onnx
 
-    from models.renderer import Renderer
+    from testing.checkpoints import renderer_checkpoint
 
-    torch.manual_seed(6)
-    path = tmp_path / "step_000000001.pt"
-    torch.save({"kind": "renderer", "model": Renderer(size).state_dict(), "model_args": {"face_size": size}}, path)
+    path = renderer_checkpoint(tmp_path / "step_000000001.pt", size, seed=6)
     assert main([str(path), str(tmp_path / "export"), "--onnx"]) == 0
     graph = onnx.load(str(tmp_path / "export" / "renderer_render.onnx")).graph
     face = next(value for value in graph.input if value.name == "face")

@@ -175,11 +175,11 @@ def test_evaluate_generates_with_a_256_renderer(samples, tmp_path, monkeypatch, 
     import evaluate
     from data.audio import SAMPLE_RATE, load_audio
     from data.video import VideoWriter, read_frames
-    from testing.checkpoints import project_checkpoints
+    from testing.checkpoints import project_checkpoints, renderer_checkpoint
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))
     landmark, renderer = project_checkpoints(tmp_path / "checkpoints")
-    torch.save({"kind": "renderer", "model": Renderer(256).state_dict(), "model_args": {"face_size": 256}}, renderer)
+    renderer_checkpoint(renderer, 256)
     frames = read_frames(samples / "talk_a.mp4")[:10]
     video = tmp_path / "videos" / "set" / "talk_a.mp4"
     video.parent.mkdir(parents=True)

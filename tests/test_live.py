@@ -4,22 +4,21 @@ frames that waited, and between utterances the idle loop (the template dubbed wi
 cache) goes on without a gap or a jump."""
 from __future__ import annotations
 
-import itertools
 from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 import dubbing
 import dubbing.writer
 from data.audio import SAMPLE_RATE, MelStream, load_audio, melspectrogram
-from data.video import VideoReader, VideoWriter
+from data.video import VideoReader
 from dubbing.idle import idle_loop, loop_period
 from dubbing.live import LiveSession, lookahead_seconds, samples_needed
 from dubbing.template import ping_pong
 from testing.audio import write_wav
+from testing.templates import small_template
 
 
 def test_mel_stream_equals_melspectrogram_for_every_chunking():
@@ -52,14 +51,8 @@ def media(samples, tmp_path_factory) -> tuple[Path, Path, np.ndarray]:
     """A 5-frame template (talk_a at 160x160, frame 2's face painted out) and 0.8 s of speech as a WAV file and
     as the int16 samples that file holds: 20 output frames, the template looping (ping-pong period 10)."""
     folder = tmp_path_factory.mktemp("live")
-    with VideoReader(samples / "talk_a.mp4") as reader:
-        frames = [cv2.resize(f, (160, 160), interpolation=cv2.INTER_AREA) for f in itertools.islice(reader, 5)]
-    frames[2] = frames[2].copy()
-    frames[2][15:150, 25:140] = 128
-    template = folder / "template.mp4"
-    with VideoWriter(template) as writer:
-        for frame in frames:
-            writer.write(frame)
+    template = small_template(samples / "talk_a.mp4", folder / "template.mp4", 5, 160,
+                              (2, slice(15, 150), slice(25, 140)))
     audio = write_wav(folder / "speech.wav", load_audio(samples / "talk_b.mp4")[:int(0.8 * SAMPLE_RATE) + 77])
     pcm = np.round(load_audio(audio) * 32768).astype(np.int16)
     return template, audio, pcm

@@ -19,6 +19,7 @@ from data.errors import InputError
 from data.video import VideoReader, VideoWriter
 from dubbing.graphs import graph_path, intact, render_graph
 from testing.audio import write_wav
+from testing.checkpoints import renderer_checkpoint
 
 GREY_LEVELS, MIN_PSNR = 2.0, 45.0  # the bounds of a runtime: what a viewer and the metrics cannot tell apart
 
@@ -33,15 +34,6 @@ def media(samples, tmp_path_factory) -> tuple[Path, Path]:
             writer.write(frame)
     audio = write_wav(folder / "speech.wav", load_audio(samples / "speech_audio2.wav")[:int(0.2 * SAMPLE_RATE)])
     return template, audio
-
-
-def renderer_checkpoint(path: Path, face_size: int, seed: int = 0) -> Path:
-    from models.renderer import Renderer
-
-    torch.manual_seed(seed)
-    state = Renderer(face_size=face_size).state_dict()
-    torch.save({"kind": "renderer", "model": state, "model_args": {"face_size": face_size}}, path)
-    return path
 
 
 def as_grey(faces: torch.Tensor) -> np.ndarray:

@@ -4,14 +4,12 @@ used on CUDA and the alignment's chunking rule under its memory budget."""
 from __future__ import annotations
 
 import errno
-import itertools
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -26,8 +24,9 @@ import dubbing.writer
 import inference
 from data.audio import SAMPLE_RATE, load_audio
 from data.errors import DISK_STATUS, InputError
-from data.video import ENCODER_OPTIONS, VideoReader, VideoWriter, read_frames
+from data.video import ENCODER_OPTIONS, read_frames
 from testing.audio import write_wav
+from testing.templates import small_template
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +34,8 @@ def media(samples, tmp_path_factory) -> tuple[Path, Path]:
     """A 10-frame template (talk_a at 192x192, frame 4's face painted out) and 0.6 s of speech: 15 output
     frames, so the template loops (0..9, 9..5) and is read back from the spool."""
     folder = tmp_path_factory.mktemp("pipeline")
-    with VideoReader(samples / "talk_a.mp4") as reader:
-        frames = [cv2.resize(f, (192, 192), interpolation=cv2.INTER_AREA) for f in itertools.islice(reader, 10)]
-    frames[4] = frames[4].copy()
-    frames[4][20:180, 30:170] = 128
-    template = folder / "template.mp4"
-    with VideoWriter(template) as writer:
-        for frame in frames:
-            writer.write(frame)
+    template = small_template(samples / "talk_a.mp4", folder / "template.mp4", 10, 192,
+                              (4, slice(20, 180), slice(30, 170)))
     audio = write_wav(folder / "speech.wav", load_audio(samples / "talk_b.mp4")[:int(0.6 * SAMPLE_RATE)])
     return template, audio
 
