@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
                                                             "machine only)")
     parser.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765)")
+    parser.add_argument("--max-sessions", type=int, default=8, help="clients served at once; a start beyond it "
+                        "gets a one-line 'busy' error (default 8)")
     parser.add_argument("overrides", nargs="*", help="config overrides, dotted.key=value (e.g. refs=3)")
     return parser.parse_intermixed_args(argv)
 
@@ -47,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         from dubbing.cache import cache_dir
         from dubbing.live_server import Server, make_app, template_names
 
+        if args.max_sessions < 1:
+            raise InputError("--max-sessions", "must be 1 or more")
         overrides = list(args.overrides) + ([f"runtime={args.runtime}"] if args.runtime else [])
         config = load_config(args.config, overrides, base=INFERENCE_CONFIG)
         templates = template_names(args.template)
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                                      require_sha256=config["checkpoints"]["require_sha256"],
                                      runtime=config["runtime"], graphs=cache_dir(config))
         with tempfile.TemporaryDirectory(prefix="iplap-live-") as spool_dir:
-            server = Server(models, config, templates, Path(spool_dir))
+            server = Server(models, config, templates, Path(spool_dir), max_sessions=args.max_sessions)
             for name in templates:
                 server.face(name, config["refs"], config["output"]["fps"])
                 print(f"template {name!r} ready", file=sys.stderr)

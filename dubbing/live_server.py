@@ -34,6 +34,7 @@ FRAME_HEADER = struct.Struct("<IIB")  # frame index, time in ms, flags (bit 0: f
 MAX_CHUNK_SECONDS = 5.0  # the longest PCM chunk a client may send at once
 QUEUED_FRAMES = 50  # frames waiting for a slow reader (2 s at 25 fps) before the oldest are dropped
 MAX_SETTINGS = 4  # distinct (template, refs, fps) preparations a server keeps
+MAX_SESSIONS = 8  # clients with a session at once: every session's frames go through the one network worker
 QUALITY = 80  # JPEG quality unless the start message says
 MESSAGES = ("start", "end", "interrupt")
 
@@ -57,6 +58,7 @@ class Server:
     spool_dir: Path
     faces: dict[tuple, Face] = field(default_factory=dict)
     sessions: set = field(default_factory=set)  # one entry per connected client with a session
+    max_sessions: int = MAX_SESSIONS
     worker: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="live-net"))
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -208,6 +210,9 @@ class Client:
     async def start(self, request: dict) -> None:
         if self.session is not None:
             self.error("start: this connection has a session already")
+            return
+        if len(self.server.sessions) >= self.server.max_sessions:
+            self.error(f"start: busy, this server serves {self.server.max_sessions} sessions at once; try again later")
             return
         try:
             name, refs, fps, quality, rate = self.settings(request)

@@ -157,6 +157,27 @@ def test_a_disconnect_mid_stream_frees_the_session(media, served):  # noqa: F811
     assert json.loads(urllib.request.urlopen(health).read())["sessions"] == 0
 
 
+def test_a_start_beyond_the_session_bound_is_busy_until_a_client_leaves(served, monkeypatch):  # noqa: F811
+    server, url, _ = served
+    monkeypatch.setattr(server, "max_sessions", 1)
+    first, second = (websocket.create_connection(url, timeout=60) for _ in range(2))
+    try:
+        first.send(json.dumps({"type": "start", "template": "template"}))
+        assert _next_event(first)["event"] == "ready"
+        second.send(json.dumps({"type": "start", "template": "template"}))
+        event = _next_event(second)
+        assert event["event"] == "error" and "busy, this server serves 1 sessions at once" in event["message"]
+        first.close()
+        deadline = time.monotonic() + 60
+        while server.sessions and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second.send(json.dumps({"type": "start", "template": "template"}))
+        assert _next_event(second)["event"] == "ready"
+    finally:
+        first.close()
+        second.close()
+
+
 class _SlowSocket:
     """A reader that takes each frame only when let through (the test's side of a slow connection)."""
 
