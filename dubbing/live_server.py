@@ -1,5 +1,6 @@
 """The live dubbing server behind live.py: a WebSocket endpoint (FastAPI on uvicorn) where each client drives its
-own LiveSession (dubbing/live.py) on networks loaded once. The protocol is in docs/live.md.
+own LiveSession (dubbing/live.py) on networks loaded once, and the browser page whose calls do the same over
+WebRTC (dubbing/webrtc.py). The protocol is in docs/live.md.
 
 Every session's network work runs on one worker thread, one call at a time (the clients share the networks and
 the cores); the event loop only moves messages. Each client's outgoing frames wait in a queue of at most
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from data.audio import SAMPLE_RATE
 from data.errors import InputError, one_line
@@ -37,6 +39,8 @@ MAX_SETTINGS = 4  # distinct (template, refs, fps) preparations a server keeps
 MAX_SESSIONS = 8  # clients with a session at once: every session's frames go through the one network worker
 QUALITY = 80  # JPEG quality unless the start message says
 MESSAGES = ("start", "end", "interrupt")
+MAX_OFFER_BYTES = 64 * 1024  # an SDP offer is a few kB
+PAGE = Path(__file__).with_name("live_page.html")
 
 
 @dataclass
@@ -62,17 +66,29 @@ class Server:
     worker: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="live-net"))
     lock: threading.Lock = field(default_factory=threading.Lock)
+    failed: dict[tuple, str] = field(default_factory=dict)  # preparations that failed, with their one-line error
+    stamp: bool = False  # test mode: each frame's index stamped as a barcode (dubbing/stamp.py)
+    ice_servers: tuple = ()  # aiortc RTCIceServer entries, also given to the page
+    record: bool = False  # keep each WebRTC call (its slots) in `calls`, for tests and benches
+    calls: list = field(default_factory=list)
 
     def face(self, name: str, refs: int | str, fps: float | str) -> Face:
         """The preparation of template `name` at `refs` and `fps` (prepared, and its idle loop rendered or read
-        from the template cache, on first use). Runs on the worker thread."""
+        from the template cache, on first use; a failure is kept and raised again as it was). Runs on the
+        worker thread."""
         key = (name, refs, fps)
+        if key in self.failed:  # named as the clients name it: a visitor is not shown the server's paths
+            raise InputError(f"template {name!r}", self.failed[key])
         if key not in self.faces:
             if len(self.faces) >= MAX_SETTINGS:
                 raise InputError("start", f"this server keeps {MAX_SETTINGS} template settings at most; use one of "
                                           f"those already asked for")
             config = {**self.config, "refs": refs, "output": {**self.config["output"], "fps": fps}}
-            prepared = prepare_template(self.templates[name], self.models, config, progress=False)
+            try:
+                prepared = prepare_template(self.templates[name], self.models, config, progress=False)
+            except InputError as error:
+                self.failed[key] = error.problem
+                raise InputError(f"template {name!r}", error.problem) from None
             spool = prepared.frame_spool(self.spool_dir)
             self.faces[key] = Face(prepared, idle_loop(prepared, self.models, config, spool), spool)
         return self.faces[key]
@@ -108,6 +124,34 @@ def decode_header(message: bytes) -> tuple[int, int, int, bytes]:
     """A frame message -> index, time in ms, flags and the JPEG bytes."""
     index, millis, flags = FRAME_HEADER.unpack_from(message)
     return index, millis, flags, message[FRAME_HEADER.size:]
+
+
+def start_settings(server: Server, request: dict) -> tuple[str, int | str, float | str, int, int]:
+    """The start message's settings, checked: template name, refs, fps, JPEG quality, sample rate."""
+    unknown = set(request) - {"type", "template", "refs", "fps", "quality", "sample_rate"}
+    if unknown:
+        raise InputError("start", f"unknown settings {', '.join(sorted(unknown))}")
+    templates = server.templates
+    name = request.get("template")
+    if name is None:
+        if len(templates) != 1:
+            raise InputError("start", f"no template named (this server has: {', '.join(sorted(templates))})")
+        name = next(iter(templates))
+    if name not in templates:
+        raise InputError("start", f"no template named {name!r} (this server has: {', '.join(sorted(templates))})")
+    refs, most = request.get("refs", server.config["refs"]), server.config["max_refs"]
+    if not (refs == "fifth" or (isinstance(refs, int) and not isinstance(refs, bool) and 1 <= refs <= most)):
+        raise InputError("start", f"refs={refs!r}: refs takes a number from 1 to {most} or 'fifth'")
+    fps = request.get("fps", server.config["output"]["fps"])
+    if not (fps == "template" or (isinstance(fps, (int, float)) and not isinstance(fps, bool) and 1 <= fps <= 60)):
+        raise InputError("start", f"fps={fps!r}: fps takes 'template' or a rate from 1 to 60")
+    quality = request.get("quality", QUALITY)
+    if not (isinstance(quality, int) and not isinstance(quality, bool) and 1 <= quality <= 100):
+        raise InputError("start", f"quality={quality!r}: the JPEG quality takes a number from 1 to 100")
+    rate = request.get("sample_rate", SAMPLE_RATE)
+    if not (isinstance(rate, int) and not isinstance(rate, bool) and 8000 <= rate <= 48000):
+        raise InputError("start", f"sample_rate={rate!r}: takes a rate from 8000 to 48000 Hz")
+    return name, refs, float(fps) if fps != "template" else fps, quality, rate
 
 
 class Outbox:
@@ -215,7 +259,7 @@ class Client:
             self.error(f"start: busy, this server serves {self.server.max_sessions} sessions at once; try again later")
             return
         try:
-            name, refs, fps, quality, rate = self.settings(request)
+            name, refs, fps, quality, rate = start_settings(self.server, request)
             face = await asyncio.get_running_loop().run_in_executor(
                 self.server.worker, self.server.face, name, refs, fps)
         except InputError as error:
@@ -230,33 +274,6 @@ class Client:
         self.outbox.event("ready", template=name, fps=template.fps, width=template.size[0],
                           height=template.size[1], lookahead_s=round(self.session.lookahead_s, 4),
                           sample_rate=self.sample_rate)
-
-    def settings(self, request: dict) -> tuple[str, int | str, float | str, int, int]:
-        """The start message's settings, checked: template name, refs, fps, JPEG quality, sample rate."""
-        unknown = set(request) - {"type", "template", "refs", "fps", "quality", "sample_rate"}
-        if unknown:
-            raise InputError("start", f"unknown settings {', '.join(sorted(unknown))}")
-        templates = self.server.templates
-        name = request.get("template")
-        if name is None:
-            if len(templates) != 1:
-                raise InputError("start", f"no template named (this server has: {', '.join(sorted(templates))})")
-            name = next(iter(templates))
-        if name not in templates:
-            raise InputError("start", f"no template named {name!r} (this server has: {', '.join(sorted(templates))})")
-        refs = request.get("refs", self.server.config["refs"])
-        if not (refs == "fifth" or (isinstance(refs, int) and not isinstance(refs, bool) and 1 <= refs <= 100)):
-            raise InputError("start", f"refs={refs!r}: refs takes a number from 1 to 100 or 'fifth'")
-        fps = request.get("fps", self.server.config["output"]["fps"])
-        if not (fps == "template" or (isinstance(fps, (int, float)) and not isinstance(fps, bool) and 1 <= fps <= 60)):
-            raise InputError("start", f"fps={fps!r}: fps takes 'template' or a rate from 1 to 60")
-        quality = request.get("quality", QUALITY)
-        if not (isinstance(quality, int) and not isinstance(quality, bool) and 1 <= quality <= 100):
-            raise InputError("start", f"quality={quality!r}: the JPEG quality takes a number from 1 to 100")
-        rate = request.get("sample_rate", SAMPLE_RATE)
-        if not (isinstance(rate, int) and not isinstance(rate, bool) and 8000 <= rate <= 48000):
-            raise InputError("start", f"sample_rate={rate!r}: takes a rate from 8000 to 48000 Hz")
-        return name, refs, float(fps) if fps != "template" else fps, quality, rate
 
     async def audio(self, data: bytes) -> None:
         if self.session is None:
@@ -303,13 +320,52 @@ class Client:
 
 
 def make_app(server: Server) -> FastAPI:
-    """The FastAPI app: one WebSocket endpoint at /live, and /health."""
-    app = FastAPI(title="IP_LAP live dubbing")
+    """The FastAPI app: the WebSocket endpoint at /live, the browser page at / with its /config and /offer
+    (WebRTC), and /health."""
+    from dubbing import webrtc  # aiortc is needed by the page only
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        for caller in [s for s in server.sessions if isinstance(s, webrtc.Caller)]:
+            await caller.close()
+
+    app = FastAPI(title="IP_LAP live dubbing", lifespan=lifespan)
     app.state.server = server
 
     @app.get("/health")
     def health() -> dict:
         return {"templates": sorted(server.templates), "sessions": len(server.sessions)}
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return PAGE.read_text()
+
+    @app.get("/config")
+    def page_config() -> dict:
+        return {"templates": sorted(server.templates), "refs": server.config["refs"],
+                "max_refs": server.config["max_refs"],
+                "ice_servers": [{"urls": ice.urls, **({"username": ice.username, "credential": ice.credential}
+                                                      if ice.username else {})} for ice in server.ice_servers]}
+
+    @app.post("/offer")
+    async def offer(request: Request):
+        body = await request.body()
+        try:
+            if len(body) > MAX_OFFER_BYTES:
+                raise InputError("offer", f"{len(body)} bytes is more than an offer needs ({MAX_OFFER_BYTES})")
+            try:
+                fields = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise InputError("offer", "the body must be JSON: {\"sdp\": ..., \"type\": \"offer\", "
+                                          "\"template\": ...}") from None
+            if not isinstance(fields, dict):
+                raise InputError("offer", "the body must be a JSON object")
+            return await webrtc.answer(server, fields, lambda settings: start_settings(server, settings),
+                                       server.stamp)
+        except InputError as error:
+            busy = "busy" in error.problem
+            return JSONResponse({"error": str(error)}, status_code=503 if busy else 400)
 
     @app.websocket("/live")
     async def live(websocket: WebSocket) -> None:

@@ -26,8 +26,10 @@ def browser_missing() -> str | None:
     return f"{', '.join(absent)} not found: install Debian's browser with `{INSTALL}`" if absent else None
 
 
-def chromium(width: int = 1280, height: int = 1000):
-    """A headless Chromium (Selenium WebDriver) with a window of `width` x `height` pixels."""
+def chromium(width: int = 1280, height: int = 1000, flags: tuple[str, ...] = (), eager: bool = False):
+    """A headless Chromium (Selenium WebDriver) with a window of `width` x `height` pixels and extra command-line
+    `flags`; `eager`: a page counts as loaded once its DOM is (a page holding a live stream never finishes
+    loading)."""
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not look for a browser or driver online
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -35,8 +37,10 @@ def chromium(width: int = 1280, height: int = 1000):
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},{height}",
-                 "--autoplay-policy=no-user-gesture-required"):
+                 "--autoplay-policy=no-user-gesture-required", *flags):
         options.add_argument(flag)  # --no-sandbox: CI runs as root
+    if eager:
+        options.page_load_strategy = "eager"
     return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
 
 
