@@ -350,10 +350,12 @@ def make_app(server: Server) -> FastAPI:
 
     @app.post("/offer")
     async def offer(request: Request):
-        body = await request.body()
         try:
-            if len(body) > MAX_OFFER_BYTES:
-                raise InputError("offer", f"{len(body)} bytes is more than an offer needs ({MAX_OFFER_BYTES})")
+            body = bytearray()
+            async for part in request.stream():  # read no further than an offer can need
+                body += part
+                if len(body) > MAX_OFFER_BYTES:
+                    raise InputError("offer", f"more than the {MAX_OFFER_BYTES} bytes an offer needs")
             try:
                 fields = json.loads(body)
             except (json.JSONDecodeError, UnicodeDecodeError):

@@ -425,6 +425,12 @@ def _rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 3)
 
 
+def _check_room(server) -> None:
+    if len(server.sessions) >= server.max_sessions:
+        raise InputError("start", f"busy, this server serves {server.max_sessions} sessions at once; try again "
+                                  f"later")
+
+
 async def answer(server, request: dict, settings, stamped: bool) -> dict:
     """The server's side of an offer from the page: `request` holds the offer (`sdp`, `type`) and the start
     settings; `settings(request)` checks them as a WebSocket start is checked. Returns the answer; raises
@@ -432,11 +438,10 @@ async def answer(server, request: dict, settings, stamped: bool) -> dict:
     offer = {key: request.pop(key, None) for key in ("sdp", "type")}
     if not isinstance(offer["sdp"], str) or offer["type"] != "offer":
         raise InputError("offer", "expected a WebRTC offer: {\"sdp\": ..., \"type\": \"offer\", ...settings}")
-    if len(server.sessions) >= server.max_sessions:
-        raise InputError("start", f"busy, this server serves {server.max_sessions} sessions at once; try again "
-                                  f"later")
     name, refs, fps, _, _ = settings(request)
+    _check_room(server)
     face = await asyncio.get_running_loop().run_in_executor(server.worker, server.face, name, refs, fps)
+    _check_room(server)  # again: another call may have taken the last place while this one waited
     session = LiveSession(face.prepared, server.models, {**server.config, "refs": refs}, face.idle, face.spool)
     pc = RTCPeerConnection(RTCConfiguration(iceServers=list(server.ice_servers)))
     caller = Caller(server, session, pc, stamped, record=server.record)

@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import replace
 
@@ -219,3 +220,66 @@ def test_live_py_names_a_missing_template_in_one_line(tmp_path, capsys):
     assert live.main(["--template", str(tmp_path / "absent.mp4")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: {tmp_path / 'absent.mp4'}: no such file"
+
+
+def _offer(base: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(base + "offer", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_bad_offers_to_the_page_endpoint_get_one_line_errors(served, monkeypatch):
+    server, _, health = served
+    base = health.removesuffix("health")
+    page = urllib.request.urlopen(base, timeout=30).read().decode()
+    assert "<video" in page and "RTCPeerConnection" in page
+    config = json.loads(urllib.request.urlopen(base + "config", timeout=30).read())
+    assert config["templates"] == ["second", "template"] and config["ice_servers"] == []
+    offer = {"sdp": "v=0\r\n", "type": "offer", "template": "template"}
+    cases = [
+        (b"not json", 400, "the body must be JSON"),
+        (b"[1, 2]", 400, "a JSON object"),
+        (b"{" + b" " * 70_000 + b"}", 400, "bytes an offer needs"),
+        (json.dumps({"template": "template"}).encode(), 400, "expected a WebRTC offer"),
+        (json.dumps({**offer, "template": "../etc/passwd"}).encode(), 400, "no template named"),
+        (json.dumps({**offer, "refs": 0}).encode(), 400, "refs takes a number from 1"),
+        (json.dumps({**offer, "colour": "red"}).encode(), 400, "unknown settings colour"),
+        (json.dumps(offer).encode(), 400, "offer:"),  # an SDP aiortc cannot read
+    ]
+    for body, status, text in cases:
+        code, answer = _offer(base, body)
+        assert code == status and text in answer["error"] and "\n" not in answer["error"], (body[:40], answer)
+    monkeypatch.setattr(server, "max_sessions", 1)
+    server.sessions.add("someone")
+    try:
+        code, answer = _offer(base, json.dumps(offer).encode())
+        assert code == 503 and "busy" in answer["error"]
+    finally:
+        server.sessions.discard("someone")
+    assert json.loads(urllib.request.urlopen(health, timeout=30).read())["sessions"] == 0
+
+
+def test_live_py_serves_the_templates_it_can_and_refuses_the_rest(tmp_path, capsys, monkeypatch,
+                                                                  random_checkpoints, media):  # noqa: F811
+    import live
+    from data.video import VideoWriter
+
+    faceless = tmp_path / "faceless.mp4"
+    with VideoWriter(faceless) as writer:
+        for _ in range(3):
+            writer.write(np.full((96, 96, 3), 128, np.uint8))
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append(sorted(app.state.server.faces)))
+    common = ["--landmark-ckpt", str(random_checkpoints[0]), "--renderer-ckpt", str(random_checkpoints[1]),
+              "--device", "cpu", "refs=1"]
+    assert live.main(["--template", str(faceless), *common]) == 2
+    err = capsys.readouterr().err
+    assert "template 'faceless' refused: template 'faceless': no face found" in err
+    assert err.strip().splitlines()[-1] == "error: --template: no template could be prepared (each is refused above)"
+    assert live.main(["--template", str(faceless), "--template", str(media[0]), *common]) == 0
+    err = capsys.readouterr().err
+    assert "template 'faceless' refused" in err and "template 'template' ready" in err
+    assert "page: http://127.0.0.1:8765/" in err and served == [[("template", 1, "template")]]
