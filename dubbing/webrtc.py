@@ -269,7 +269,8 @@ class Utterance:
 
 class Caller:
     """One browser's call: its peer connection, its LiveSession on the server's networks, the microphone's
-    gate, and the playout of what the session makes. `run` goes until the call ends; `close` frees all of it."""
+    gate, and the playout of what the session makes. `listen` (the microphone) and `begin` start its tasks;
+    `close` ends them and frees all of it."""
 
     def __init__(self, server, session: LiveSession, pc: RTCPeerConnection, stamped: bool, record: bool = False):
         self.server, self.session, self.pc, self.stamped = server, session, pc, stamped
@@ -316,9 +317,10 @@ class Caller:
                     self._skip()
                 if self.incoming:
                     await self._hear()
-                if not self.session.speaking and self.playout.last < self.playout.now() + IDLE_AHEAD_S:
-                    count = int(np.ceil((self.playout.now() + IDLE_AHEAD_S - self.playout.last) * self.session.rate))
-                    self._play(await self._work(self.session.idle, count))
+                # Idle frames up to IDLE_AHEAD_S from now (from now, not from the last frame, after a stall).
+                ahead = self.playout.now() + IDLE_AHEAD_S - max(self.playout.last, self.playout.now())
+                if not self.session.speaking and ahead > 0:
+                    self._play(await self._work(self.session.idle, int(np.ceil(ahead * self.session.rate))))
         except asyncio.CancelledError:
             raise
         except Exception as error:  # a bug must not take the server down: tell the page, end the call
