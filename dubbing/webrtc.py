@@ -6,8 +6,8 @@ WebRTC through aiortc. Each output frame is a slot: its picture and the 1/fps se
 the picture speaks (silence for the idle loop). A slot is given a play time on one clock when it is made, the
 picture is sent at that time with it as its timestamp, and its audio is written into the outgoing audio at that
 time, so picture and sound leave the server together whatever the networks' delay: the sound waits for its
-frame, `lookahead_s` plus the frame's work. Both tracks are in one stream, so the browser keeps them in sync on
-its side too (RTCP sender reports map both timestamps to one wall clock).
+frame, `lookahead_s` plus the frame's work. Both tracks are in one stream (RTCP sender reports map both
+timestamps to one wall clock), and the page evens out what the browser's own buffers add (docs/live.md).
 
 A voice-activity gate splits the microphone into utterances: between them the face runs the idle loop (no
 network work) and the audio is not fed. Audio the networks cannot keep up with is skipped past MAX_BEHIND_S,
