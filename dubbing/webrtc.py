@@ -317,10 +317,8 @@ class Caller:
                     self._skip()
                 if self.incoming:
                     await self._hear()
-                # Idle frames up to IDLE_AHEAD_S from now (from now, not from the last frame, after a stall).
-                ahead = self.playout.now() + IDLE_AHEAD_S - max(self.playout.last, self.playout.now())
-                if not self.session.speaking and ahead > 0:
-                    self._play(await self._work(self.session.idle, int(np.ceil(ahead * self.session.rate))))
+                if not self.session.speaking:
+                    await self._idle()
         except asyncio.CancelledError:
             raise
         except Exception as error:  # a bug must not take the server down: tell the page, end the call
@@ -347,6 +345,13 @@ class Caller:
             self.utterance = None
         if self.incoming:
             self.wake.set()
+
+    async def _idle(self) -> None:
+        """Idle frames up to IDLE_AHEAD_S from now (from now, not from the last frame: after a stall the idle
+        loop does not queue up the time it lost)."""
+        ahead = self.playout.now() + IDLE_AHEAD_S - max(self.playout.last, self.playout.now())
+        if ahead > 0:
+            self._play(await self._work(self.session.idle, int(np.ceil(ahead * self.session.rate))))
 
     def _skip(self) -> None:
         """The networks are MAX_BEHIND_S behind the microphone: drop the utterance and what waited."""

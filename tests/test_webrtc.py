@@ -3,12 +3,18 @@ stamp read back through lossy coding, the outgoing audio timeline, the voice gat
 audio, the playout clock, the ICE server settings, and live.py refusing a template without a face."""
 from __future__ import annotations
 
+import asyncio
+import collections
+import concurrent.futures
+from types import SimpleNamespace
+
 import cv2
 import numpy as np
 import pytest
 
 from data.errors import InputError
 from dubbing import webrtc
+from dubbing.live import LiveFrame
 from dubbing.stamp import BITS, read_stamp, stamp
 
 
@@ -112,3 +118,88 @@ def test_ice_servers_are_checked():
         webrtc.ice_servers(["turn:127.0.0.1:3478"])
     with pytest.raises(InputError, match="stun:, turn: or turns:"):
         webrtc.ice_servers(["http://example.org"])
+
+
+class _Session:
+    """A stand-in LiveSession (no networks): frame k of an utterance is final once the audio reaches k/25 s plus
+    the lookahead; each frame's picture is its index."""
+
+    rate, lookahead_s = 25.0, 0.2125
+
+    def __init__(self):
+        self.next_index, self.speaking, self.fed, self.given, self.start = 0, False, 0, 0, 0
+        self.interrupted = 0
+
+    def _frames(self, final: int, speech: bool) -> list:
+        frames = [LiveFrame(self.start + k, (self.start + k) / self.rate, np.full((4, 4, 3), k % 256, np.uint8),
+                            True, speech) for k in range(self.given, final)]
+        self.given = max(self.given, final)
+        return frames
+
+    def feed(self, samples: np.ndarray, rate: int) -> list:
+        if not self.speaking:
+            self.speaking, self.start, self.given, self.fed = True, self.next_index, 0, 0
+        self.fed += len(samples)
+        return self._frames(max(int((self.fed / rate - self.lookahead_s) * self.rate), 0), True)
+
+    def end(self) -> list:
+        frames = self._frames(int(np.ceil(self.fed / webrtc.RATE * self.rate)), True)
+        self.speaking, self.next_index = False, self.start + self.given
+        return frames
+
+    def interrupt(self) -> None:
+        self.speaking, self.next_index = False, self.start + self.given
+        self.interrupted += 1
+
+    def idle(self, count: int) -> list:
+        frames = [LiveFrame(i, i / self.rate, np.zeros((4, 4, 3), np.uint8), True, False)
+                  for i in range(self.next_index, self.next_index + count)]
+        self.next_index += count
+        return frames
+
+
+@pytest.fixture
+def caller():
+    server = SimpleNamespace(worker=concurrent.futures.ThreadPoolExecutor(1), sessions=set())
+    yield webrtc.Caller(server, _Session(), None, stamped=False, record=True)
+    server.worker.shutdown()
+
+
+def _microphone(caller, chunks: list[np.ndarray]) -> None:
+    for n, chunk in enumerate(chunks):
+        caller.incoming.append((chunk, 0.02 * n))
+        caller.waiting += len(chunk)
+
+
+def test_a_caller_plays_each_spoken_frame_with_its_own_audio(caller):
+    quiet, loud = _chunk(0.0005), _chunk(0.3)
+    chunks = [quiet] * 15 + [loud] * 25 + [quiet] * 25  # 0.3 s quiet, 0.5 s voice, then quiet past the hangover
+    _microphone(caller, chunks)
+    while caller.incoming:
+        asyncio.run(caller._hear())
+    assert caller.utterance is None and not caller.session.speaking  # the hangover ended the utterance
+    spoken = [slot for slot in caller.playout.log if slot.speech]
+    # Fed: the 0.2 s before the voice, the voice, the quiet up to the hangover; each frame plays its 1/25 s.
+    fed = np.concatenate([quiet] * 10 + [loud] * 25 + [quiet] * 20)
+    played = np.concatenate([slot.audio for slot in spoken])
+    assert np.array_equal(played[:len(fed)], fed) and not played[len(fed):].any()
+    assert [slot.index for slot in spoken] == list(range(len(spoken)))
+    assert np.allclose(np.diff([slot.play for slot in spoken]), 0.04)
+    # The first-frame latency is the voice's: frame 5 (0.2 s of quiet before it) from its chunk's arrival.
+    assert caller.first_latencies == collections.deque([spoken[5].play - 0.02 * 15])
+
+
+def test_a_caller_too_far_behind_skips_and_idles_from_now(caller):
+    _microphone(caller, [_chunk(0.3)] * int(webrtc.MAX_BEHIND_S / 0.02 + 5))
+    asyncio.run(caller._hear())  # the utterance starts, frames up to what arrived
+    _microphone(caller, [_chunk(0.3)] * int(webrtc.MAX_BEHIND_S / 0.02 + 5))
+    caller._skip()  # what _produce does when more than MAX_BEHIND_S waits
+    assert caller.skipped_s == pytest.approx(webrtc.MAX_BEHIND_S + 0.1) and caller.waiting == 0
+    assert caller.session.interrupted == 1 and caller.utterance is None and not caller.incoming
+    caller.playout.start -= 10  # ten seconds pass without a frame (a stall)
+    asyncio.run(caller._idle())
+    idle = [slot for slot in caller.playout.log if not slot.speech]
+    # Idle frames cover IDLE_AHEAD_S from now (3 frames), not the ten seconds lost, starting MARGIN_S from now.
+    assert len(idle) == int(np.ceil(webrtc.IDLE_AHEAD_S * 25)) == 3
+    assert idle[0].play - caller.playout.now() == pytest.approx(webrtc.MARGIN_S, abs=0.01)
+    assert idle[0].index == caller.session.start + caller.session.given  # the output goes on without a gap
