@@ -6,7 +6,8 @@ The render step at batch 1 with N encoded references (a CPU dub's call, configs/
 official-layout weights, on the inputs of a real call: the first frame of a short dub of the template. Variants,
 run in turn in one process (each round forward then backward, so drift is shared), after one untimed call each:
   torch                 dubbing.network.render_faces, as a dub runs it
-  torch channels-last   the renderer's weights and 4-D inputs in channels-last memory format
+  torch channels-last   the renderer's weights and the face in channels-last memory format
+  torch bf16            bf16 autocast on the CPU (`bf16: always`), for the record: lower precision, not an option
   ort                   dubbing.graphs.session: the render graph, intra-op threads = torch's, one inter-op thread
   ort no-spin           the same with session.intra_op.allow_spinning = 0 (threads sleep instead of spinning)
   ort parallel          execution_mode ORT_PARALLEL (two inter-op threads)
@@ -65,6 +66,7 @@ def main() -> None:
 
     import dubbing
     from bench.onnx_gap import recorded_inputs
+    from config import autocast
     from data.samples import sample
     from dubbing.graphs import onnx_render_step, render_graph
     from dubbing.network import render_faces
@@ -89,10 +91,15 @@ def main() -> None:
             return render_faces(network, references, faces_.contiguous(memory_format=channels_last), sketches_,
                                 mels_)
 
+        def torch_bf16(network, references, faces_, sketches_, mels_):
+            with autocast(torch.device("cpu"), "always"):
+                return render_faces(network, references, faces_, sketches_, mels_).float()
+
         last = copy.deepcopy(renderer).to(memory_format=channels_last)
         variants = {
             "torch": (renderer, render_faces),
             "torch channels-last": (last, torch_channels_last),
+            "torch bf16 (bf16: always)": (renderer, torch_bf16),
             "ort": (renderer, onnx_render_step(graph)),
             "ort no-spin": (renderer, ort_step(graph, spinning="0")),
             "ort parallel": (renderer, ort_step(graph, mode=onnxruntime.ExecutionMode.ORT_PARALLEL, inter_op=2)),
