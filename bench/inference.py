@@ -10,10 +10,11 @@ and `runtime: onnxruntime`, alternating (per round: official, torch, onnxruntime
 seconds per output frame, the template prepared anew each time (FaceMesh pass included, the template cache off;
 the ONNX graph exported once before the first round and not timed). --official COMMAND is a shell command that runs
 the official inference script (set up by hand outside this project: github.com/Weizhi-Zhong/IP_LAP moved to the
-CPU, see bench/README.md) on the same inputs; it writes --official-frames frames (21 for 1 s: it drops the windows
-at both edges). The fastest run of each side is compared. Then a per-stage profile of one dub under each runtime,
-in one thread (`pipeline: false`, so the stages add up): FaceMesh pass, references encoded, decode, landmark
-generator, sketches and crops, render, paste-back, video encoding, seconds per output frame.
+CPU, see bench/README.md) on the same inputs, which COMMAND names as {template} and {audio}; it writes
+--official-frames frames (21 for 1 s: it drops the windows at both edges). The fastest run of each side is
+compared. Then a per-stage profile of one dub under each runtime, in one thread (`pipeline: false`, so the stages
+add up): FaceMesh pass, references encoded, decode, landmark generator, sketches and crops, render, paste-back,
+video encoding, seconds per output frame.
 
 Speed: output frames per second of the whole pipeline (inference.py's `dubbing.dub`: FaceMesh pass, landmark
 generator, sketches, renderer, paste-back, H.264/AAC encoding) on the first --seconds of the demo speech (1 s, as
@@ -160,7 +161,7 @@ def main() -> None:
     parser.add_argument("--memory-child", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--skip-runtimes", action="store_true")
     parser.add_argument("--runtimes-only", action="store_true", help="only the runtimes section")
-    parser.add_argument("--official", help="shell command running the official script on the same inputs")
+    parser.add_argument("--official", help="shell command running the official script on {template} and {audio}")
     parser.add_argument("--official-frames", type=int, default=21, help="frames the official command writes")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the runtimes section")
     parser.add_argument("--runtime-refs", type=int, default=OFFICIAL_REFS, help="N of the runtimes section")
@@ -295,9 +296,12 @@ def runtimes(args, folder: Path) -> None:
                              progress=False)
         return result.seconds / result.frames
 
+    # the official command is told this run's inputs through {template} and {audio}
+    command = args.official.format(template=sample("template_129.mp4"), audio=audio) if args.official else None
+
     def official() -> float:
         started = time.perf_counter()
-        subprocess.run(args.official, shell=True, check=True, capture_output=True)
+        subprocess.run(command, shell=True, check=True, capture_output=True)
         return (time.perf_counter() - started) / args.official_frames
 
     sides = {"official": official} if args.official else {}

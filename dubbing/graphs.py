@@ -98,10 +98,11 @@ def session(path: Path):
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def onnx_render_step(path: Path) -> Callable[[Renderer, References, torch.Tensor, torch.Tensor, torch.Tensor],
-                                             torch.Tensor]:
-    """A render step (dubbing.network.RenderStep) that runs the graph at `path` in onnxruntime, in float32."""
-    runner = session(path)
+def onnx_render_step(path: Path, open_session: Callable = session
+                     ) -> Callable[[Renderer, References, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A render step (dubbing.network.RenderStep) that runs the graph at `path` in onnxruntime, in float32, in a
+    session from `open_session` (bench/render_options.py passes others)."""
+    runner = open_session(path)
 
     def step(renderer: Renderer, refs: References, faces: torch.Tensor, sketches: torch.Tensor,
              mels: torch.Tensor) -> torch.Tensor:
