@@ -14,6 +14,10 @@ run in turn in one process (each round forward then backward, so drift is shared
   ort extended          graph_optimization_level ORT_ENABLE_EXTENDED instead of ALL (no layout transforms)
 Printed per variant: fastest and all seconds per call, the ratio to torch, and the output's distance from torch's
 in grey levels (99.9th percentile of |difference| x 255) and PSNR; in bounds means <= 2 grey levels and >= 45 dB.
+
+Then the float32 bound: the call's multiply-accumulates (torch.utils.flop_counter), this CPU's float32 rate on a
+2048x2048 matrix product and on a 3x3 convolution of 256 channels at 64x64 (batch 8), the rate torch's call
+reaches, and the fastest the call could be at the matrix product's rate.
 """
 from __future__ import annotations
 
@@ -57,6 +61,30 @@ def ort_step(path: Path, **config):
         return onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 
     return onnx_render_step(path, session)
+
+
+def gmacs_per_second(call, macs: float, repeats: int = 5) -> float:
+    call()  # warm-up
+    started = time.perf_counter()
+    for _ in range(repeats):
+        call()
+    return macs * repeats / (time.perf_counter() - started) / 1e9
+
+
+def fp32_bound(call, seconds: float) -> None:
+    """Print the call's MACs, the CPU's float32 MAC rates and the call's floor at the matrix product's rate."""
+    from bench.renderer import macs
+
+    work = macs(call)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    conv, x = torch.nn.Conv2d(256, 256, 3, padding=1), torch.randn(8, 256, 64, 64)
+    with torch.inference_mode():
+        matmul = gmacs_per_second(lambda: a @ b, 2048 ** 3)
+        convolution = gmacs_per_second(lambda: conv(x), 8 * 256 * 256 * 9 * 64 * 64)
+    print(f"float32 bound: the call is {work / 1e9:.0f} GMAC; this CPU does {matmul:.0f} GMAC/s on a matrix "
+          f"product and {convolution:.0f} on a 3x3 convolution; torch's call runs at {work / seconds / 1e9:.0f} "
+          f"GMAC/s, so at the matrix product's rate it would take {work / matmul / 1e9:.2f} s "
+          f"({work / matmul / 1e9 / seconds:.2f}x torch's fastest)")
 
 
 def main() -> None:
@@ -115,7 +143,8 @@ def main() -> None:
                     started = time.perf_counter()
                     step(network, refs, faces, sketches, mels)
                     times[name].append(time.perf_counter() - started)
-    base = min(times["torch"])
+            base = min(times["torch"])
+            fp32_bound(lambda: render_faces(renderer, refs, faces, sketches, mels), base)
     print(f"render step, batch {len(faces)}, N={args.refs}, torch {torch.get_num_threads()} threads, "
           f"onnxruntime {onnxruntime.__version__}")
     print("| variant | fastest s/call | runs | / torch | grey levels (99.9%) | PSNR dB | in bounds |")
