@@ -319,6 +319,17 @@ class Client:
                 self.send(await self.run_on_worker(session.idle, due - session.next_index))
 
 
+def foreign_origin(headers) -> str | None:
+    """The Origin a browser sent when it is not this server's own (another site's page using a visitor's
+    browser to reach this server: browsers let any page open a WebSocket or send a simple POST anywhere); None
+    when it is this server's, or when there is none (programs such as live_client send none or their own)."""
+    origin = headers.get("origin")
+    if origin is None:
+        return None
+    host = headers.get("host", "")
+    return None if origin.split("://", 1)[-1].rstrip("/") == host else origin
+
+
 def make_app(server: Server) -> FastAPI:
     """The FastAPI app: the WebSocket endpoint at /live, the browser page at / with its /config and /offer
     (WebRTC), and /health."""
@@ -350,6 +361,12 @@ def make_app(server: Server) -> FastAPI:
 
     @app.post("/offer")
     async def offer(request: Request):
+        origin = foreign_origin(request.headers)
+        if origin:
+            return JSONResponse({"error": f"offer: a page from {origin} may not call this server"}, status_code=403)
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            # a cross-site page can send a text/plain POST without asking the server first; JSON it cannot
+            return JSONResponse({"error": "offer: the body must be sent as application/json"}, status_code=415)
         try:
             body = bytearray()
             async for part in request.stream():  # read no further than an offer can need
@@ -371,6 +388,9 @@ def make_app(server: Server) -> FastAPI:
 
     @app.websocket("/live")
     async def live(websocket: WebSocket) -> None:
+        if foreign_origin(websocket.headers):  # refused before the handshake completes: the page sees a failure
+            await websocket.close(code=1008, reason="a page from another site may not use this server")
+            return
         await websocket.accept()
         client = Client(server, websocket)
         tasks = [asyncio.create_task(client.outbox.pump(websocket)), asyncio.create_task(client.pace())]

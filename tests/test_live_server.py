@@ -222,8 +222,9 @@ def test_live_py_names_a_missing_template_in_one_line(tmp_path, capsys):
     assert err == f"error: {tmp_path / 'absent.mp4'}: no such file"
 
 
-def _offer(base: str, body: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(base + "offer", data=body, headers={"Content-Type": "application/json"})
+def _offer(base: str, body: bytes, **headers) -> tuple[int, dict]:
+    request = urllib.request.Request(base + "offer", data=body, headers={"Content-Type": "application/json",
+                                                                         **headers})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -252,6 +253,13 @@ def test_bad_offers_to_the_page_endpoint_get_one_line_errors(served, monkeypatch
     for body, status, text in cases:
         code, answer = _offer(base, body)
         assert code == status and text in answer["error"] and "\n" not in answer["error"], (body[:40], answer)
+    # Another site's page cannot use a visitor's browser to call this server.
+    code, answer = _offer(base, json.dumps(offer).encode(), Origin="http://evil.example")
+    assert (code, answer["error"]) == (403, "offer: a page from http://evil.example may not call this server")
+    code, answer = _offer(base, json.dumps(offer).encode(), **{"Content-Type": "text/plain"})
+    assert code == 415 and "application/json" in answer["error"]
+    code, answer = _offer(base, b"{}", Origin=base.rstrip("/"))  # the page's own origin is let through
+    assert code == 400 and "expected a WebRTC offer" in answer["error"]
     monkeypatch.setattr(server, "max_sessions", 1)
     server.sessions.add("someone")
     try:
@@ -283,3 +291,13 @@ def test_live_py_serves_the_templates_it_can_and_refuses_the_rest(tmp_path, caps
     err = capsys.readouterr().err
     assert "template 'faceless' refused" in err and "template 'template' ready" in err
     assert "page: http://127.0.0.1:8765/" in err and served == [[("template", 1, "template")]]
+
+
+def test_another_sites_page_cannot_open_the_websocket(served):
+    _, url, health = served
+    with pytest.raises(websocket.WebSocketBadStatusException):
+        websocket.create_connection(url, timeout=30, origin="http://evil.example")
+    own = websocket.create_connection(url, timeout=30, origin=health.removesuffix("/health"))  # its own page's
+    own.send(json.dumps({"type": "end"}))
+    assert _next_event(own)["message"] == "end before start"
+    own.close()
