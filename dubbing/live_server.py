@@ -383,8 +383,7 @@ def make_app(server: Server) -> FastAPI:
             return await webrtc.answer(server, fields, lambda settings: start_settings(server, settings),
                                        server.stamp)
         except InputError as error:
-            busy = "busy" in error.problem
-            return JSONResponse({"error": str(error)}, status_code=503 if busy else 400)
+            return JSONResponse({"error": str(error)}, status_code=503 if isinstance(error, webrtc.Busy) else 400)
 
     @app.websocket("/live")
     async def live(websocket: WebSocket) -> None:

@@ -432,10 +432,13 @@ def _rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 3)
 
 
+class Busy(InputError):
+    """Every session place is taken (the page shows it; HTTP 503)."""
+
+
 def _check_room(server) -> None:
     if len(server.sessions) >= server.max_sessions:
-        raise InputError("start", f"busy, this server serves {server.max_sessions} sessions at once; try again "
-                                  f"later")
+        raise Busy("start", f"busy, this server serves {server.max_sessions} sessions at once; try again later")
 
 
 async def answer(server, request: dict, settings, stamped: bool) -> dict:
