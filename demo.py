@@ -266,11 +266,13 @@ class Dubber:
         from dubbing.cache import cache_dir
 
         config = self.config()  # the runtime is the server's setting, not the page's
-        key = (landmark, renderer, config["runtime"], *(_stamp(path) for path in (landmark, renderer)))
+        key = (landmark, renderer, config["runtime"], config["winograd"],
+               *(_stamp(path) for path in (landmark, renderer)))
         if key not in self._models:  # a pair that fails keeps the last one
             models = dubbing.load_models(landmark, renderer, self.device,
                                          require_sha256=config["checkpoints"]["require_sha256"],
-                                         runtime=config["runtime"], graphs=cache_dir(config))
+                                         runtime=config["runtime"], graphs=cache_dir(config),
+                                         winograd=config["winograd"])
             self._models.clear()  # one pair in memory at a time
             self._models[key] = models
         return self._models[key]

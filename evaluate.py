@@ -165,7 +165,7 @@ def generate_videos(videos: list[Path], audios: list[Path], names: list[str], ou
     require_sha256 = require_sha256 or config["checkpoints"]["require_sha256"]
     landmark_ckpt = checkpoint_file(landmark_ckpt, "landmark_generator", require_sha256)
     renderer_ckpt = checkpoint_file(renderer_ckpt, "renderer", require_sha256)
-    models = dubbing.load_models(landmark_ckpt, renderer_ckpt, device)
+    models = dubbing.load_models(landmark_ckpt, renderer_ckpt, device, winograd=config["winograd"])
     if models.device.type == "cpu":
         from allocator import keep_freed_memory
 

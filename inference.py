@@ -241,7 +241,7 @@ def run(tasks: list[Task], args: argparse.Namespace, config: dict) -> list[tuple
                                  args.renderer_ckpt or config["checkpoints"]["renderer"],
                                  device_for_shard(args.device, args.shard),
                                  require_sha256=config["checkpoints"]["require_sha256"], runtime=config["runtime"],
-                                 graphs=cache_dir(config))
+                                 graphs=cache_dir(config), winograd=config["winograd"])
     if models.device.type == "cpu":
         from allocator import keep_freed_memory
 

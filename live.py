@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                                      args.renderer_ckpt or config["checkpoints"]["renderer"],
                                      None if args.device == "auto" else args.device,
                                      require_sha256=config["checkpoints"]["require_sha256"],
-                                     runtime=config["runtime"], graphs=cache_dir(config))
+                                     runtime=config["runtime"], graphs=cache_dir(config),
+                                     winograd=config["winograd"])
         with tempfile.TemporaryDirectory(prefix="iplap-live-") as spool_dir:
             server = Server(models, config, templates, Path(spool_dir), max_sessions=args.max_sessions,
                             stamp=args.stamp, ice_servers=ice)

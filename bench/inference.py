@@ -6,7 +6,9 @@
 
 Runtimes (--runtimes-only, or after the other sections unless --skip-runtimes): whole dubs at N=25 (the official
 script's default) of the first --seconds of the demo speech on the demo template at 25 fps, under `runtime: torch`
-and `runtime: onnxruntime`, alternating (per round: official, torch, onnxruntime, onnxruntime, torch, official),
+(the config's default: Winograd convolutions on the CPU), torch with `winograd: false` ("torch direct") and
+`runtime: onnxruntime`, alternating (per round: official, torch, torch direct, onnxruntime, then the same
+backwards, official),
 seconds per output frame, the template prepared anew each time (FaceMesh pass included, the template cache off;
 the ONNX graph exported once before the first round and not timed). --official COMMAND is a shell command that runs
 the official inference script (set up by hand outside this project: github.com/Weizhi-Zhong/IP_LAP moved to the
@@ -281,18 +283,19 @@ def memory(args) -> None:
 
 
 def runtimes(args, folder: Path) -> None:
-    """Whole dubs at N=25 under both runtimes, alternating with the official command; then a per-stage profile."""
+    """Whole dubs at N=25 under both runtimes (torch with and without Winograd convolutions), alternating with the
+    official command; then a per-stage profile."""
     import os
 
     audio = write_wav(folder / "runtimes.wav", demo_speech(args.seconds))
-    loaded = {runtime: dubbing.load_models(args.landmark_ckpt, args.renderer_ckpt, args.device, runtime=runtime,
-                                           graphs=folder / "graphs") for runtime in dubbing.network.RUNTIMES}
+    loaded = {side: dubbing.load_models(args.landmark_ckpt, args.renderer_ckpt, args.device, graphs=folder / "graphs",
+                                        **settings) for side, settings in RUNTIME_SIDES.items()}
     config = demo_config()
     config.update(refs=args.runtime_refs)
     config["cache"]["enabled"] = False
 
-    def ours(runtime: str) -> float:
-        result = dubbing.dub(sample("template_129.mp4"), audio, folder / f"{runtime}.mp4", loaded[runtime], config,
+    def ours(side: str) -> float:
+        result = dubbing.dub(sample("template_129.mp4"), audio, folder / "ours.mp4", loaded[side], config,
                              progress=False)
         return result.seconds / result.frames
 
@@ -305,8 +308,8 @@ def runtimes(args, folder: Path) -> None:
         return (time.perf_counter() - started) / args.official_frames
 
     sides = {"official": official} if args.official else {}
-    sides.update({runtime: (lambda runtime=runtime: ours(runtime)) for runtime in loaded})
-    order = ["official", "torch", "onnxruntime", "onnxruntime", "torch", "official"]
+    sides.update({side: (lambda side=side: ours(side)) for side in loaded})
+    order = ["official", *RUNTIME_SIDES, *reversed(RUNTIME_SIDES), "official"]
     times: dict[str, list[float]] = {side: [] for side in sides}
     print(f"\nruntimes: N={args.runtime_refs}, {args.seconds:g} s of speech, template_129.mp4 at 25 fps, load "
           f"{os.getloadavg()[0]:.1f} at the start; seconds per output frame, in the order run")
@@ -325,6 +328,12 @@ def runtimes(args, folder: Path) -> None:
     print(f"load at the end {os.getloadavg()[0]:.1f}")
     stage_profile(loaded, audio, config, folder)
 
+
+# What renders in the runtimes section: the config's default (torch, Winograd on the CPU), torch with oneDNN's
+# direct convolutions, and onnxruntime.
+RUNTIME_SIDES = {"torch": {"runtime": "torch", "winograd": True},
+                 "torch direct": {"runtime": "torch", "winograd": False},
+                 "onnxruntime": {"runtime": "onnxruntime"}}
 
 STAGE_NAMES = {"analyse_template": "FaceMesh pass", "encode_references": "references encoded", "decode": "decode",
                "predict_content": "landmark generator", "prepare": "sketches and crops", "network": "render",

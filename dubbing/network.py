@@ -24,6 +24,7 @@ from dubbing.template import Template
 from model_files.checkpoints import load_landmark_generator, load_renderer
 from models.landmark_generator import LandmarkGenerator
 from models.renderer import References, Renderer
+from models.winograd import use_winograd
 
 
 def render_faces(renderer: Renderer, refs: References, faces: torch.Tensor, sketches: torch.Tensor,
@@ -58,11 +59,13 @@ class Models:
 
 
 def load_models(landmark_ckpt: str | Path, renderer_ckpt: str | Path, device: str | torch.device | None = None,
-                *, require_sha256: bool = False, runtime: str = "torch", graphs: str | Path | None = None) -> Models:
+                *, require_sha256: bool = False, runtime: str = "torch", graphs: str | Path | None = None,
+                winograd: bool = False) -> Models:
     """Both networks from this project's checkpoints or the official files (told apart by their contents).
     require_sha256: refuse a reference without #sha256=HEX (checkpoints.require_sha256). runtime 'onnxruntime'
     (CPU only) renders every batch with the renderer's ONNX graph, exported on first use into `graphs` (the
-    template cache's folder; None: a temporary one) by dubbing/graphs.py."""
+    template cache's folder; None: a temporary one) by dubbing/graphs.py. winograd: on the CPU under torch, the
+    renderer's wide 3x3 convolutions run by Winograd (models/winograd.py; the config's `winograd`)."""
     device = device if isinstance(device, torch.device) else pick_device(device)
     if runtime not in RUNTIMES:
         raise InputError(f"runtime={runtime}", f"runtime takes one of {', '.join(RUNTIMES)}")
@@ -72,6 +75,8 @@ def load_models(landmark_ckpt: str | Path, renderer_ckpt: str | Path, device: st
     models = Models(load_landmark_generator(landmark_ckpt, device, require_sha256),
                     load_renderer(renderer_ckpt, device, require_sha256), device)
     if runtime == "torch":
+        if winograd and device.type == "cpu":
+            use_winograd(models.renderer)
         return models
     import tempfile
 

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import winograd
+
 
 class ConvBlock(nn.Module):
     """Conv + BatchNorm (+ input when residual) + activation; 1-D or 2-D. Wav2Lip's block, as IP_LAP uses it.
@@ -66,7 +68,10 @@ def _modulate(normalised: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor)
 
 def fused_conv(x: torch.Tensor, convs: list[nn.Conv2d]) -> tuple[torch.Tensor, ...]:
     """Several same-shaped convolutions of one input as a single convolution (their weights stacked), split
-    back per convolution: the same sums in one pass over the input (its effect: bench/README.md)."""
+    back per convolution: the same sums in one pass over the input (its effect: bench/README.md). Winograd
+    convolutions (models/winograd.py) share their input's transform instead."""
+    if all(isinstance(c, winograd.WinogradConv2d) for c in convs) and winograd.applies(x):
+        return winograd.conv3x3(x, convs)
     first = convs[0]
     out = F.conv2d(x, torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]), first.stride,
                    first.padding, first.dilation)

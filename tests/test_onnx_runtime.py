@@ -4,41 +4,22 @@ and at least 45 dB PSNR, at 128 and 256; the graph cache reuses an intact graph,
 and keys it by the renderer checkpoint."""
 from __future__ import annotations
 
-import itertools
 import json
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 import dubbing
-from data.audio import SAMPLE_RATE, load_audio
 from data.errors import InputError
-from data.video import VideoReader, VideoWriter
 from dubbing.graphs import graph_path, intact, render_graph
-from testing.audio import write_wav
 from testing.checkpoints import renderer_checkpoint
-
-GREY_LEVELS, MIN_PSNR = 2.0, 45.0  # the bounds of a runtime: what a viewer and the metrics cannot tell apart
+from testing.runtimes import check_bounds, faces_of_both, short_media
 
 
 @pytest.fixture(scope="module")
 def media(samples, tmp_path_factory) -> tuple[Path, Path]:
     """The demo template's first 8 frames and the demo speech's first 0.2 s (5 output frames)."""
-    folder = tmp_path_factory.mktemp("onnx_runtime")
-    template = folder / "template.mp4"
-    with VideoReader(samples / "template_129.mp4") as reader, VideoWriter(template) as writer:
-        for frame in itertools.islice(reader, 8):
-            writer.write(frame)
-    audio = write_wav(folder / "speech.wav", load_audio(samples / "speech_audio2.wav")[:int(0.2 * SAMPLE_RATE)])
-    return template, audio
-
-
-def as_grey(faces: torch.Tensor) -> np.ndarray:
-    """Generated faces in 0..1 as the dub writes them: uint8 grey levels (dubbing.network.generate)."""
-    return (faces.float().clamp(0, 1) * 255).round().byte().numpy().astype(np.float64)
+    return short_media(samples, tmp_path_factory.mktemp("onnx_runtime"))
 
 
 @pytest.fixture(scope="module")
@@ -52,39 +33,13 @@ def onnx_128(random_checkpoints, graphs) -> dubbing.Models:
     return dubbing.load_models(*random_checkpoints, "cpu", runtime="onnxruntime", graphs=graphs)
 
 
-def faces_of_both(media, landmark: Path, renderer: Path, onnx: dubbing.Models, folder: Path
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """The generated faces of a short dub (N=3, 2 frames at 10 fps) under torch, and under `onnx` on the same
-    inputs, in grey levels."""
-    models = dubbing.load_models(landmark, renderer, "cpu")
-    assert (models.runtime, onnx.runtime) == ("torch", "onnxruntime")
-    torch_faces, onnx_faces = [], []
-
-    def both(renderer, refs, faces, sketches, mels):
-        expected = dubbing.render_faces(renderer, refs, faces, sketches, mels)
-        torch_faces.append(as_grey(expected))
-        onnx_faces.append(as_grey(onnx.render_step(renderer, refs, faces, sketches, mels)))
-        return expected
-
-    config = dubbing.default_config()
-    config.update(refs=3)
-    config["output"]["fps"] = 10
-    dubbing.dub(*media, folder / "out.mp4", replace(models, render_step=both), config, progress=False)
-    return np.concatenate(torch_faces), np.concatenate(onnx_faces)
-
-
-def check_bounds(expected: np.ndarray, got: np.ndarray, face_size: int) -> None:
-    assert expected.shape == (2, 3, face_size, face_size)
-    difference = np.abs(got - expected)
-    psnr = 10 * np.log10(255**2 / np.mean(difference**2)) if difference.any() else np.inf
-    print(f"{face_size}: 99.9th percentile {np.percentile(difference, 99.9):.2f} grey levels, largest "
-          f"{difference.max():.0f}, PSNR {psnr:.1f} dB")
-    assert np.percentile(difference, 99.9) <= GREY_LEVELS and psnr >= MIN_PSNR
-    assert expected.std() > 3  # faces, not a constant that a broken graph could match too
+def faces_of_torch_and(onnx: dubbing.Models, media, landmark: Path, renderer: Path, folder: Path):
+    assert onnx.runtime == "onnxruntime"
+    return faces_of_both(media, landmark, renderer, onnx.render_step, folder)
 
 
 def test_onnxruntime_faces_within_the_bounds_of_torch_on_a_real_dub(media, random_checkpoints, onnx_128, tmp_path):
-    check_bounds(*faces_of_both(media, *random_checkpoints, onnx_128, tmp_path), 128)
+    check_bounds(*faces_of_torch_and(onnx_128, media, *random_checkpoints, tmp_path), 128)
 
 
 @pytest.mark.slow
@@ -93,7 +48,7 @@ def test_onnxruntime_faces_within_the_bounds_of_torch_at_larger_sizes(face_size,
                                                                      tmp_path):
     renderer = renderer_checkpoint(tmp_path / "renderer.pt", face_size)
     onnx = dubbing.load_models(random_checkpoints[0], renderer, "cpu", runtime="onnxruntime", graphs=tmp_path / "cache")
-    check_bounds(*faces_of_both(media, random_checkpoints[0], renderer, onnx, tmp_path), face_size)
+    check_bounds(*faces_of_torch_and(onnx, media, random_checkpoints[0], renderer, tmp_path), face_size)
 
 
 def test_graph_cache_keys_by_checkpoint_reuses_and_rebuilds(random_checkpoints, onnx_128, graphs, tmp_path,
