@@ -5,7 +5,9 @@
 The render step at batch 1 with N encoded references (a CPU dub's call, configs/inference.yaml), random
 official-layout weights, on the inputs of a real call: the first frame of a short dub of the template. Variants,
 run in turn in one process (each round forward then backward, so drift is shared), after one untimed call each:
-  torch                 dubbing.network.render_faces, as a dub runs it
+  torch                 dubbing.network.render_faces with oneDNN's direct convolutions (`winograd: false`)
+  torch Winograd        the same with the wide 3x3 convolutions by Winograd F(4x4, 3x3) (models/winograd.py;
+                        `winograd: true`, a CPU dub's default)
   torch channels-last   the renderer's weights and the face in channels-last memory format
   torch bf16            bf16 autocast on the CPU (`bf16: always`), for the record: lower precision, not an option
   ort                   dubbing.graphs.session: the render graph, intra-op threads = torch's, one inter-op thread
@@ -98,6 +100,7 @@ def main() -> None:
     from data.samples import sample
     from dubbing.graphs import onnx_render_step, render_graph
     from dubbing.network import render_faces
+    from models.winograd import use_winograd
     from testing.checkpoints import official_checkpoints
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,8 +127,11 @@ def main() -> None:
                 return render_faces(network, references, faces_, sketches_, mels_).float()
 
         last = copy.deepcopy(renderer).to(memory_format=channels_last)
+        fast = copy.deepcopy(renderer)
+        use_winograd(fast)
         variants = {
             "torch": (renderer, render_faces),
+            "torch Winograd (winograd: true)": (fast, render_faces),
             "torch channels-last": (last, torch_channels_last),
             "torch bf16 (bf16: always)": (renderer, torch_bf16),
             "ort": (renderer, onnx_render_step(graph)),

@@ -8,10 +8,11 @@ for 16 outputs instead of 144, so 4x fewer multiply-accumulates, as one batch of
 
 Where it pays: the renderer's alignment runs four 3x3 convolutions of 256 channels at 64x64 for every reference of
 every frame, two thirds of a CPU dub's arithmetic, and oneDNN's direct convolution is already near this CPU's
-float32 peak on them; here they take about half the time (bench/README.md, render step). On larger planes the
-transformed input outgrows the caches and on fewer channels the transforms dominate, so those stay direct
-(`applies`). The result differs from the direct sum by float32 rounding of the transforms (about 1e-5 of the
-output's scale; a whole render step within 0.01 grey levels of oneDNN's, tests/test_winograd.py).
+float32 peak on them; here they take about half the time (bench/winograd.py). With fewer channels the transforms
+cost more than the products save, and the renderer's wide convolutions on larger planes (256 -> 128 at 128x128)
+gain nothing, so those stay direct (`applies`). The result differs from the direct sum by float32 rounding of the
+transforms (about 1e-5 of the output's scale; a whole render step within 0.01 grey levels of oneDNN's,
+tests/test_winograd.py).
 
 Used by dubbing on the CPU (configs/inference.yaml `winograd`), never in training: `use_winograd(renderer)` turns
 the eligible convolutions of a network into `WinogradConv2d`, which keeps their parameters and state-dict names.
@@ -25,8 +26,10 @@ from torch import nn
 
 TILE = 4  # output block side
 SPAN = TILE + 2  # input block side (and transform side) for a 3x3 kernel
-MIN_CHANNELS = 128  # fewer input channels: the transforms cost more than the products save
-MAX_PIXELS = 64 * 64  # larger planes: the transformed input (2.25x the input) no longer stays in cache
+# Where it was measured faster (bench/winograd.py): with 64 or 32 input channels it is 1.3-2.7x slower, and the
+# renderer's only wide 3x3 convolutions on a larger plane (256 -> 128 at 128x128) run no faster (0.99-1.08x).
+MIN_CHANNELS = 128
+MAX_PIXELS = 64 * 64
 
 # The F(4x4, 3x3) matrices with interpolation points 0, +-1, +-2 and infinity (Lavin and Gray, section 4.2).
 _INPUT = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
@@ -89,7 +92,8 @@ def from_transformed(transformed_input: torch.Tensor, transformed_weight: torch.
 
 def conv3x3(x: torch.Tensor, convs: list[WinogradConv2d]) -> tuple[torch.Tensor, ...]:
     """Each conv of `convs` (3x3, stride 1, padding 1) applied to x (B, C, H, W), the input transformed once for
-    all of them. One sample at a time: a sample's transformed input stays in cache through its products."""
+    all of them. One sample at a time: a sample's transformed input (2.25x the sample) then stays in cache
+    through its products, and the work per frame does not depend on how references are chunked."""
     outs = [x.new_empty(x.shape[0], conv.out_channels, *x.shape[2:]) for conv in convs]
     for i in range(x.shape[0]):
         transformed = transform_input(x[i])
