@@ -256,7 +256,8 @@ def test_a_full_disk_while_dubbing_names_the_video_and_keeps_the_ones_before(tmp
             raise OSError(errno.ENOSPC, "No space left on device", str(output.with_name(".b.partial.mp4")))
         output.write_bytes(b"video")
 
-    monkeypatch.setattr(dubbing, "load_models", lambda *args: types.SimpleNamespace(device=torch.device("cpu")))
+    monkeypatch.setattr(dubbing, "load_models",
+                        lambda *args, **kwargs: types.SimpleNamespace(device=torch.device("cpu")))
     monkeypatch.setattr(dubbing, "dub", dub)
     for name in ("landmark.pt", "renderer.pt", "video.mp4"):
         (tmp_path / name).write_bytes(name.encode())
@@ -288,8 +289,8 @@ def test_a_full_disk_met_inside_dubbing_is_named_alike(clips, random_checkpoints
 
     monkeypatch.setattr(dubbing.writer.VideoWriter, "write", full)
     load = dubbing.load_models  # the networks' cost is beside the point: the render step passes the face through
-    monkeypatch.setattr(dubbing, "load_models", lambda *args: replace(load(*args), render_step=lambda r, refs, face,
-                                                                         sketches, mels: face))
+    monkeypatch.setattr(dubbing, "load_models", lambda *args, **kwargs: replace(
+        load(*args, **kwargs), render_step=lambda r, refs, face, sketches, mels: face))
     (tmp_path / "light.yaml").write_text("refs: 1\npipeline: false\n")
     video, out = clips / "real" / "clip.mp4", tmp_path / "out"
     with pytest.raises(DiskError) as caught:
