@@ -96,8 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "it, else libx264 on the CPU, said in one line)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: CUDA when present)")
     parser.add_argument("--runtime", choices=("torch", "onnxruntime"),
-                        help="what renders each frame on the CPU (the config's runtime; default torch): onnxruntime "
-                             "runs the renderer's ONNX graph, exported on first use beside the template cache")
+                        help="what renders each frame on the CPU (the config's runtime; default torch, with its wide "
+                             "convolutions by Winograd unless winograd=false): onnxruntime runs the renderer's ONNX "
+                             "graph, exported on first use beside the template cache")
     parser.add_argument("--no-cache", action="store_true", help="analyse the template afresh; do not keep the "
                                                                 "result (the config's cache.enabled)")
     parser.add_argument("--cache-dir", help="where prepared templates are kept (the config's cache.dir; default "

@@ -107,8 +107,15 @@ def applies(x: torch.Tensor) -> bool:
     and compiling, on a plane of sides divisible by 4 and at most MAX_PIXELS, of at least MIN_CHANNELS."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and not torch.is_grad_enabled()
             and x.shape[1] >= MIN_CHANNELS and x.shape[2] % TILE == 0 and x.shape[3] % TILE == 0
-            and x.shape[2] * x.shape[3] <= MAX_PIXELS and not torch.is_autocast_enabled("cpu")
+            and x.shape[2] * x.shape[3] <= MAX_PIXELS and not _autocast_on_cpu()
             and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+
+
+def _autocast_on_cpu() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch before 2.4 takes no device type here
+        return torch.is_autocast_cpu_enabled()
 
 
 class WinogradConv2d(nn.Conv2d):
