@@ -41,6 +41,7 @@ def faces_of_both(media: tuple[Path, Path], landmark: Path, renderer: Path, othe
     """The generated faces of a short dub (N=3, 2 frames at 10 fps) under torch (direct convolutions), and
     under the render step `other` on the same inputs, in grey levels."""
     models = dubbing.load_models(landmark, renderer, "cpu")
+    assert models.runtime == "torch"
     torch_faces, other_faces = [], []
 
     def both(network, refs, faces, sketches, mels):
